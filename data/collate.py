@@ -1,0 +1,85 @@
+"""Batch collation with mask generation, run inside DataLoader workers.
+
+Every random draw is seeded from values the sampler attaches to each sample (see `data.loader`):
+the block size of a mask config from (seed, step, config) and each clip's block positions and
+truncation from that sample's own seed. Masks are therefore the same after a resume and do not
+depend on the number of workers or ranks.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from data.masks import MaskConfig, build_mask_generator
+
+
+def derive_seed(*values: int) -> int:
+    """A 63-bit seed from a tuple of ints (stable across processes and Python versions)."""
+    return int(np.random.SeedSequence([int(v) & 0xFFFFFFFFFFFFFFFF for v in values]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def _generator(*values: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(derive_seed(*values))
+    return g
+
+
+def collate_samples(samples: Sequence[dict]) -> Dict[str, torch.Tensor]:
+    """Stack sample dicts; a sample holding a list of clips contributes one batch row per clip."""
+    clips, labels = [], []
+    for s in samples:
+        cs = s["clip"] if isinstance(s["clip"], (list, tuple)) else [s["clip"]]
+        clips.extend(cs)
+        labels.extend([s["label"]] * len(cs))
+    return {
+        "clip": torch.stack(clips),  # [B, C, T, H, W]
+        "label": torch.as_tensor(labels, dtype=torch.long),  # [B]
+        "skipped": torch.as_tensor(sum(int(s.get("skipped", 0)) for s in samples)),
+    }
+
+
+class MaskCollator:
+    """Collates samples and adds, per mask config i, `masks_ctx[i]` and `masks_tgt[i]`: int64 `[B, K]`.
+
+    Lengths inside a batch are equalised by keeping a *random* subset of each clip's indices (kept in
+    sorted order); the reference keeps the lowest indices, which biases targets towards early frames
+    and top rows.
+
+    Args:
+        cfgs: mask configs. grid: (t, h, w) token grid. seed: run seed.
+    """
+
+    def __init__(self, cfgs: Sequence[MaskConfig], grid: Tuple[int, int, int], seed: int):
+        self.generators = [build_mask_generator(c, grid) for c in cfgs]
+        self.cfgs = list(cfgs)
+        self.seed = seed
+
+    def __call__(self, samples: Sequence[dict]) -> Dict[str, object]:
+        batch = collate_samples(samples)
+        step = int(samples[0]["step"])
+        sample_seeds = []
+        for s in samples:
+            n = len(s["clip"]) if isinstance(s["clip"], (list, tuple)) else 1
+            sample_seeds.extend(derive_seed(s["seed"], j) for j in range(n))
+        batch["masks_ctx"], batch["masks_tgt"] = [], []
+        for i, (gen, cfg) in enumerate(zip(self.generators, self.cfgs)):
+            size = gen.sample_block_size(_generator(self.seed, step, i))
+            gens = [_generator(s, i) for s in sample_seeds]
+            pairs = [gen(size, g) for g in gens]
+            k_ctx = min(len(c) for c, _ in pairs)
+            if cfg.max_keep is not None:
+                k_ctx = min(k_ctx, cfg.max_keep)
+            k_tgt = min(len(t) for _, t in pairs)
+            batch["masks_ctx"].append(torch.stack([_random_subset(c, k_ctx, g) for (c, _), g in zip(pairs, gens)]))
+            batch["masks_tgt"].append(torch.stack([_random_subset(t, k_tgt, g) for (_, t), g in zip(pairs, gens)]))
+        batch["step"] = step
+        return batch
+
+
+def _random_subset(idx: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    if len(idx) == k:
+        return idx
+    keep = torch.randperm(len(idx), generator=g)[:k]
+    return idx[keep.sort().values]

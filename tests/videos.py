@@ -1,0 +1,90 @@
+"""Small test videos written with PyAV, whose frames say their own index.
+
+Frame `i` is grey (luma only, so chroma subsampling and colour conversion cannot blur it): the left half
+holds `i % 16` and the right half `i // 16` as levels 16 apart, which survive lossy coding. `frame_index`
+reads them back, so a test can check which frames a decoder returned (up to 256 frames).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional
+
+import av
+import numpy as np
+import torch
+
+CODECS = ("libx264", "mpeg4")
+
+
+def frame_image(i: int, width: int, height: int) -> np.ndarray:
+    """The RGB image `[H, W, 3]` of frame `i`."""
+    img = np.empty((height, width, 3), np.uint8)
+    img[:, : width // 2] = (i % 16) * 16 + 8
+    img[:, width // 2 :] = (i // 16) * 16 + 8
+    return img
+
+
+def frame_index(frame: torch.Tensor) -> int:
+    """Read back the index of a decoded frame `[H, W, C]` (uint8)."""
+    w = frame.shape[1]
+    # Average away from the boundary, where the codec's blocks mix the halves.
+    lo = frame[:, : w // 2 - 8].float().mean().item()
+    hi = frame[:, w // 2 + 8 :].float().mean().item()
+    return int(round((hi - 8) / 16)) * 16 + int(round((lo - 8) / 16))
+
+
+def write_video(
+    path: Path,
+    num_frames: int,
+    fps: int = 30,
+    width: int = 64,
+    height: int = 48,
+    codec: str = "libx264",
+    gop: int = 10,
+) -> Path:
+    """Write a video whose frame `i` is `frame_image(i)`; `gop` = keyframe interval (scene cuts off)."""
+    options: Dict[str, str] = {"sc_threshold": "0" if codec == "libx264" else "1000000000"}
+    if codec == "libx264":
+        options.update({"g": str(gop), "keyint_min": str(gop), "preset": "ultrafast", "bf": "2"})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps, options=options)
+        cc = stream.codec_context
+        cc.width, cc.height, cc.pix_fmt, cc.gop_size = width, height, "yuv420p", gop
+        if codec == "mpeg4":
+            cc.qscale = 2  # near-lossless: the index levels must survive
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(frame_image(i, width, height), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_image(path: Path, width: int = 40, height: int = 30, value: Optional[int] = None) -> Path:
+    """Write an RGB image (horizontal gradient, or constant `value`) with PIL."""
+    from PIL import Image
+
+    img = np.zeros((height, width, 3), np.uint8)
+    img[:] = np.linspace(0, 255, width, dtype=np.uint8)[None, :, None] if value is None else value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+    return path
+
+
+def truncate(src: Path, dst: Path, fraction: float) -> Path:
+    """Copy the first `fraction` of `src`'s bytes to `dst` (a download cut short)."""
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+def corrupt(src: Path, dst: Path, start: float = 0.5, length: int = 4096) -> Path:
+    """Copy `src` with `length` bytes from `start` (fraction of the size) overwritten by noise."""
+    data = bytearray(src.read_bytes())
+    a = int(len(data) * start)
+    rng = np.random.default_rng(0)
+    data[a : a + length] = rng.integers(0, 256, size=len(data[a : a + length]), dtype=np.uint8).tobytes()
+    dst.write_bytes(bytes(data))
+    return dst

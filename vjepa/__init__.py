@@ -1,0 +1,1 @@
+"""V-JEPA: video ViT encoder, predictor, pretraining and frozen-encoder evaluation."""

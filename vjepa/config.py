@@ -1,0 +1,94 @@
+"""Strict config loading: dataclass defaults <- YAML <- dotted CLI overrides.
+
+An unknown key is an error naming the valid keys of its section; a value of the wrong type is an error
+naming the key. Keys that reference V-JEPA YAMLs carry but that mean nothing here (launcher settings)
+are dropped with a one-line notice, so reference configs run unchanged.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Type, TypeVar
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Reference keys with no meaning here: SLURM launch layout and the app selector (the `task` key picks
+# the job here), and `use_sdpa` (attention always goes through scaled_dot_product_attention).
+IGNORED_KEYS = ("app", "nodes", "tasks_per_node", "meta.use_sdpa", "meta.skip_batches")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def _drop_ignored(raw: dict, ignored: Iterable[str]) -> dict:
+    for dotted in ignored:
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            logger.info("config: ignoring reference key %r (no effect in this codebase)", dotted)
+            node.pop(leaf)
+    return raw
+
+
+def _section_name(e: ConfigKeyError) -> str:
+    return getattr(e.object_type, "__name__", "config")
+
+
+def _valid_keys(e: ConfigKeyError) -> list[str]:
+    return sorted(f.name for f in fields(e.object_type)) if is_dataclass(e.object_type) else []
+
+
+def load_config(cls: Type[T], yaml_path: Optional[str | Path] = None, overrides: Sequence[str] = (),
+                raw: Optional[dict] = None) -> T:
+    """Build a `cls` instance from its defaults, a YAML file (or an already-read `raw` dict) and
+    `key.sub=value` overrides, strictly."""
+    if not is_dataclass(cls):
+        raise TypeError(f"{cls} is not a dataclass")
+    schema = OmegaConf.structured(cls)
+    if raw is None:
+        raw = read_yaml(yaml_path) if yaml_path else {}
+    raw = _drop_ignored(dict(raw), IGNORED_KEYS)
+    for o in overrides:
+        if "=" not in o:
+            raise ConfigError(f"override {o!r} is not of the form key.sub=value")
+    layers = [OmegaConf.create(raw), OmegaConf.from_dotlist(list(overrides))]
+    merged = schema
+    for source, layer in zip(("yaml", "command line"), layers):
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except ConfigKeyError as e:
+            key = e.full_key or str(e.key)
+            raise ConfigError(f"unknown config key {key!r} in {_section_name(e)} (from {source}); "
+                              f"valid keys: {_valid_keys(e)}") from None
+        except OmegaConfBaseException as e:
+            msg = str(e.msg).splitlines()[0]
+            raise ConfigError(f"bad value for config key {e.full_key!r} (from {source}): {msg}") from None
+    return OmegaConf.to_object(merged)
+
+
+def to_dict(cfg: Any) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
