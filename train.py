@@ -25,6 +25,12 @@ QUICKSTART = Path(__file__).resolve().parent / "configs" / "quickstart.yaml"
 # task -> (module, config class, train function)
 TASKS = {
     "pretrain": ("vjepa.pretrain", "PretrainConfig", "train"),
+    "quickstart": ("vjepa.quickstart", "QuickstartConfig", "run"),
+    "probe": ("vjepa.probe_train", "ProbeConfig", "train"),
+    "hjepa": ("hjepa.train", "HJEPAConfig", "train"),
+    "horizon_study": ("hjepa.study", "HorizonStudyConfig", "run"),
+    "worldmodel": ("hjepa.wm_train", "WorldModelConfig", "train"),
+    "plan": ("hjepa.plan_eval", "PlanConfig", "run"),
 }
 
 
@@ -34,9 +40,9 @@ def pick_task(raw: dict, overrides: list[str]) -> str:
             return o.split("=", 1)[1]
     if "task" in raw:
         return raw["task"]
-    if raw.get("app") == "vjepa":
-        return "pretrain"
-    return "pretrain"
+    if "eval_name" in raw:  # reference eval configs (video_classification_frozen, image_classification_frozen)
+        return "probe"
+    return "pretrain"  # reference pretraining configs say `app: vjepa`
 
 
 def main(argv=None) -> int:

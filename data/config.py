@@ -42,6 +42,8 @@ class DataConfig:
         filter_short_videos / clip_duration: drop videos shorter than one clip / sample clips spanning
             this many seconds.
         decoder: `auto` (decord when importable, else PyAV), `decord` or `pyav`.
+        decoder_threads: decoding threads per video (0 = the backend's default, one per core).
+        num_views: spatial views per clip at evaluation (1 = centre crop; 3 = along the long side).
         max_consecutive_failures: broken files in a row before the run stops with an error.
     """
 
@@ -65,6 +67,8 @@ class DataConfig:
     min_duration: Optional[float] = None
     max_duration: Optional[float] = None
     decoder: str = "auto"
+    decoder_threads: int = 0
+    num_views: int = 1
     max_consecutive_failures: int = 50
     synthetic: MotionConfig = field(default_factory=MotionConfig)
 

@@ -141,6 +141,25 @@ def clip_indices(video_frames: int, num_frames: int, step: int, num_clips: int, 
 
 
 # ---------------------------------------------------------------------------------------- datasets
+class SampleTable:
+    """(path, label) pairs in two numpy arrays instead of a list of tuples: DataLoader workers fork the
+    dataset, and touching millions of Python objects there copies their pages (refcounts), a known
+    memory blow-up of list-based datasets (pytorch/pytorch#13246)."""
+
+    def __init__(self, samples: Sequence[Sample]):
+        encoded = [p.encode("utf-8") for p, _ in samples]
+        self._offsets = np.cumsum([0] + [len(b) for b in encoded], dtype=np.int64)  # [N + 1]
+        self._bytes = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        self.labels = np.asarray([label for _, label in samples], dtype=np.int64)  # [N]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> Sample:
+        a, b = self._offsets[i], self._offsets[i + 1]
+        return self._bytes[a:b].tobytes().decode("utf-8"), int(self.labels[i])
+
+
 def _weighted_slots(sizes: Sequence[int], weights: Sequence[float]) -> np.ndarray:
     """Source id of each of sum(sizes) slots, in proportion to `weights` (largest remainder), interleaved."""
     total = sum(sizes)
@@ -187,7 +206,7 @@ class ClipDataset(Dataset):
             raise ValueError("every dataset needs at least one sample")
         if num_frames < 1 or num_clips < 1:
             raise ValueError(f"num_frames and num_clips must be >= 1, got {num_frames}, {num_clips}")
-        self.samples: List[Sample] = [s for src in sources for s in src]
+        self.samples = SampleTable([s for src in sources for s in src])
         self.source_sizes = [len(s) for s in sources]
         self.source_offsets = np.cumsum([0] + self.source_sizes[:-1]).tolist()
         self._slots: Optional[np.ndarray] = None
@@ -200,7 +219,7 @@ class ClipDataset(Dataset):
         self.random_clips = random_clips
         self.max_consecutive_failures = max_consecutive_failures
         self.classes = classes
-        self.num_classes = len(classes) if classes else max(label for _, label in self.samples) + 1
+        self.num_classes = len(classes) if classes else int(self.samples.labels.max()) + 1
         # Per process (each DataLoader worker has its own): known-bad sample ids, so a broken file is
         # warned about once and not reopened. Filled in __getitem__; holds no randomness.
         self._broken: Dict[int, str] = {}
@@ -222,34 +241,29 @@ class ClipDataset(Dataset):
 
     def __getitem__(self, index: int) -> Dict[str, object]:
         skipped = 0
-        failed: List[str] = []  # consecutive failures of this call: "path (reason)"
+        failed: List[str] = []  # this call's consecutive failures, "path (reason)"
         while True:
             sid = self.sample_id(index)
             path, label = self.samples[sid]
-            clips: Optional[List[torch.Tensor]] = None
-            if sid in self._broken:
-                skipped += 1
-                failed.append(f"{path} ({self._broken[sid]})")
-            elif sid not in self._filtered:
+            reason = self._broken.get(sid) or ("filtered by duration" if sid in self._filtered else None)
+            if reason is None:
                 try:
                     clips = self.load(path)
                 except DecodeError as e:
-                    self._broken[sid] = e.reason
+                    reason = self._broken[sid] = e.reason
                     logger.warning("skipping broken file %s: %s", path, e.reason)
-                    skipped += 1
-                    failed.append(f"{path} ({e.reason})")
                 else:
-                    if clips is None:
-                        self._filtered.add(sid)
-            if clips is None and sid in self._filtered:
-                failed.append(f"{path} (filtered by duration)")
-            if clips is not None:
-                return {"clip": self._transform(clips), "label": label, "skipped": skipped}
+                    if clips is not None:
+                        return {"clip": self._transform(clips), "label": label, "skipped": skipped}
+                    self._filtered.add(sid)
+                    reason = "filtered by duration"
+            skipped += sid in self._broken
+            failed.append(f"{path} ({reason})")
             if len(failed) >= self.max_consecutive_failures:
                 raise RuntimeError(
                     f"{len(failed)} files in a row could not be used (data.max_consecutive_failures="
-                    f"{self.max_consecutive_failures}); check the dataset, e.g. with `python -m data.check`."
-                    f" Examples: {'; '.join(failed[:5])}"
+                    f"{self.max_consecutive_failures}); check the list with `python -m data.check`. "
+                    f"Examples: {'; '.join(failed[:5])}"
                 )
             index = int(torch.randint(0, len(self), size=(1,)).item())
 
@@ -368,28 +382,18 @@ def build_video_dataset(data: DataConfig, aug: DataAugConfig, train: bool) -> Da
         if train
         else make_eval_transform(aug, data.crop_size, num_views=data.num_views)
     )
-    common = dict(
-        sources=sources,
-        weights=data.datasets_weights,
-        transform=transform,
-        num_frames=data.num_frames,
-        num_clips=data.num_clips,
-        random_clips=train,
-        max_consecutive_failures=data.max_consecutive_failures,
-        classes=classes,
-    )
     if is_image:
-        dataset: ClipDataset = ImageDataset(**common)
+        dataset: ClipDataset = ImageDataset(
+            sources, data.datasets_weights, transform, data.num_frames, num_clips=data.num_clips,
+            random_clips=train, max_consecutive_failures=data.max_consecutive_failures, classes=classes,
+        )
     else:
         dataset = VideoDataset(
-            **common,
-            decoder=data.decoder,
-            sampling_rate=data.sampling_rate,
-            fps=data.fps,
-            clip_duration=data.clip_duration,
-            filter_short_videos=data.filter_short_videos,
-            min_duration=data.min_duration,
-            max_duration=data.max_duration,
+            sources, data.datasets_weights, transform, data.num_frames, num_clips=data.num_clips,
+            random_clips=train, max_consecutive_failures=data.max_consecutive_failures, classes=classes,
+            decoder=data.decoder, sampling_rate=data.sampling_rate, fps=data.fps,
+            clip_duration=data.clip_duration, filter_short_videos=data.filter_short_videos,
+            min_duration=data.min_duration, max_duration=data.max_duration,
             decoder_threads=data.decoder_threads,
         )
     logger.info(

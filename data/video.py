@@ -2,7 +2,7 @@
 
 Both backends number frames the same way (0 .. num_frames-1 in presentation order) and return the same
 uint8 RGB frames `[T, H, W, C]` for the same indices, so a dataset can switch backend without changing
-what it samples. Every way a file can fail to give its frames raises `VideoDecodeError`, and only that:
+what it samples. Every way a file can fail to give its frames raises `DecodeError`, and only that:
 the datasets skip such files; anything else is a bug and propagates.
 """
 from __future__ import annotations
@@ -27,8 +27,9 @@ DECODERS = ("auto", "decord", "pyav")
 _DEFAULT_SEEK_GAP = 300
 
 
-class VideoDecodeError(Exception):
-    """A file that cannot give the frames asked of it: missing, empty, not a video, truncated, corrupt."""
+class DecodeError(Exception):
+    """A file that cannot give the frames asked of it: missing, empty, not a video (or image), truncated,
+    corrupt. `reason` is a short human-readable cause."""
 
     def __init__(self, path: str, reason: str):
         super().__init__(f"{path}: {reason}")
@@ -65,9 +66,9 @@ def resolve_decoder(decoder: str) -> str:
 def _check_file(path: str) -> None:
     # Cheap checks first: they give a clearer reason than the decoder's own message.
     if not os.path.isfile(path):
-        raise VideoDecodeError(path, "missing file")
+        raise DecodeError(path, "missing file")
     if os.path.getsize(path) == 0:
-        raise VideoDecodeError(path, "empty file (0 bytes)")
+        raise DecodeError(path, "empty file (0 bytes)")
 
 
 def _check_indices(path: str, indices: Sequence[int], num_frames: int) -> List[int]:
@@ -119,17 +120,17 @@ class DecordReader(VideoReader):
             num_frames = len(self._vr)
             fps = float(self._vr.get_avg_fps())
         except (decord.DECORDError, RuntimeError) as e:  # decord raises RuntimeError for non-videos
-            raise VideoDecodeError(path, f"cannot open: {_first_line(e)}") from e
+            raise DecodeError(path, f"cannot open: {_first_line(e)}") from e
         if num_frames <= 0:
-            raise VideoDecodeError(path, "no frames")
+            raise DecodeError(path, "no frames")
         if not math.isfinite(fps) or fps <= 0:
-            raise VideoDecodeError(path, f"invalid fps {fps}")
+            raise DecodeError(path, f"invalid fps {fps}")
         # decord has no width/height getter; its private handle does, but the first frame is as cheap
         # and public. Decoding it also rejects files whose header is fine but whose data is not.
         try:
             h, w, _ = self._vr[0].shape
         except decord.DECORDError as e:
-            raise VideoDecodeError(path, f"cannot decode frame 0: {_first_line(e)}") from e
+            raise DecodeError(path, f"cannot decode frame 0: {_first_line(e)}") from e
         self.info = VideoInfo(num_frames, fps, num_frames / fps, int(w), int(h))
 
     def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
@@ -139,7 +140,7 @@ class DecordReader(VideoReader):
         try:
             frames = self._vr.get_batch(idx).asnumpy()  # [T, H, W, C] uint8
         except decord.DECORDError as e:
-            raise VideoDecodeError(self.path, f"cannot decode frames: {_first_line(e)}") from e
+            raise DecodeError(self.path, f"cannot decode frames: {_first_line(e)}") from e
         return torch.from_numpy(frames)
 
     def close(self) -> None:
@@ -159,7 +160,7 @@ class PyAVReader(VideoReader):
         try:
             self._container = av.open(path)
         except (av.FFmpegError, UnicodeDecodeError) as e:
-            raise VideoDecodeError(path, f"cannot open: {_first_line(e)}") from e
+            raise DecodeError(path, f"cannot open: {_first_line(e)}") from e
         try:
             self.info = self._read_info(threads)
         except BaseException:
@@ -168,7 +169,7 @@ class PyAVReader(VideoReader):
 
     def _read_info(self, threads: int) -> VideoInfo:
         if not self._container.streams.video:
-            raise VideoDecodeError(self.path, "no video stream")
+            raise DecodeError(self.path, "no video stream")
         stream = self._container.streams.video[0]
         # Frame + slice threads: the decode loop below is FFmpeg-bound, Python only converts wanted frames.
         stream.thread_type = "AUTO"
@@ -177,7 +178,7 @@ class PyAVReader(VideoReader):
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else 0.0
         if not math.isfinite(fps) or fps <= 0:
-            raise VideoDecodeError(self.path, "no frame rate")
+            raise DecodeError(self.path, "no frame rate")
         self._tb = float(stream.time_base)
         self._start = stream.start_time or 0
         num_frames = stream.frames
@@ -187,12 +188,12 @@ class PyAVReader(VideoReader):
                 num_frames = sum(1 for p in self._container.demux(stream) if p.size > 0)
                 self._container.seek(0, stream=stream)
             except av.FFmpegError as e:
-                raise VideoDecodeError(self.path, f"cannot read packets: {_first_line(e)}") from e
+                raise DecodeError(self.path, f"cannot read packets: {_first_line(e)}") from e
         if num_frames <= 0:
-            raise VideoDecodeError(self.path, "no frames")
+            raise DecodeError(self.path, "no frames")
         w, h = stream.codec_context.width, stream.codec_context.height
         if w <= 0 or h <= 0:
-            raise VideoDecodeError(self.path, f"invalid frame size {w}x{h}")
+            raise DecodeError(self.path, f"invalid frame size {w}x{h}")
         return VideoInfo(num_frames, fps, num_frames / fps, w, h)
 
     def _index_of(self, pts: Optional[int]) -> int:
@@ -208,7 +209,7 @@ class PyAVReader(VideoReader):
         try:
             got = self._decode_sorted(sorted(set(idx)))
         except av.FFmpegError as e:
-            raise VideoDecodeError(self.path, f"cannot decode frames: {_first_line(e)}") from e
+            raise DecodeError(self.path, f"cannot decode frames: {_first_line(e)}") from e
         return torch.from_numpy(np.stack([got[i] for i in idx]))  # [T, H, W, C]
 
     def _decode_sorted(self, targets: List[int]) -> Dict[int, np.ndarray]:
@@ -252,7 +253,7 @@ class PyAVReader(VideoReader):
                     frames = self._container.decode(self._stream)
                     current = -1
         if k < len(targets):
-            raise VideoDecodeError(
+            raise DecodeError(
                 self.path,
                 f"frame {targets[k]} not decodable (stream ended after frame {current}, "
                 f"header says {self.info.num_frames} frames): truncated or corrupt",
@@ -272,7 +273,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def open_video(path: str, decoder: str = "auto", threads: int = 0) -> VideoReader:
-    """Open `path` with `decoder` (`auto`, `decord`, `pyav`); raises VideoDecodeError for a bad file."""
+    """Open `path` with `decoder` (`auto`, `decord`, `pyav`); raises DecodeError for a bad file."""
     if resolve_decoder(decoder) == "decord":
         return DecordReader(path, threads=threads)
     return PyAVReader(path, threads=threads)
