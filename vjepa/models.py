@@ -155,7 +155,7 @@ class VisionTransformer(nn.Module):
             # A frozen parameter (not a buffer) so it sits in the state dict as in official checkpoints.
             table = sincos_3d(embed_dim, *self.grid, uniform_power=uniform_power).unsqueeze(0)
             self.pos_embed = nn.Parameter(table, requires_grad=False)  # [1, N, D]
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = [drop_path_rate * i / max(1, depth - 1) for i in range(depth)]  # stochastic depth grows with depth
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_path=dpr[i], use_rope=use_rope)
             for i in range(depth)
@@ -222,7 +222,7 @@ class Predictor(nn.Module):
         if not use_rope:
             table = sincos_3d(pred_embed_dim, *self.grid, uniform_power=uniform_power).unsqueeze(0)
             self.predictor_pos_embed = nn.Parameter(table, requires_grad=False)  # [1, N, d]
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = [drop_path_rate * i / max(1, depth - 1) for i in range(depth)]  # stochastic depth grows with depth
         self.predictor_blocks = nn.ModuleList(
             Block(pred_embed_dim, num_heads, mlp_ratio, qkv_bias, drop_path=dpr[i], use_rope=use_rope)
             for i in range(depth)

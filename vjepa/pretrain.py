@@ -75,7 +75,8 @@ class MetaConfig:
     """seed: init, data order and masks. dtype: autocast precision on GPU (CPU runs fp32).
     load_checkpoint: resume from the run folder's latest checkpoint. read_checkpoint: resume from this file.
     save_every_freq: checkpoint every this many epochs (and at the end). eval_freq: reference key, kept
-    for monitoring jobs."""
+    for monitoring jobs. max_steps: stop (with a checkpoint) after this many steps, schedules unchanged,
+    e.g. to fit a cluster's time limit and resume later."""
 
     seed: int = 234
     dtype: str = "bfloat16"
@@ -83,6 +84,7 @@ class MetaConfig:
     read_checkpoint: Optional[str] = None
     save_every_freq: int = 25
     eval_freq: int = 100
+    max_steps: Optional[int] = None
 
 
 @dataclass
@@ -248,6 +250,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
         ckpt.set_rng_state(rng)
 
     total = opt.epochs * opt.ipe
+    stop = min(total, cfg.meta.max_steps or total)
     horizon = int(opt.ipe_scale * total)  # schedules span ipe_scale x the run, as the reference
     warmup = int(opt.warmup * opt.ipe)
     save_every = max(1, cfg.meta.save_every_freq * opt.ipe)
@@ -261,7 +264,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     batches = iter(loader)
     tick, last, skipped = time.time(), {}, 0
 
-    while step < total:
+    while step < stop:
         lr = lr_at(step, warmup_steps=warmup, total_steps=horizon, start_lr=opt.start_lr, lr=opt.lr, final_lr=opt.final_lr)
         wd = cosine_at(step, total_steps=horizon, start=opt.weight_decay, end=opt.final_weight_decay)
         m = linear_at(step, total_steps=horizon, start=opt.ema[0], end=opt.ema[1])
@@ -283,13 +286,13 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
         step += 1
         pbar.update(1)
 
-        if step % cfg.logging.log_every == 0 or step == total:
+        if step % cfg.logging.log_every == 0 or step == stop:
             elapsed, tick = time.time() - tick, time.time()
             metrics = {"loss": last["loss"], "lr": lr, "wd": wd, "ema": m,
                        "clips_per_s": clips_per_step * cfg.logging.log_every / max(elapsed, 1e-9),
                        "feature_std": feature_std(last["h"]), "skipped_files": skipped}
             metrics.update({k: v for k, v in last.items() if k.startswith("grad_norm")})
-            if step % cfg.logging.rankme_every == 0 or step == total:
+            if step % cfg.logging.rankme_every == 0 or step == stop:
                 metrics["rankme"] = rankme(last["h"])
             if metrics["feature_std"] < cfg.logging.collapse_std_floor:
                 logger.warning("step %d: target feature std %.4f is below %.3f: the representation may be "
@@ -297,7 +300,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
             log.log(step, metrics)
             pbar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{lr:.2e}", ema=f"{m:.4f}",
                              clips_s=f"{metrics['clips_per_s']:.1f}")
-        if step % save_every == 0 or step == total:
+        if step % save_every == 0 or step == stop:
             _save(accelerator, latest, encoder, predictor, target, optimizer, step, cfg)
 
     pbar.close()
@@ -310,9 +313,22 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     return run_dir
 
 
+def _target_checksum(target: nn.Module) -> torch.Tensor:
+    return torch.stack([sum(p.double().sum() for p in target.parameters()),
+                        sum(p.double().abs().sum() for p in target.parameters())])
+
+
 def _save(accelerator, path: Path, encoder, predictor, target, optimizer, step: int, cfg: PretrainConfig) -> None:
+    # A finite loss can still come with weights the update just broke: never let those replace a good file.
+    if not all(torch.isfinite(p).all() for p in target.parameters()):
+        raise NonFiniteLoss(f"target encoder weights are not finite at step {step}; not saving over {path}")
+    # Every rank must hold the same EMA target; record each rank's checksum and stop if they differ.
+    sums = accelerator.gather(_target_checksum(target).to(accelerator.device).unsqueeze(0)).cpu()  # [ranks, 2]
+    if not torch.allclose(sums, sums[:1].expand_as(sums), rtol=1e-9, atol=0):
+        raise RuntimeError(f"target encoders differ across ranks at step {step}: checksums {sums.tolist()}")
     accelerator.wait_for_everyone()
     state = {
+        "target_checksums": sums,
         "encoder": accelerator.get_state_dict(encoder),
         "predictor": accelerator.get_state_dict(predictor),
         "target_encoder": target.state_dict(),

@@ -1,0 +1,541 @@
+"""Frozen-encoder evaluation: probes trained on a frozen encoder's tokens, V-JEPA's protocol.
+
+    python train.py --config configs/probe/motion.yaml pretrain.checkpoint=runs/.../jepa-latest.pt
+    python train.py --config configs/probe/vitl16_k400_16x8x3.yaml       # reference eval YAMLs run as they are
+
+Per step, the frozen encoder encodes every (segment, view) of a batch once, under no_grad; every probe
+of the LR x WD grid trains on those same tokens (their losses are independent, so one backward serves
+all), as V-JEPA 2's multi-head evaluation. Evaluation averages the softmax over segments x views and
+reports top-1 / top-5 of every probe and the best one. With `optimization.cache_features` the encoder
+runs once per sample for the whole run (exact when the training transform draws nothing random, as on
+the motion benchmark), which makes probing a small model on CPU a matter of seconds.
+
+Config keys follow the reference `video_classification_frozen` YAMLs (`data`, `optimization`,
+`pretrain` sections); `probe`, `meta` and `logging` are this codebase's additions.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from data.config import DataAugConfig, DataConfig
+from data.motion_benchmark import MotionBenchmarkConfig, motion_split
+from vjepa import checkpoint as ckpt
+from vjepa.config import to_yaml
+from vjepa.official import load_encoder, random_encoder_like
+from vjepa.probe import average_softmax, build_probe, join_segments, knn_predict, topk_correct
+from vjepa.runtime import MetricLog, make_accelerator, resolve_run_dir
+from vjepa.schedules import cosine_at, lr_at
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ configs
+@dataclass
+class ProbeDataConfig:
+    """Reference `data:` section of the eval YAMLs.
+
+    Args:
+        dataset_train / dataset_val: CSV lists (`path label`) or class folders; both None = the built-in
+            motion benchmark (`motion`).
+        dataset_type: `VideoDataset` or `ImageDataset`. num_classes: None = read from the data.
+        frames_per_clip / frame_step: clip length and frame step. num_segments: temporal clips per video
+            (K400 16x8x3: 8; SSv2 16x2x3: 2). num_views_per_segment: spatial views at evaluation (3).
+        root_path / image_folder / dataset_name: reference image-probe keys (IN1K): the folders
+            `root_path/image_folder/{train,val}` are used.
+        resolution: reference image-probe key; overrides `optimization.resolution` when set.
+        num_workers: DataLoader workers.
+    """
+
+    dataset_train: Optional[str] = None
+    dataset_val: Optional[str] = None
+    dataset_type: str = "VideoDataset"
+    num_classes: Optional[int] = None
+    frames_per_clip: int = 16
+    frame_step: int = 4
+    num_segments: int = 1
+    num_views_per_segment: int = 1
+    root_path: Optional[str] = None
+    image_folder: Optional[str] = None
+    dataset_name: Optional[str] = None
+    resolution: Optional[int] = None
+    num_workers: int = 4
+    motion: MotionBenchmarkConfig = field(default_factory=MotionBenchmarkConfig)
+
+
+@dataclass
+class ProbeOptimizationConfig:
+    """Reference `optimization:` section. LRs and WDs of the grid are absolute; each probe's start/final
+    LR scale with its LR. Warmup is in epochs.
+
+    Args:
+        attend_across_segments: the probe sees the tokens of all segments of a view at once.
+        lr_grid / wd_grid: one probe per (lr, wd) pair; empty = [lr] / [weight_decay].
+        final_weight_decay: cosine WD schedule to this value (None = constant, as V-JEPA).
+        clip_grad: max grad norm per probe (reference 1.0). use_bfloat16: encoder autocast on GPU.
+        cache_features: encode each sample once for the whole run (see module docstring).
+    """
+
+    attend_across_segments: bool = False
+    num_epochs: int = 20
+    resolution: int = 224
+    batch_size: int = 4
+    weight_decay: float = 0.01
+    final_weight_decay: Optional[float] = None
+    lr: float = 1e-3
+    start_lr: float = 1e-3
+    final_lr: float = 0.0
+    warmup: float = 0.0
+    lr_grid: List[float] = field(default_factory=list)
+    wd_grid: List[float] = field(default_factory=list)
+    clip_grad: Optional[float] = 1.0
+    use_bfloat16: bool = True
+    cache_features: bool = False
+
+
+@dataclass
+class EncoderSourceConfig:
+    """Reference `pretrain:` section: which frozen encoder to probe. Geometry left at None is read from
+    the checkpoint (see `vjepa.official.load_encoder`).
+
+    Args:
+        checkpoint: a checkpoint file, or its name inside `folder`. checkpoint_key: which weights.
+        folder: reference key; also where results go (`folder/<eval_name>/<tag>`) unless logging.folder.
+        random_init: probe a randomly initialised encoder of the checkpoint's (or model_name's) geometry.
+        use_sdpa / tight_silu / write_tag / frame_step / clip_duration: reference keys; attention always
+            uses SDPA; SiLU MLPs are not supported (use_silu must be false).
+    """
+
+    checkpoint: Optional[str] = None
+    checkpoint_key: str = "target_encoder"
+    folder: Optional[str] = None
+    model_name: Optional[str] = None
+    patch_size: Optional[int] = None
+    tubelet_size: Optional[int] = None
+    frames_per_clip: Optional[int] = None
+    uniform_power: Optional[bool] = None
+    use_rope: Optional[bool] = None
+    num_heads: Optional[int] = None
+    random_init: bool = False
+    seed: int = 0
+    clip_duration: Optional[float] = None
+    frame_step: Optional[int] = None
+    use_sdpa: bool = True
+    use_silu: bool = False
+    tight_silu: bool = False
+    write_tag: str = "jepa"
+
+
+@dataclass
+class ProbeHeadConfig:
+    """The probe itself.
+
+    Args:
+        type: `attentive` or `linear`. num_probe_blocks: 1 (V-JEPA) or 4 (V-JEPA 2).
+        num_heads: probe heads (None = the encoder's). use_proj: output projection in the cross-attention.
+        knn_k: also report a k-NN score on mean-pooled tokens with this k (0 = off; needs cached features).
+    """
+
+    type: str = "attentive"
+    num_probe_blocks: int = 1
+    num_heads: Optional[int] = None
+    use_proj: bool = True
+    knn_k: int = 20
+
+
+@dataclass
+class ProbeMetaConfig:
+    seed: int = 0
+    dtype: str = "bfloat16"
+
+
+@dataclass
+class ProbeLoggingConfig:
+    folder: Optional[str] = None
+    log_every: int = 20
+    tensorboard: bool = False
+
+
+@dataclass
+class ProbeConfig:
+    task: str = "probe"
+    eval_name: str = "video_classification_frozen"
+    tag: Optional[str] = None
+    resume_checkpoint: bool = False
+    data: ProbeDataConfig = field(default_factory=ProbeDataConfig)
+    data_aug: DataAugConfig = field(default_factory=lambda: DataAugConfig(
+        # Reference probe recipe: RandAugment, random erasing 0.25, no flip, wider crop scale.
+        random_resize_scale=[0.08, 1.0], random_resize_aspect_ratio=[0.75, 4 / 3], horizontal_flip=False,
+        auto_augment=True, reprob=0.25))
+    optimization: ProbeOptimizationConfig = field(default_factory=ProbeOptimizationConfig)
+    pretrain: EncoderSourceConfig = field(default_factory=EncoderSourceConfig)
+    probe: ProbeHeadConfig = field(default_factory=ProbeHeadConfig)
+    meta: ProbeMetaConfig = field(default_factory=ProbeMetaConfig)
+    logging: ProbeLoggingConfig = field(default_factory=ProbeLoggingConfig)
+
+
+# ------------------------------------------------------------------------------------------ data
+class ViewsDataset(Dataset):
+    """Wraps a dataset whose sample clip is one tensor or a clip-major list of S*V tensors, and returns
+    `(clips [S, V, C, T, H, W], label)`."""
+
+    def __init__(self, dataset: Dataset, num_segments: int, num_views: int):
+        self.dataset, self.S, self.V = dataset, num_segments, num_views
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
+        s = self.dataset[i]
+        clips = s["clip"] if isinstance(s["clip"], (list, tuple)) else [s["clip"]]
+        if len(clips) != self.S * self.V:
+            raise ValueError(f"sample {i}: {len(clips)} clips, expected {self.S} segments x {self.V} views")
+        x = torch.stack(clips)  # [S*V, C, T, H, W]
+        return x.reshape(self.S, self.V, *x.shape[1:]), int(s["label"])
+
+
+def build_split(cfg: ProbeConfig, train: bool, frames: int, crop: int) -> Tuple[ViewsDataset, int]:
+    """The train or val split as a `ViewsDataset` and the class count."""
+    d, o = cfg.data, cfg.optimization
+    segments = d.num_segments if (o.attend_across_segments or not train) else 1
+    views = 1 if train else d.num_views_per_segment
+    path = d.dataset_train if train else d.dataset_val
+    if d.root_path or d.image_folder:  # reference image probe layout (IN1K)
+        path = str(Path(d.root_path or "") / (d.image_folder or "") / ("train" if train else "val"))
+    if is_motion_benchmark(d):
+        m = d.motion
+        if (m.num_frames, m.size) != (frames, crop):
+            raise ValueError(f"motion benchmark clips are {m.num_frames}x{m.size}px but the probe expects "
+                             f"{frames}x{crop}px: set data.motion.num_frames / data.motion.size")
+        if segments * views != 1:
+            raise ValueError("the motion benchmark has one clip and one view per video")
+        ds = motion_split(m, "train" if train else "val", mean=cfg.data_aug.mean, std=cfg.data_aug.std)
+        return ViewsDataset(ds, 1, 1), d.num_classes or m.num_classes
+    if path is None:
+        raise ValueError("give both data.dataset_train and data.dataset_val, or neither (motion benchmark)")
+    from data.datasets import build_video_dataset
+
+    image = cfg.eval_name == "image_classification_frozen" or d.dataset_type == "ImageDataset"
+    dc = DataConfig(dataset_type="ImageDataset" if image else d.dataset_type, datasets=[path],
+                    num_clips=segments, num_views=views, num_frames=frames,
+                    sampling_rate=cfg.pretrain.frame_step or d.frame_step, clip_duration=cfg.pretrain.clip_duration,
+                    crop_size=crop, num_workers=d.num_workers)
+    ds = build_video_dataset(dc, cfg.data_aug, train)
+    return ViewsDataset(ds, segments, views), d.num_classes or ds.num_classes
+
+
+def _collate(batch):
+    clips, labels = zip(*batch)
+    return torch.stack(clips), torch.as_tensor(labels, dtype=torch.long)  # [B, S, V, C, T, H, W], [B]
+
+
+def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, epoch: int, num_workers: int) -> DataLoader:
+    g = torch.Generator()
+    g.manual_seed(seed * 100_003 + epoch)  # each epoch's order is a function of (seed, epoch): resumable
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=num_workers,
+                      collate_fn=_collate, drop_last=shuffle)
+
+
+# ------------------------------------------------------------------------------------------ encoding
+@torch.no_grad()
+def encode(encoder: nn.Module, clips: torch.Tensor, attend_across_segments: bool, autocast) -> torch.Tensor:
+    """clips `[B, S, V, C, T, H, W]` -> probe inputs `[B, P, M, D]` (see `vjepa.probe.join_segments`)."""
+    B, S, V = clips.shape[:3]
+    with autocast():
+        tokens = encoder(clips.flatten(0, 2))  # [B*S*V, N, D]
+    return join_segments(tokens.float().reshape(B, S, V, *tokens.shape[1:]), attend_across_segments)
+
+
+@torch.no_grad()
+def encode_dataset(encoder: nn.Module, ds: Dataset, batch_size: int, attend_across_segments: bool, device,
+                   autocast, num_workers: int = 0, dtype=torch.float16) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Every sample of `ds` once, in order -> (inputs `[M, P, N, D]` stored as `dtype`, labels `[M]`)."""
+    feats, labels = [], []
+    for clips, y in make_loader(ds, batch_size, False, 0, 0, num_workers):
+        feats.append(encode(encoder, clips.to(device), attend_across_segments, autocast).to(dtype).cpu())
+        labels.append(y)
+    return torch.cat(feats), torch.cat(labels)
+
+
+# ------------------------------------------------------------------------------------------ probe grid
+@dataclass
+class GridPoint:
+    lr: float
+    wd: float
+
+
+def grid_points(o: ProbeOptimizationConfig) -> List[GridPoint]:
+    return [GridPoint(lr, wd) for lr in (o.lr_grid or [o.lr]) for wd in (o.wd_grid or [o.weight_decay])]
+
+
+class ProbeGrid:
+    """Several probes, one per (lr, wd), trained on the same inputs; one AdamW with a param group each.
+
+    Args:
+        probes: the probe modules. points: their (lr, wd). opt: the optimisation section (schedules).
+        steps_per_epoch: optimizer steps per epoch (schedules are functions of the global step).
+    """
+
+    def __init__(self, probes: Sequence[nn.Module], points: Sequence[GridPoint], opt: ProbeOptimizationConfig,
+                 steps_per_epoch: int):
+        self.probes, self.points, self.opt = list(probes), list(points), opt
+        groups = []
+        for p, pt in zip(self.probes, self.points):
+            decay = [q for n, q in p.named_parameters() if q.ndim > 1 and not n.endswith(".bias")]
+            other = [q for n, q in p.named_parameters() if not (q.ndim > 1 and not n.endswith(".bias"))]
+            groups += [{"params": decay, "weight_decay": pt.wd}, {"params": other, "weight_decay": 0.0, "wd_exclude": True}]
+        self.optimizer = torch.optim.AdamW(groups)
+        self.total = max(1, opt.num_epochs * steps_per_epoch)
+        self.warmup = int(opt.warmup * steps_per_epoch)
+
+    def set_schedules(self, step: int) -> None:
+        o = self.opt
+        for i, pt in enumerate(self.points):
+            s = pt.lr / o.lr if o.lr > 0 else 1.0
+            lr = lr_at(step, warmup_steps=self.warmup, total_steps=self.total, start_lr=o.start_lr * s, lr=pt.lr,
+                       final_lr=o.final_lr * s)
+            wd = pt.wd if o.final_weight_decay is None else cosine_at(
+                step, total_steps=self.total, start=pt.wd, end=o.final_weight_decay * (pt.wd / max(o.weight_decay, 1e-12)))
+            for g in self.optimizer.param_groups[2 * i: 2 * i + 2]:
+                g["lr"] = lr
+                if not g.get("wd_exclude", False):
+                    g["weight_decay"] = wd
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> List[float]:
+        """x `[B, P, M, D]` (P inputs per video, each labelled y) -> the loss of every probe."""
+        self.set_schedules(step)
+        B, P = x.shape[:2]
+        inputs, targets = x.flatten(0, 1), y.repeat_interleave(P)  # [B*P, M, D], [B*P]
+        losses = []
+        for p in self.probes:
+            p.train()
+            losses.append(F.cross_entropy(p(inputs), targets))
+        torch.stack(losses).sum().backward()  # probes share no parameters: each gets its own gradient
+        if self.opt.clip_grad:
+            for p in self.probes:
+                nn.utils.clip_grad_norm_(p.parameters(), self.opt.clip_grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return [float(l) for l in losses]
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """x `[B, P, M, D]` -> per probe the softmax averaged over the P views `[B, C]`."""
+        B, P = x.shape[:2]
+        out = []
+        for p in self.probes:
+            p.eval()
+            out.append(average_softmax(p(x.flatten(0, 1)).reshape(B, P, -1)))
+        return out
+
+    def state_dict(self) -> dict:
+        return {"probes": [p.state_dict() for p in self.probes], "opt": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["probes"]) != len(self.probes):
+            raise ckpt.CheckpointMismatch(f"checkpoint has {len(state['probes'])} probes, the grid {len(self.probes)}")
+        for i, (p, s) in enumerate(zip(self.probes, state["probes"])):
+            ckpt.load_state_strict(p, s, f"probe {i}")
+        self.optimizer.load_state_dict(state["opt"])
+
+
+class Scores:
+    """Accumulates top-1 / top-5 counts of every probe over an evaluation pass."""
+
+    def __init__(self, n: int):
+        self.counts = [{"top1": 0, "top5": 0} for _ in range(n)]
+        self.total = 0
+
+    def add(self, probs: Sequence[torch.Tensor], labels: torch.Tensor) -> None:
+        for c, p in zip(self.counts, probs):
+            for k, v in topk_correct(p.cpu(), labels.cpu()).items():
+                c[k] += v
+        self.total += len(labels)
+
+    def percent(self) -> List[Dict[str, float]]:
+        return [{k: 100.0 * v / max(1, self.total) for k, v in c.items()} for c in self.counts]
+
+
+# ------------------------------------------------------------------------------------------ the job
+def is_motion_benchmark(d: ProbeDataConfig) -> bool:
+    return not (d.dataset_train or d.dataset_val or d.root_path or d.image_folder)
+
+
+def clip_geometry(cfg: ProbeConfig) -> Tuple[int, int]:
+    """(frames, crop size) of the clips the probe's data gives."""
+    d = cfg.data
+    if is_motion_benchmark(d):
+        return d.motion.num_frames, d.motion.size
+    frames = d.frames_per_clip
+    if cfg.eval_name == "image_classification_frozen" or d.dataset_type == "ImageDataset":
+        frames = cfg.pretrain.frames_per_clip or frames  # images repeat over the encoder's clip length
+    return frames, d.resolution or cfg.optimization.resolution
+
+
+def build_encoder_for(cfg: ProbeConfig, device, frames: int, crop: int) -> nn.Module:
+    """The frozen encoder `pretrain` describes. A checkpoint's stored position table fixes the geometry
+    it was built for; other clip sizes are handled by the encoder's position-table resize."""
+    p = cfg.pretrain
+    if p.use_silu:
+        raise ValueError("pretrain.use_silu=true: SiLU MLP encoders are not supported here")
+    geometry = dict(model_name=p.model_name, patch_size=p.patch_size, tubelet_size=p.tubelet_size,
+                    num_frames=p.frames_per_clip or frames, uniform_power=p.uniform_power, use_rope=p.use_rope,
+                    num_heads=p.num_heads, img_size=crop)
+    if p.checkpoint is None:
+        if not p.random_init:
+            raise ValueError("pretrain.checkpoint is not set: give a checkpoint (pretrain.checkpoint=PATH) "
+                             "or pretrain.random_init=true")
+        encoder = random_encoder_like(None, seed=p.seed, **geometry)
+    else:
+        path = Path(p.checkpoint)
+        if p.folder and not path.is_absolute() and not path.exists():
+            path = Path(p.folder) / path
+        encoder = (random_encoder_like(path, seed=p.seed, key=p.checkpoint_key, **geometry) if p.random_init
+                   else load_encoder(path, key=p.checkpoint_key, **geometry))
+    return encoder.to(device).eval().requires_grad_(False)
+
+
+def run_folder(cfg: ProbeConfig, accelerator) -> Path:
+    folder = cfg.logging.folder
+    if folder is None and cfg.pretrain.folder:
+        folder = str(Path(cfg.pretrain.folder) / cfg.eval_name / (cfg.tag or "probe"))
+    return resolve_run_dir(folder, "probe", accelerator)
+
+
+def train(cfg: ProbeConfig, dry_run: bool = False) -> Optional[dict]:
+    """Train the probe grid on a frozen encoder and evaluate it; returns the results dict (also written
+    to `results.json` in the run folder)."""
+    o, d = cfg.optimization, cfg.data
+    accelerator = make_accelerator(cfg.meta.dtype if o.use_bfloat16 else "float32")
+    device = accelerator.device
+    torch.manual_seed(cfg.meta.seed)
+    frames, crop = clip_geometry(cfg)
+    encoder = build_encoder_for(cfg, device, frames, crop)
+    train_ds, num_classes = build_split(cfg, True, frames, crop)
+    val_ds, _ = build_split(cfg, False, frames, crop)
+    heads = cfg.probe.num_heads or encoder.num_heads
+    points = grid_points(o)
+    torch.manual_seed(cfg.meta.seed)
+    probes = [build_probe(cfg.probe.type, encoder.embed_dim, heads, num_classes, cfg.probe.num_probe_blocks,
+                          cfg.probe.use_proj).to(device) for _ in points]
+    steps_per_epoch = len(train_ds) // o.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"train split of {len(train_ds)} samples is smaller than one batch ({o.batch_size})")
+    grid = ProbeGrid(probes, points, o, steps_per_epoch)
+    if dry_run:
+        n = sum(q.numel() for q in probes[0].parameters())
+        print(to_yaml(cfg))
+        print(f"encoder: D={encoder.embed_dim}, heads={encoder.num_heads}, grid {encoder.grid}; "
+              f"{len(points)} {cfg.probe.type} probes of {n / 1e6:.2f}M params; {num_classes} classes; "
+              f"train {len(train_ds)} / val {len(val_ds)} videos, {steps_per_epoch} steps per epoch")
+        return None
+
+    run_dir = run_folder(cfg, accelerator)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    latest = run_dir / "probe-latest.pt"
+    start_epoch, history = 0, []
+    if cfg.resume_checkpoint and latest.exists():
+        state = ckpt.load(latest)
+        grid.load_state_dict(state["grid"])
+        start_epoch, history = state["epoch"], json.loads(state["history"])
+        logger.info("resumed probes from %s at epoch %d", latest, start_epoch)
+    elif latest.exists():
+        raise FileExistsError(f"{latest} exists; resume with resume_checkpoint=true or choose another logging.folder")
+
+    log = MetricLog(run_dir, enabled=accelerator.is_main_process, tensorboard=cfg.logging.tensorboard)
+    autocast = accelerator.autocast
+    t0 = time.time()
+    cached = None
+    if o.cache_features:
+        cached = (encode_dataset(encoder, train_ds, o.batch_size, o.attend_across_segments, device, autocast, d.num_workers),
+                  encode_dataset(encoder, val_ds, o.batch_size, o.attend_across_segments, device, autocast, d.num_workers))
+        logger.info("encoded %d train + %d val videos in %.1fs", len(train_ds), len(val_ds), time.time() - t0)
+
+    for epoch in range(start_epoch, o.num_epochs):
+        losses = train_epoch(grid, encoder, train_ds, cached, cfg, epoch, steps_per_epoch, device, autocast, log)
+        scores = evaluate(grid, encoder, val_ds, cached, cfg, device, autocast)
+        best = max(range(len(points)), key=lambda i: scores[i]["top1"])
+        history.append({"epoch": epoch + 1, "train_loss": losses, "val": scores})
+        log.log((epoch + 1) * steps_per_epoch, {"val_top1_best": scores[best]["top1"], "train_loss_min": min(losses)})
+        logger.info("epoch %d/%d: best probe (lr %.1e, wd %.1e) val top-1 %.2f%% top-5 %.2f%%", epoch + 1,
+                    o.num_epochs, points[best].lr, points[best].wd, scores[best]["top1"], scores[best]["top5"])
+        if accelerator.is_main_process:
+            ckpt.save_atomic({"grid": grid.state_dict(), "epoch": epoch + 1, "history": json.dumps(history)}, latest)
+
+    results = summarize(history, points, cfg)
+    if cached is not None and cfg.probe.knn_k > 0:
+        results["knn_top1"] = knn_score(cached, num_classes, cfg.probe.knn_k)
+    results["seconds"] = time.time() - t0
+    log.close()
+    if accelerator.is_main_process:
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        logger.info("probe results: best val top-1 %.2f%% (top-5 %.2f%%)%s; %s", results["top1"], results["top5"],
+                    f", k-NN top-1 {results['knn_top1']:.2f}%" if "knn_top1" in results else "", run_dir / "results.json")
+    return results
+
+
+def _batches(cached, ds, cfg: ProbeConfig, epoch: int, shuffle: bool, encoder, device, autocast):
+    """(inputs `[B, P, M, D]`, labels) batches: from the cached features or by encoding on the fly."""
+    o = cfg.optimization
+    if cached is not None:
+        x, y = cached
+        g = torch.Generator()
+        g.manual_seed(cfg.meta.seed * 100_003 + epoch)
+        order = torch.randperm(len(y), generator=g) if shuffle else torch.arange(len(y))
+        n = len(y) - len(y) % o.batch_size if shuffle else len(y)
+        for i in range(0, n, o.batch_size):
+            idx = order[i: i + o.batch_size]
+            yield x[idx].to(device).float(), y[idx].to(device)
+        return
+    for clips, labels in make_loader(ds, o.batch_size, shuffle, cfg.meta.seed, epoch, cfg.data.num_workers):
+        yield encode(encoder, clips.to(device), o.attend_across_segments, autocast), labels.to(device)
+
+
+def train_epoch(grid: ProbeGrid, encoder, ds, cached, cfg: ProbeConfig, epoch: int, steps_per_epoch: int, device,
+                autocast, log: MetricLog) -> List[float]:
+    sums, n = None, 0
+    for i, (x, y) in enumerate(_batches(cached, ds, cfg, epoch, True, encoder, device, autocast)):
+        step = epoch * steps_per_epoch + i
+        losses = grid.train_step(x, y, step)
+        sums = losses if sums is None else [a + b for a, b in zip(sums, losses)]
+        n += 1
+        if (step + 1) % cfg.logging.log_every == 0:
+            log.log(step + 1, {"train_loss_min": min(losses)})
+    return [s / max(1, n) for s in (sums or [float("nan")] * len(grid.probes))]
+
+
+@torch.no_grad()
+def evaluate(grid: ProbeGrid, encoder, ds, cached, cfg: ProbeConfig, device, autocast) -> List[Dict[str, float]]:
+    scores = Scores(len(grid.probes))
+    for x, y in _batches(cached, ds, cfg, 0, False, encoder, device, autocast):
+        scores.add(grid.predict(x), y)
+    return scores.percent()
+
+
+def knn_score(cached, num_classes: int, k: int) -> float:
+    """k-NN top-1 on tokens mean-pooled over each input and averaged over the P inputs of a video."""
+    (xt, yt), (xv, yv) = cached
+    pool = lambda x: x.float().mean(dim=2).mean(dim=1)  # [M, P, N, D] -> [M, D]
+    probs = knn_predict(pool(xt), yt, pool(xv), num_classes, k=k)
+    return 100.0 * float((probs.argmax(-1) == yv).float().mean())
+
+
+def summarize(history: List[dict], points: Sequence[GridPoint], cfg: ProbeConfig) -> dict:
+    """Best probe of the final epoch (V-JEPA 2 reports the best head), with every probe's scores."""
+    last = history[-1]["val"]
+    best = max(range(len(points)), key=lambda i: last[i]["top1"])
+    return {
+        "top1": last[best]["top1"], "top5": last[best]["top5"],
+        "best_probe": {"lr": points[best].lr, "weight_decay": points[best].wd},
+        "probes": [{"lr": p.lr, "weight_decay": p.wd, **s} for p, s in zip(points, last)],
+        "probe_type": cfg.probe.type, "epochs": len(history),
+    }
