@@ -13,7 +13,7 @@ from typing import Any, Iterable, Optional, Sequence, Type, TypeVar
 
 import yaml
 from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,12 +50,24 @@ def _drop_ignored(raw: dict, ignored: Iterable[str]) -> dict:
     return raw
 
 
-def _section_name(e: ConfigKeyError) -> str:
+def _section_name(e: OmegaConfBaseException) -> str:
     return getattr(e.object_type, "__name__", "config")
 
 
-def _valid_keys(e: ConfigKeyError) -> list[str]:
+def _valid_keys(e: OmegaConfBaseException) -> list[str]:
     return sorted(f.name for f in fields(e.object_type)) if is_dataclass(e.object_type) else []
+
+
+def _merge(cfg, apply, source: str):
+    try:
+        return apply(cfg)
+    except (ConfigKeyError, ConfigAttributeError) as e:
+        key = e.full_key or str(e.key)
+        raise ConfigError(f"unknown config key {key!r} in {_section_name(e)} (from {source}); "
+                          f"valid keys: {_valid_keys(e)}") from None
+    except OmegaConfBaseException as e:
+        msg = str(e.msg).splitlines()[0]
+        raise ConfigError(f"bad value for config key {e.full_key!r} (from {source}): {msg}") from None
 
 
 def load_config(cls: Type[T], yaml_path: Optional[str | Path] = None, overrides: Sequence[str] = (),
@@ -71,18 +83,12 @@ def load_config(cls: Type[T], yaml_path: Optional[str | Path] = None, overrides:
     for o in overrides:
         if "=" not in o:
             raise ConfigError(f"override {o!r} is not of the form key.sub=value")
-    layers = [OmegaConf.create(raw), OmegaConf.from_dotlist(list(overrides))]
-    merged = schema
-    for source, layer in zip(("yaml", "command line"), layers):
-        try:
-            merged = OmegaConf.merge(merged, layer)
-        except ConfigKeyError as e:
-            key = e.full_key or str(e.key)
-            raise ConfigError(f"unknown config key {key!r} in {_section_name(e)} (from {source}); "
-                              f"valid keys: {_valid_keys(e)}") from None
-        except OmegaConfBaseException as e:
-            msg = str(e.msg).splitlines()[0]
-            raise ConfigError(f"bad value for config key {e.full_key!r} (from {source}): {msg}") from None
+    merged = _merge(schema, lambda c: OmegaConf.merge(c, OmegaConf.create(raw)), "yaml")
+    for o in overrides:
+        key, value = o.split("=", 1)
+        # update() understands list indices (mask.0.ratio=0.5); values are parsed as YAML scalars/lists.
+        merged = _merge(merged, lambda c: (OmegaConf.update(c, key, yaml.safe_load(value), merge=True), c)[1],
+                        f"command line {o!r}")
     return OmegaConf.to_object(merged)
 
 
