@@ -42,7 +42,8 @@ class DataConfig:
         filter_short_videos / clip_duration: drop videos shorter than one clip / sample clips spanning
             this many seconds.
         decoder: `auto` (decord when importable, else PyAV), `decord` or `pyav`.
-        decoder_threads: decoding threads per video (0 = the backend's default, one per core).
+        decoder_threads: decoding threads per video (0 = one inside DataLoader workers, which already
+            share the cores; the backend's default, one per core, in the main process).
         num_views: spatial views per clip at evaluation (1 = centre crop; 3 = along the long side).
         max_consecutive_failures: broken files in a row before the run stops with an error.
     """

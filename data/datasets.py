@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from data.config import DataAugConfig, DataConfig
 from data.transforms import ClipOrViews, make_eval_transform, make_train_transform
@@ -103,8 +103,8 @@ def frame_step(
     clip_duration: Optional[float] = None,
     num_frames: int = 16,
 ) -> int:
-    """Frames between sampled frames: `sampling_rate`, or derived from a target `fps` (V-JEPA 2:
-    `ceil(video_fps) // fps`) or a clip duration in seconds (V-JEPA: `duration * fps / num_frames`)."""
+    """Frames between sampled frames: `sampling_rate`, or derived from a target `fps` (`ceil(video_fps) //
+    fps`) or a clip duration in seconds (`duration * ceil(video_fps) // num_frames`), as V-JEPA 2 does."""
     if fps is not None and clip_duration is not None:
         raise ValueError("set data.fps or data.clip_duration, not both")
     if fps is not None:
@@ -283,7 +283,8 @@ class VideoDataset(ClipDataset):
         sampling_rate / fps / clip_duration: frame step (see `frame_step`).
         filter_short_videos: skip videos shorter than one clip instead of padding them.
         min_duration / max_duration: skip videos outside this duration range (seconds).
-        decoder_threads: decoder threads per video (0 = backend default).
+        decoder_threads: decoder threads per video (0 = 1 inside DataLoader workers, else the backend's
+            default of one per core).
     """
 
     def __init__(
@@ -317,16 +318,20 @@ class VideoDataset(ClipDataset):
         self.decoder_threads = decoder_threads
 
     def load(self, path: str) -> Optional[List[torch.Tensor]]:
-        with open_video(path, self.decoder, threads=self.decoder_threads) as reader:
-            info = reader.info
-            if (self.min_duration is not None and info.duration < self.min_duration) or (
-                self.max_duration is not None and info.duration > self.max_duration
+        threads = self.decoder_threads
+        if threads == 0 and get_worker_info() is not None:
+            threads = 1  # the DataLoader's workers already occupy the cores; more threads only contend
+        with open_video(path, self.decoder, threads=threads) as reader:
+            n, video_fps = reader.num_frames, reader.fps
+            duration = n / video_fps
+            if (self.min_duration is not None and duration < self.min_duration) or (
+                self.max_duration is not None and duration > self.max_duration
             ):
                 return None
-            step = frame_step(info.fps, self.sampling_rate, self.fps, self.clip_duration, self.num_frames)
-            if self.filter_short_videos and info.num_frames < (self.num_frames - 1) * step + 1:
+            step = frame_step(video_fps, self.sampling_rate, self.fps, self.clip_duration, self.num_frames)
+            if self.filter_short_videos and n < (self.num_frames - 1) * step + 1:
                 return None
-            clips = clip_indices(info.num_frames, self.num_frames, step, self.num_clips, self.random_clips)
+            clips = clip_indices(n, self.num_frames, step, self.num_clips, self.random_clips)
             frames = reader.get_frames([i for c in clips for i in c])  # [num_clips * T, H, W, C], one pass
         return list(frames.split(self.num_frames))
 

@@ -1,8 +1,9 @@
 """Small test videos written with PyAV, whose frames say their own index.
 
-Frame `i` is grey (luma only, so chroma subsampling and colour conversion cannot blur it): the left half
-holds `i % 16` and the right half `i // 16` as levels 16 apart, which survive lossy coding. `frame_index`
-reads them back, so a test can check which frames a decoder returned (up to 256 frames).
+The top half of frame `i` is grey (luma only, so chroma subsampling cannot blur it): its left half holds
+`i % 16` and its right half `i // 16` as levels 16 apart, which survive lossy coding. `frame_index` reads
+them back, so a test can check which frames a decoder returned (up to 256 frames). The bottom half is a
+moving colour pattern, so that backends' colour conversions are compared too.
 """
 from __future__ import annotations
 
@@ -19,17 +20,23 @@ CODECS = ("libx264", "mpeg4")
 def frame_image(i: int, width: int, height: int) -> np.ndarray:
     """The RGB image `[H, W, 3]` of frame `i`."""
     img = np.empty((height, width, 3), np.uint8)
-    img[:, : width // 2] = (i % 16) * 16 + 8
-    img[:, width // 2 :] = (i // 16) * 16 + 8
+    top = height // 2
+    img[:top, : width // 2] = (i % 16) * 16 + 8
+    img[:top, width // 2 :] = (i // 16) * 16 + 8
+    y, x = np.mgrid[0 : height - top, 0:width]
+    img[top:, :, 0] = (x * 4 + i * 3) % 256
+    img[top:, :, 1] = (y * 8 + i * 5) % 256
+    img[top:, :, 2] = ((x + y) * 3 + i * 7) % 256
     return img
 
 
 def frame_index(frame: torch.Tensor) -> int:
     """Read back the index of a decoded frame `[H, W, C]` (uint8)."""
-    w = frame.shape[1]
-    # Average away from the boundary, where the codec's blocks mix the halves.
-    lo = frame[:, : w // 2 - 8].float().mean().item()
-    hi = frame[:, w // 2 + 8 :].float().mean().item()
+    h, w = frame.shape[0], frame.shape[1]
+    # Average away from the boundaries, where the codec's blocks mix neighbouring regions.
+    top = frame[: h // 2 - 8].float()
+    lo = top[:, : w // 2 - 8].mean().item()
+    hi = top[:, w // 2 + 8 :].mean().item()
     return int(round((hi - 8) / 16)) * 16 + int(round((lo - 8) / 16))
 
 
@@ -41,11 +48,15 @@ def write_video(
     height: int = 48,
     codec: str = "libx264",
     gop: int = 10,
+    bframes: Optional[int] = None,
 ) -> Path:
-    """Write a video whose frame `i` is `frame_image(i)`; `gop` = keyframe interval (scene cuts off)."""
+    """Write a video whose frame `i` is `frame_image(i)`; `gop` = keyframe interval (scene cuts off),
+    `bframes` = consecutive B-frames (default: 2 for h264, 0 for mpeg4, the encoders' usual settings)."""
     options: Dict[str, str] = {"sc_threshold": "0" if codec == "libx264" else "1000000000"}
+    if codec in ("libx264", "mpeg4"):
+        options["bf"] = str(bframes if bframes is not None else (2 if codec == "libx264" else 0))
     if codec == "libx264":
-        options.update({"g": str(gop), "keyint_min": str(gop), "preset": "ultrafast", "bf": "2"})
+        options.update({"g": str(gop), "keyint_min": str(gop), "preset": "ultrafast"})
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps, options=options)
@@ -80,11 +91,15 @@ def truncate(src: Path, dst: Path, fraction: float) -> Path:
     return dst
 
 
-def corrupt(src: Path, dst: Path, start: float = 0.5, length: int = 4096) -> Path:
-    """Copy `src` with `length` bytes from `start` (fraction of the size) overwritten by noise."""
+def corrupt(src: Path, dst: Path, start: float, stop: float) -> Path:
+    """Copy `src` with the bytes between fractions `start` and `stop` of its size overwritten by noise.
+
+    PyAV writes mp4 as [ftyp, mdat (frames), moov (index, last ~10% here)]: 0.05-0.85 spoils every frame
+    and keeps the file openable.
+    """
     data = bytearray(src.read_bytes())
-    a = int(len(data) * start)
+    a, b = int(len(data) * start), int(len(data) * stop)
     rng = np.random.default_rng(0)
-    data[a : a + length] = rng.integers(0, 256, size=len(data[a : a + length]), dtype=np.uint8).tobytes()
+    data[a:b] = rng.integers(0, 256, size=b - a, dtype=np.uint8).tobytes()
     dst.write_bytes(bytes(data))
     return dst

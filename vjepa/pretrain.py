@@ -197,9 +197,9 @@ def describe(cfg: PretrainConfig, encoder, predictor, collator: MaskCollator) ->
     lines = [to_yaml(cfg), f"encoder {cfg.model.model_name}: {count_params(encoder) / 1e6:.1f}M trainable params, "
              f"token grid {encoder.grid} = {n} tokens",
              f"predictor: {count_params(predictor) / 1e6:.1f}M trainable params"]
-    dummy = [{"clip": torch.zeros(1), "label": 0, "seed": i, "step": 0} for i in range(cfg.data.batch_size)]
-    dummy = [dict(s, clip=torch.zeros(3, 1, 1, 1)) for s in dummy]
-    batch = collator(dummy)
+    # Masks need no pixels: collate placeholder clips with real per-sample seeds.
+    batch = collator([{"clip": torch.zeros(3, 1, 1, 1), "label": 0, "seed": i, "step": 0}
+                      for i in range(cfg.data.batch_size)])
     for i, (mc, mt) in enumerate(zip(batch["masks_ctx"], batch["masks_tgt"])):
         lines.append(f"mask {i} ({cfg.mask[i].type}, {cfg.mask[i].num_blocks} blocks): context {mc.shape[1]} "
                      f"tokens ({mc.shape[1] / n:.1%}), target {mt.shape[1]} tokens ({mt.shape[1] / n:.1%})")

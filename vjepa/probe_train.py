@@ -461,8 +461,9 @@ def train(cfg: ProbeConfig, dry_run: bool = False) -> Optional[dict]:
         logger.info("encoded %d train + %d val videos in %.1fs", len(train_ds), len(val_ds), time.time() - t0)
 
     for epoch in range(start_epoch, o.num_epochs):
-        losses = train_epoch(grid, encoder, train_ds, cached, cfg, epoch, steps_per_epoch, device, autocast, log)
-        scores = evaluate(grid, encoder, val_ds, cached, cfg, device, autocast)
+        losses = train_epoch(grid, encoder, train_ds, cached and cached[0], cfg, epoch, steps_per_epoch, device,
+                             autocast, log)
+        scores = evaluate(grid, encoder, val_ds, cached and cached[1], cfg, device, autocast)
         best = max(range(len(points)), key=lambda i: scores[i]["top1"])
         history.append({"epoch": epoch + 1, "train_loss": losses, "val": scores})
         log.log((epoch + 1) * steps_per_epoch, {"val_top1_best": scores[best]["top1"], "train_loss_min": min(losses)})
@@ -484,7 +485,7 @@ def train(cfg: ProbeConfig, dry_run: bool = False) -> Optional[dict]:
 
 
 def _batches(cached, ds, cfg: ProbeConfig, epoch: int, shuffle: bool, encoder, device, autocast):
-    """(inputs `[B, P, M, D]`, labels) batches: from the cached features or by encoding on the fly."""
+    """(inputs `[B, P, M, D]`, labels) batches: from cached (features, labels) or by encoding on the fly."""
     o = cfg.optimization
     if cached is not None:
         x, y = cached
