@@ -87,12 +87,14 @@ def read_folder(root: str, extensions: Sequence[str]) -> Tuple[List[Sample], Lis
 
 
 def load_source(path: str, extensions: Sequence[str]) -> Tuple[List[Sample], Optional[List[str]]]:
-    """A CSV list or a folder tree -> (samples, class names or None for a CSV)."""
+    """A CSV list, a folder tree, or one media file (label 0) -> (samples, class names or None)."""
     if os.path.isdir(path):
         return read_folder(path, extensions)
     if os.path.isfile(path):
+        if path.lower().endswith(tuple(e.lower() for e in extensions)):
+            return [(path, 0)], None
         return read_csv_list(path), None
-    raise FileNotFoundError(f"dataset {path!r} is neither a CSV file nor a folder")
+    raise FileNotFoundError(f"dataset {path!r} is neither a CSV file, a folder nor a media file")
 
 
 # ---------------------------------------------------------------------------------------- clip sampling

@@ -65,11 +65,13 @@ def decord_available() -> bool:
 
 
 def resolve_decoder(decoder: str) -> str:
-    """`auto` -> `decord` when importable (faster seeks in our benchmark), else `pyav`."""
+    """`auto` -> `pyav`. decord (the reference backend) stays available by name, but decord 0.6 returns
+    wrong frames for mpeg4 part 2 files with B-frames (module docstring) and benchmarks/data_loading.py
+    finds PyAV ~1.3x faster per clip here, so correctness and speed both point to PyAV by default."""
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     if decoder == "auto":
-        return "decord" if decord_available() else "pyav"
+        return "pyav"
     if decoder == "decord" and not decord_available():
         raise ImportError("decoder='decord' but decord is not installed (pip install decord, x86_64 only)")
     return decoder
