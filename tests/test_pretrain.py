@@ -157,3 +157,16 @@ def test_exact_resume_in_a_new_process(tmp_path):
     la = (tmp_path / "straight" / "metrics.csv").read_text()
     lb = (tmp_path / "split" / "metrics.csv").read_text()
     assert [r.split(",")[:2] for r in la.splitlines()] == [r.split(",")[:2] for r in lb.splitlines()]
+
+
+def test_metric_log_widens_for_late_metrics(tmp_path):
+    from vjepa.runtime import MetricLog
+
+    log = MetricLog(tmp_path, tensorboard=False)
+    log.log(1, {"loss": 1.0})
+    log.log(2, {"loss": 0.5, "rankme": 3.0})
+    log.log(3, {"loss": 0.25})
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines == ["step,loss,rankme", "1,1.0,", "2,0.5,3.0", "3,0.25,"]
+    log.truncate_after(2)
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == lines[:3]

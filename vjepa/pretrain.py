@@ -90,7 +90,9 @@ class MetaConfig:
 @dataclass
 class LoggingConfig:
     """folder: run folder (None = runs/<task>-<time>). write_tag: checkpoint file prefix.
-    collapse_std_floor: warn when the target features' std across tokens falls below it."""
+    collapse_std_floor: warn when the target features' std across tokens falls below it.
+    knn_monitor: every `meta.eval_freq` steps, log the EMA target's k-NN top-1 on a small held-out motion
+    benchmark (vjepa/knn_monitor.py) at the pretraining clip geometry."""
 
     folder: Optional[str] = None
     write_tag: str = "jepa"
@@ -99,6 +101,7 @@ class LoggingConfig:
     collapse_std_floor: float = 0.05
     tensorboard: bool = True
     progress_bar: bool = True
+    knn_monitor: bool = False
 
 
 @dataclass
@@ -261,6 +264,12 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
                     cfg.model.model_name, total, opt.epochs, opt.ipe, accelerator.num_processes, run_dir)
     pbar = tqdm(total=total, initial=step, disable=not (main and cfg.logging.progress_bar), dynamic_ncols=True)
     clips_per_step = d.batch_size * accelerator.num_processes * opt.grad_accum_steps
+    knn = None
+    if cfg.logging.knn_monitor and main:
+        from vjepa.knn_monitor import MotionKNNMonitor
+
+        knn = MotionKNNMonitor(d.num_frames, d.crop_size, num_speeds=d.synthetic.num_speeds,
+                               mean=cfg.data_aug.mean, std=cfg.data_aug.std)
     batches = iter(loader)
     tick, last, skipped = time.time(), {}, 0
 
@@ -294,6 +303,8 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
             metrics.update({k: v for k, v in last.items() if k.startswith("grad_norm")})
             if step % cfg.logging.rankme_every == 0 or step == stop:
                 metrics["rankme"] = rankme(last["h"])
+            if knn is not None and (step % cfg.meta.eval_freq == 0 or step == stop):
+                metrics["knn_top1"] = knn.score(target, accelerator.device)
             if metrics["feature_std"] < cfg.logging.collapse_std_floor:
                 logger.warning("step %d: target feature std %.4f is below %.3f: the representation may be "
                                "collapsing", step, metrics["feature_std"], cfg.logging.collapse_std_floor)

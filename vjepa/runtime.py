@@ -41,8 +41,8 @@ def resolve_run_dir(folder: Optional[str], task: str, accelerator: Accelerator) 
 
 
 class MetricLog:
-    """Appends scalar metrics to `metrics.csv` and TensorBoard (main process only). Columns are fixed
-    by the first row; a resumed run appends to the same file."""
+    """Appends scalar metrics to `metrics.csv` and TensorBoard (main process only). A metric that first
+    appears later (a periodic evaluation) widens the header; a resumed run appends to the same file."""
 
     def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True):
         self.enabled = enabled
@@ -66,6 +66,14 @@ class MetricLog:
             self.fields = list(row)
             with open(self.path, "w", newline="") as f:
                 csv.writer(f).writerow(self.fields)
+        elif any(k not in self.fields for k in row):
+            with open(self.path) as f:
+                old = list(csv.DictReader(f))
+            self.fields += [k for k in row if k not in self.fields]
+            with open(self.path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=self.fields, restval="")
+                w.writeheader()
+                w.writerows(old)
         with open(self.path, "a", newline="") as f:
             csv.writer(f).writerow([row.get(k, "") for k in self.fields])
         if self.writer is not None:
