@@ -1,0 +1,309 @@
+"""Planning evaluation: random policy, flat CEM, flat MPPI and hierarchical planning on fixed
+start/goal tasks binned by shortest-path distance.
+
+    python train.py --config configs/plan/two_rooms.yaml [key.sub=value ...] [--dry-run]
+
+Tasks are a pure function of (`tasks.seed`, the world model's layout): `tasks.per_bin` start/goal
+pairs per bin of geodesic distance. Each method runs every task once per seed in `seeds` (seeds change
+the planners' sampling and the random policy). An episode succeeds when the agent comes within
+`success_radius` of the goal position (ground truth, never the model's opinion). Standard errors are
+binomial over all episodes of a bin, sqrt(p (1 - p) / n), n = tasks x seeds.
+Written to the run folder: results.csv, results.md (the table), success_vs_distance.png,
+episodes.png (example episodes over the map: executed path, planned path and subgoals decoded to
+positions by a linear probe fitted on training frames, for display only).
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from data.collate import derive_seed
+from data.envs import PointMassEnv, geodesic_distance, render, sample_free
+from data.trajectories import TrajectoryWindows, load_or_generate, make_layouts
+from hjepa.planning import (FlatPlanner, HierarchicalConfig, HierarchicalPlanner, PlannerConfig, RandomPolicy,
+                            check_planner)
+from hjepa.wm_train import load_trained
+from vjepa.config import to_yaml
+from vjepa.runtime import make_accelerator, resolve_run_dir
+
+logger = logging.getLogger(__name__)
+METHODS = ("random", "cem", "mppi", "hierarchical")
+
+
+@dataclass
+class TaskConfig:
+    """per_bin: tasks per distance bin. bins: [low, high) shortest-path lengths (world units).
+    seed: task draw. margin: minimum clearance of start and goal from walls."""
+
+    per_bin: int = 50
+    bins: List[List[float]] = field(default_factory=lambda: [[0.1, 0.4], [0.4, 0.7], [0.7, 1.2]])
+    seed: int = 0
+    margin: float = 0.04
+
+
+def _hier_default() -> HierarchicalConfig:
+    return HierarchicalConfig(level1=PlannerConfig(horizon=3, samples=64, iterations=2),
+                              level0=PlannerConfig(horizon=8, samples=64, iterations=3, replan_every=4))
+
+
+@dataclass
+class PlanConfig:
+    """Args:
+        checkpoint: world-model checkpoint (`wm-latest.pt` of a worldmodel run).
+        methods: subset of `METHODS`. seeds: one run of every task per seed.
+        max_steps / success_radius: episode length and success distance (world units).
+        cem / mppi / hierarchical: planner settings. examples: episodes drawn in episodes.png.
+        folder: output folder (None = runs/plan-<time>).
+    """
+
+    task: str = "plan"
+    checkpoint: str = ""
+    tasks: TaskConfig = field(default_factory=TaskConfig)
+    methods: List[str] = field(default_factory=lambda: list(METHODS))
+    seeds: List[int] = field(default_factory=lambda: [0, 1])
+    max_steps: int = 60
+    success_radius: float = 0.07
+    cem: PlannerConfig = field(default_factory=lambda: PlannerConfig(method="cem", horizon=8, samples=64, replan_every=4))
+    mppi: PlannerConfig = field(default_factory=lambda: PlannerConfig(method="mppi", horizon=8, samples=64, replan_every=4))
+    hierarchical: HierarchicalConfig = field(default_factory=_hier_default)
+    examples: int = 4
+    folder: Optional[str] = None
+
+
+def make_tasks(walls_all: np.ndarray, cfg: TaskConfig) -> Dict[str, np.ndarray]:
+    """-> start `[n, 2]`, goal `[n, 2]`, layout `[n]`, dist `[n]`, bin `[n]`, bins in order, per_bin each."""
+    rng = np.random.default_rng(derive_seed(cfg.seed, 7))
+    picked: Dict[int, list] = {b: [] for b in range(len(cfg.bins))}
+    for _ in range(200):
+        n = 512
+        layout = rng.integers(len(walls_all), size=n)
+        walls = walls_all[layout]
+        s, g = sample_free(walls, rng, cfg.margin), sample_free(walls, rng, cfg.margin)
+        d = geodesic_distance(walls, s, g)
+        for i in range(n):
+            for b, (lo, hi) in enumerate(cfg.bins):
+                if lo <= d[i] < hi and len(picked[b]) < cfg.per_bin:
+                    picked[b].append((s[i], g[i], layout[i], d[i], b))
+        if all(len(v) == cfg.per_bin for v in picked.values()):
+            rows = [r for b in range(len(cfg.bins)) for r in picked[b]]
+            return {"start": np.stack([r[0] for r in rows]), "goal": np.stack([r[1] for r in rows]),
+                    "layout": np.array([r[2] for r in rows]), "dist": np.array([r[3] for r in rows]),
+                    "bin": np.array([r[4] for r in rows])}
+    short = {tuple(cfg.bins[b]): len(v) for b, v in picked.items() if len(v) < cfg.per_bin}
+    raise ValueError(f"could not fill the distance bins {short} with {cfg.per_bin} tasks: the map has too few "
+                     "start/goal pairs that far apart; change tasks.bins")
+
+
+@torch.no_grad()
+def run_episodes(policy, wm, env_cfg, walls: np.ndarray, start: np.ndarray, goal: np.ndarray, max_steps: int,
+                 radius: float, seed: int) -> Dict[str, np.ndarray]:
+    """Run B episodes together. -> success `[B]`, steps `[B]` (to success, else max_steps), path
+    `[B, T+1, 2]`, compute `[B]` (predictor steps planned while the episode ran)."""
+    env = PointMassEnv(env_cfg, walls, seed)
+    obs = env.reset(start)
+    z_goal = wm.encode(torch.from_numpy(render(walls, goal, env_cfg, env.distractors)))
+    z = wm.encode(torch.from_numpy(obs))
+    policy.reset(z, z_goal)
+    done = np.linalg.norm(env.pos - goal, axis=-1) < radius
+    steps = np.where(done, 0, max_steps)
+    path = [env.pos.copy()]
+    spent = np.zeros(len(start))  # predictor steps spent on each episode while it was still running
+    for t in range(max_steps):
+        c0 = policy.compute
+        a = policy.act(z, t)
+        spent += (policy.compute - c0) * ~done
+        a[done] = 0.0  # finished agents wait
+        obs = env.step(a)
+        z = wm.encode(torch.from_numpy(obs))
+        path.append(env.pos.copy())
+        now = np.linalg.norm(env.pos - goal, axis=-1) < radius
+        steps = np.where(now & ~done, t + 1, steps)
+        done |= now
+        if done.all():
+            break
+    return {"success": done, "steps": steps, "path": np.stack(path, 1), "compute": spent}
+
+
+def build_policy(method: str, cfg: PlanConfig, wm, macro, bank, batch: int, seed: int):
+    if method == "random":
+        return RandomPolicy(batch, seed)
+    if method in ("cem", "mppi"):
+        return FlatPlanner(wm.predictor, getattr(cfg, method), seed)
+    if method == "hierarchical":
+        return HierarchicalPlanner(wm.predictor, macro.predictor, bank, cfg.hierarchical, seed)
+    raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
+
+
+def position_probe(wm, data, env_cfg, n: int = 2048, seed: int = 0):
+    """Ridge regression representation -> position on training frames; used only to draw imagined paths."""
+    win = TrajectoryWindows(data, env_cfg, 2, 1)
+    b = win.batch(np.random.default_rng(seed).integers(len(win), size=n))
+    with torch.no_grad():
+        z = wm.encode(b["frames"][:, 0]).double()
+    X = torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], 1)
+    W = torch.linalg.solve(X.T @ X + 1e-3 * torch.eye(X.shape[1], dtype=z.dtype), X.T @ b["states"][:, 0].double())
+    return lambda zz: (torch.cat([zz.double(), torch.ones(*zz.shape[:-1], 1, dtype=torch.float64)], -1) @ W).numpy()
+
+
+def run(cfg: PlanConfig, dry_run: bool = False) -> Optional[Path]:
+    for m in cfg.methods:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}; valid: {list(METHODS)}")
+    for p in (cfg.cem, cfg.mppi, cfg.hierarchical.level0, cfg.hierarchical.level1):
+        check_planner(p)
+    if not cfg.checkpoint:
+        raise ValueError("plan: set checkpoint=<worldmodel run>/wm-latest.pt")
+    wm_cfg, wm, macro, bank = load_trained(cfg.checkpoint)
+    env_cfg = wm_cfg.data.env
+    walls_all = make_layouts(env_cfg, wm_cfg.data.num_layouts, wm_cfg.data.layout_seed)
+    tasks = make_tasks(walls_all, cfg.tasks)
+    if dry_run:
+        print(to_yaml(cfg))
+        print(f"{len(tasks['start'])} tasks in {len(cfg.tasks.bins)} bins on {env_cfg.name}; compute per plan: "
+              f"cem {cfg.cem.compute()}, mppi {cfg.mppi.compute()}, hierarchical level-1 "
+              f"{cfg.hierarchical.level1.compute()} + level-0 {cfg.hierarchical.level0.compute()}")
+        return None
+    run_dir = resolve_run_dir(cfg.folder, "plan", make_accelerator("float32"))
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    walls = walls_all[tasks["layout"]]
+    results, episodes = [], {}
+    for method in cfg.methods:
+        for seed in cfg.seeds:
+            policy = build_policy(method, cfg, wm, macro, bank, len(walls), seed)
+            t0 = time.perf_counter()
+            ep = run_episodes(policy, wm, env_cfg, walls, tasks["start"], tasks["goal"], cfg.max_steps,
+                              cfg.success_radius, seed)
+            wall = time.perf_counter() - t0
+            episodes[(method, seed)] = (ep, policy)
+            logger.info("%s seed %d: success %.1f%%, %.0fs, compute/episode %.0f", method, seed,
+                        100 * ep["success"].mean(), wall, ep["compute"].mean())
+            for b in range(len(cfg.tasks.bins)):
+                sel = tasks["bin"] == b
+                results.append({"method": method, "seed": seed, "bin": b, "success": ep["success"][sel],
+                                "steps": ep["steps"][sel], "plan_time": policy.plan_time / len(walls),
+                                "compute": ep["compute"][sel].mean()})
+    table = summarise(results, cfg)
+    print(table)
+    (run_dir / "results.md").write_text(table + "\n")
+    _write_csv(results, cfg, run_dir / "results.csv")
+    probe = position_probe(wm, load_or_generate(wm_cfg.data), env_cfg)
+    plot_success(results, cfg.tasks.bins, cfg.methods, run_dir / "success_vs_distance.png")
+    plot_episodes(episodes, tasks, walls_all, probe, cfg, run_dir / "episodes.png")
+    logger.info("plan evaluation written to %s", run_dir)
+    return run_dir
+
+
+def _stats(results, method, b):
+    rows = [r for r in results if r["method"] == method and r["bin"] == b]
+    s = np.concatenate([r["success"] for r in rows]).astype(float)
+    p = s.mean()
+    return p, np.sqrt(p * (1 - p) / len(s)), len(s), rows
+
+
+def summarise(results, cfg: PlanConfig) -> str:
+    bins = [f"[{lo:.2f}, {hi:.2f})" for lo, hi in cfg.tasks.bins]
+    head = "| method | " + " | ".join(f"success {b}" for b in bins) + " | plan time / episode (s) | compute / episode |"
+    lines = [head, "|" + " --- |" * (len(bins) + 3)]
+    for m in cfg.methods:
+        cells, rows_all = [], []
+        for b in range(len(bins)):
+            p, se, n, rows = _stats(results, m, b)
+            cells.append(f"{100 * p:.1f} ± {100 * se:.1f}")
+            rows_all += rows
+        t = np.mean([r["plan_time"] for r in rows_all])
+        c = np.mean([r["compute"] for r in rows_all])
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {t:.3f} | {c:,.0f} |")
+    n = cfg.tasks.per_bin * len(cfg.seeds)
+    lines.append(f"\nsuccess % ± binomial s.e. over {cfg.tasks.per_bin} tasks x {len(cfg.seeds)} seeds = {n} "
+                 f"episodes per cell; bins = shortest-path length; compute = predictor steps "
+                 f"(samples x iterations x horizon, summed over replans; per episode, max_steps={cfg.max_steps})")
+    return "\n".join(lines)
+
+
+def _write_csv(results, cfg: PlanConfig, path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "bin_low", "bin_high", "success", "stderr", "episodes", "mean_steps_success",
+                    "plan_time_per_episode_s", "compute_per_episode"])
+        for m in cfg.methods:
+            for b, (lo, hi) in enumerate(cfg.tasks.bins):
+                p, se, n, rows = _stats(results, m, b)
+                succ = np.concatenate([r["success"] for r in rows])
+                steps = np.concatenate([r["steps"] for r in rows])[succ]
+                w.writerow([m, lo, hi, f"{p:.4f}", f"{se:.4f}", n, f"{steps.mean() if len(steps) else float('nan'):.1f}",
+                            f"{np.mean([r['plan_time'] for r in rows]):.4f}", int(np.mean([r["compute"] for r in rows]))])
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_success(results, bins, methods, out_png: Path) -> None:
+    """Success rate (± s.e.) against the distance bin's centre, one line per method."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    x = [0.5 * (lo + hi) for lo, hi in bins]
+    for m in methods:
+        stats = [_stats(results, m, b)[:2] for b in range(len(bins))]
+        p = np.array([s[0] for s in stats]) * 100
+        se = np.array([s[1] for s in stats]) * 100
+        ax.errorbar(x, p, yerr=se, marker="o", capsize=3, label=m)
+    ax.set_xlabel("shortest-path distance start -> goal (bin centre)")
+    ax.set_ylabel("success rate (%)")
+    ax.set_ylim(-3, 103)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def plot_episodes(episodes, tasks, walls_all, probe, cfg: PlanConfig, out_png: Path) -> None:
+    """Rows: example tasks from the longest bin; columns: methods (first seed). Executed path (solid),
+    the first imagined path decoded to positions (dashed), subgoals (triangles), start (o), goal (*)."""
+    plt = _pyplot()
+    methods = [m for m in cfg.methods if (m, cfg.seeds[0]) in episodes]
+    idx = np.flatnonzero(tasks["bin"] == tasks["bin"].max())[: cfg.examples]
+    fig, axes = plt.subplots(len(idx), len(methods), figsize=(2.6 * len(methods), 2.6 * len(idx)), squeeze=False)
+    for col, m in enumerate(methods):
+        ep, policy = episodes[(m, cfg.seeds[0])]
+        planned = getattr(policy, "first_planned_z", None)
+        if isinstance(policy, HierarchicalPlanner):
+            planned = policy.planned_z1
+        for row, i in enumerate(idx):
+            ax = axes[row][col]
+            ax.imshow(walls_all[tasks["layout"][i]], cmap="Greys", extent=(0, 1, 1, 0), vmin=0, vmax=1.5)
+            path = ep["path"][i]
+            ax.plot(path[:, 0], path[:, 1], "-", color="tab:blue", lw=1.5, label="executed")
+            if planned is not None:
+                pp = np.concatenate([path[:1], probe(planned[i])], 0)
+                ax.plot(pp[:, 0], pp[:, 1], "--", color="tab:orange", lw=1.2, label="planned (first plan)")
+            if isinstance(policy, HierarchicalPlanner) and policy.subgoals:
+                sg = probe(torch.stack([s[i] for s in policy.subgoals]))
+                ax.plot(sg[:, 0], sg[:, 1], "^", color="tab:purple", ms=4, label="subgoals")
+            ax.plot(*tasks["start"][i], "o", color="tab:green", ms=6)
+            ax.plot(*tasks["goal"][i], "*", color="tab:red", ms=10)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(1, 0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(m, fontsize=9)
+            ax.set_xlabel(("success" if ep["success"][i] else "failure") + f", d={tasks['dist'][i]:.2f}", fontsize=7)
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,268 @@
+"""Planning in representation space: batched CEM and MPPI, receding-horizon MPC, hierarchical planning.
+
+Every planner works on B problems at once with N candidate action sequences each: a cost function
+maps candidates `[B, N, H, A]` to costs `[B, N]`. With a world model the cost of a candidate is the
+distance between the predicted and the goal representation, summed over the horizon. Compute is
+counted as predictor steps: samples x iterations x horizon per plan (per problem), the measure public
+planning papers report.
+
+Hierarchical (H-JEPA style, LeCun 2022; kevinghst/H-JEPA): the level-1 model plans over macro-actions
+(codes of `stride`-step action chunks) and its first predicted representation becomes the subgoal that
+the level-0 planner pursues for `stride` steps before level 1 replans. Level-1 candidates are snapped
+to their nearest neighbour in a bank of macro codes of training chunks, so level 1 only imagines
+moves the data has shown (its predictor is unreliable off that support).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+CostFn = Callable[[torch.Tensor], torch.Tensor]  # [B, N, H, A] -> [B, N]
+
+
+@dataclass
+class PlannerConfig:
+    """Args:
+        method: "cem" or "mppi". horizon: planned steps. samples: candidates per iteration.
+        iterations: refinement rounds. elite_frac: CEM elite share. temperature: MPPI softmax temperature
+        (relative to the cost spread of each iteration). init_std / min_std: sampling std (action units).
+        replan_every: execute this many planned actions before replanning (MPC). low / high: action bounds.
+        context: frames of history the predictor sees in rollouts (1 = Markov; cheaper).
+    """
+
+    method: str = "cem"
+    horizon: int = 10
+    samples: int = 128
+    iterations: int = 3
+    elite_frac: float = 0.1
+    temperature: float = 0.05
+    init_std: float = 1.0
+    min_std: float = 0.05
+    replan_every: int = 2
+    low: float = -1.0
+    high: float = 1.0
+    context: int = 1
+
+    def compute(self) -> int:
+        """Predictor steps per plan and problem: samples x iterations x horizon."""
+        return self.samples * self.iterations * self.horizon
+
+
+def check_planner(cfg: PlannerConfig) -> None:
+    if cfg.method not in ("cem", "mppi"):
+        raise ValueError(f"planner method {cfg.method!r} unknown; valid: ['cem', 'mppi']")
+    if min(cfg.horizon, cfg.samples, cfg.iterations, cfg.replan_every) < 1:
+        raise ValueError("horizon, samples, iterations and replan_every must be >= 1")
+    if cfg.replan_every > cfg.horizon:
+        raise ValueError(f"replan_every {cfg.replan_every} exceeds the horizon {cfg.horizon}")
+    if not cfg.low < cfg.high:
+        raise ValueError(f"action bounds low {cfg.low} >= high {cfg.high}")
+
+
+def optimize(cost_fn: CostFn, mean: torch.Tensor, cfg: PlannerConfig, generator: torch.Generator,
+             project: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimise `cost_fn` over action sequences by CEM or MPPI.
+
+    mean `[B, H, A]`: initial mean (e.g. the previous plan shifted). `project` maps candidates onto an
+    allowed set after clipping (the macro-action support). Returns (best sequence `[B, H, A]`, its cost
+    `[B]`): the cheapest candidate seen in any iteration; the current mean is always a candidate, so
+    a warm start is never lost.
+    """
+    check_planner(cfg)
+    B, H, A = mean.shape
+    N = cfg.samples
+    std = torch.full_like(mean, cfg.init_std)
+    best, best_cost = mean.clone(), torch.full((B,), float("inf"))
+    n_elite = max(1, int(round(cfg.elite_frac * N)))
+    for _ in range(cfg.iterations):
+        noise = torch.randn((B, N, H, A), generator=generator)
+        cand = (mean[:, None] + std[:, None] * noise).clamp(cfg.low, cfg.high)  # [B, N, H, A]
+        cand[:, 0] = mean.clamp(cfg.low, cfg.high)
+        if project is not None:
+            cand = project(cand)
+        cost = cost_fn(cand)  # [B, N]
+        i = cost.argmin(1)
+        improved = cost[torch.arange(B), i] < best_cost
+        best[improved] = cand[torch.arange(B), i][improved]
+        best_cost = torch.minimum(best_cost, cost[torch.arange(B), i])
+        if cfg.method == "cem":
+            idx = cost.topk(n_elite, dim=1, largest=False).indices  # [B, K]
+            elites = torch.gather(cand, 1, idx[:, :, None, None].expand(-1, -1, H, A))  # [B, K, H, A]
+            mean, std = elites.mean(1), elites.std(1, unbiased=False).clamp_min(cfg.min_std)
+        else:  # MPPI: softmax-weighted mean; temperature relative to this round's cost spread
+            spread = (cost.max(1, keepdim=True).values - cost.min(1, keepdim=True).values).clamp_min(1e-8)
+            w = torch.softmax(-(cost - cost.min(1, keepdim=True).values) / (cfg.temperature * spread), dim=1)
+            mean = (w[:, :, None, None] * cand).sum(1)
+            var = (w[:, :, None, None] * (cand - mean[:, None]) ** 2).sum(1)
+            std = var.sqrt().clamp_min(cfg.min_std)
+    return best, best_cost
+
+
+class LatentGoalCost:
+    """Cost of candidate action sequences: sum over the horizon of ||z_pred_h - z_goal||_2.
+
+    Args:
+        predictor: an `ACPredictor`. z_now `[B, D]`: current representation. z_goal `[B, D]`. context: see
+        `PlannerConfig.context` (history beyond the current frame is not used here).
+    """
+
+    def __init__(self, predictor, z_now: torch.Tensor, z_goal: torch.Tensor, context: int = 1):
+        self.predictor, self.z_now, self.z_goal, self.context = predictor, z_now, z_goal, context
+        self.last_pred: Optional[torch.Tensor] = None
+
+    @torch.no_grad()
+    def predict(self, actions: torch.Tensor) -> torch.Tensor:
+        """actions `[B, N, H, A]` -> predicted representations `[B, N, H, D]`."""
+        B, N, H, A = actions.shape
+        z0 = self.z_now[:, None].expand(B, N, -1).reshape(B * N, 1, -1)
+        return self.predictor.rollout(z0, actions.reshape(B * N, H, A), self.context).view(B, N, H, -1)
+
+    def __call__(self, actions: torch.Tensor) -> torch.Tensor:
+        z = self.predict(actions)
+        return (z - self.z_goal[:, None, None]).norm(dim=-1).sum(-1)  # [B, N]
+
+
+def snap_to_bank(bank: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Projection of candidates `[..., m]` onto the nearest code of `bank` `[M, m]`."""
+    def project(cand: torch.Tensor) -> torch.Tensor:
+        flat = cand.reshape(-1, cand.shape[-1])
+        return bank[torch.cdist(flat, bank).argmin(1)].view_as(cand)
+    return project
+
+
+class RandomPolicy:
+    """Baseline: the random walk of the training data (AR(1) Gaussian actions, clipped)."""
+
+    def __init__(self, batch: int, seed: int, persistence: float = 0.8, scale: float = 0.7):
+        self.rng = np.random.default_rng(seed)
+        self.noise = np.zeros((batch, 2))
+        self.persistence, self.scale = persistence, scale
+        self.compute, self.plan_time = 0, 0.0
+
+    def reset(self, z_now: torch.Tensor, z_goal: torch.Tensor) -> None:
+        pass
+
+    def act(self, z_now: torch.Tensor, t: int) -> np.ndarray:
+        rho = self.persistence
+        self.noise = rho * self.noise + np.sqrt(1 - rho ** 2) * self.rng.normal(0, self.scale, self.noise.shape)
+        return np.clip(self.noise, -1, 1)
+
+
+class FlatPlanner:
+    """Receding-horizon MPC with CEM or MPPI on the level-0 world model.
+
+    Args:
+        predictor: level-0 `ACPredictor`. cfg: planner settings. seed: sampling seed.
+    """
+
+    def __init__(self, predictor, cfg: PlannerConfig, seed: int):
+        check_planner(cfg)
+        self.predictor, self.cfg = predictor, cfg
+        self.gen = torch.Generator().manual_seed(seed)
+        self.compute, self.plan_time = 0, 0.0
+        self.plan: Optional[torch.Tensor] = None
+        self.planned_z: Optional[torch.Tensor] = None  # [B, H, D] imagined path of the latest plan
+        self.first_planned_z: Optional[torch.Tensor] = None  # the episode's first imagined path (plots)
+
+    def reset(self, z_now: torch.Tensor, z_goal: torch.Tensor) -> None:
+        self.z_goal = z_goal
+        self.plan = torch.zeros(len(z_now), self.cfg.horizon, 2)
+        self.k = 0
+        self.first_planned_z = None
+
+    def replan(self, z_now: torch.Tensor, z_goal: torch.Tensor) -> None:
+        t0 = time.perf_counter()
+        cost = LatentGoalCost(self.predictor, z_now, z_goal, self.cfg.context)
+        shifted = torch.cat([self.plan[:, self.k:], torch.zeros(len(z_now), self.k, 2)], 1)  # warm start
+        self.plan, _ = optimize(cost, shifted, self.cfg, self.gen)
+        self.planned_z = cost.predict(self.plan[:, None])[:, 0]
+        if self.first_planned_z is None:
+            self.first_planned_z = self.planned_z
+        self.compute += self.cfg.compute()
+        self.plan_time += time.perf_counter() - t0
+        self.k = 0
+
+    def act(self, z_now: torch.Tensor, t: int) -> np.ndarray:
+        if t % self.cfg.replan_every == 0:
+            self.replan(z_now, self.z_goal)
+        a = self.plan[:, self.k]
+        self.k += 1
+        return a.numpy()
+
+
+@dataclass
+class HierarchicalConfig:
+    """Args:
+        level1: planner over macro-actions (its `replan_every` is ignored: level 1 replans every
+        `subgoal_every` low-level steps). level0: planner towards the current subgoal.
+        subgoal_every: low-level steps per subgoal (the level-1 stride is natural).
+    """
+
+    level1: PlannerConfig
+    level0: PlannerConfig
+    subgoal_every: int = 8
+
+
+class HierarchicalPlanner:
+    """Level 1 proposes a subgoal representation (first step of its macro plan, the macro-actions
+    confined to the bank of training codes); level 0 plans towards it by MPC. When the best level-1
+    plan brings no first step closer to the goal than where the agent already is, the goal itself
+    becomes the subgoal (the agent is within one level-1 step).
+
+    Args:
+        predictor0: level-0 `ACPredictor`. predictor1: level-1 `ACPredictor` (macro actions).
+        bank: macro codes `[M, m]`. cfg: planners. seed: sampling seed.
+    """
+
+    def __init__(self, predictor0, predictor1, bank: torch.Tensor, cfg: HierarchicalConfig, seed: int):
+        check_planner(cfg.level1)
+        self.low = FlatPlanner(predictor0, cfg.level0, seed)
+        self.predictor1, self.bank, self.cfg = predictor1, bank, cfg
+        self.project = snap_to_bank(bank)
+        self.gen = torch.Generator().manual_seed(seed + 1)
+        self.compute, self.plan_time = 0, 0.0
+        self.subgoals: list[torch.Tensor] = []  # [B, D] per level-1 replan
+        self.planned_z1: Optional[torch.Tensor] = None
+
+    def reset(self, z_now: torch.Tensor, z_goal: torch.Tensor) -> None:
+        self.z_goal = z_goal
+        self.low.reset(z_now, z_goal)
+        self.macro_plan = torch.zeros(len(z_now), self.cfg.level1.horizon, self.bank.shape[1])
+        self.subgoals = []
+        self.planned_z1 = None
+
+    def propose_subgoal(self, z_now: torch.Tensor) -> torch.Tensor:
+        c1 = self.cfg.level1
+        t0 = time.perf_counter()
+        cost = LatentGoalCost(self.predictor1, z_now, self.z_goal, c1.context)
+        shifted = torch.cat([self.macro_plan[:, 1:], self.macro_plan[:, -1:]], 1)
+        self.macro_plan, _ = optimize(cost, shifted, c1, self.gen, self.project)
+        z1 = cost.predict(self.macro_plan[:, None])[:, 0]  # [B, H1, D]
+        if self.planned_z1 is None:
+            self.planned_z1 = z1  # the episode's first level-1 imagined path (plots)
+        now = (z_now - self.z_goal).norm(dim=-1)
+        closer = (z1[:, 0] - self.z_goal).norm(dim=-1) < now
+        subgoal = torch.where(closer[:, None], z1[:, 0], self.z_goal)
+        self.compute += c1.compute()
+        self.plan_time += time.perf_counter() - t0
+        self.subgoals.append(subgoal)
+        return subgoal
+
+    def act(self, z_now: torch.Tensor, t: int) -> np.ndarray:
+        if t % self.cfg.subgoal_every == 0:
+            self.subgoal = self.propose_subgoal(z_now)
+        if t % self.cfg.level0.replan_every == 0 or t % self.cfg.subgoal_every == 0:
+            c0, t0 = self.low.compute, self.low.plan_time
+            self.low.replan(z_now, self.subgoal)
+            self.compute += self.low.compute - c0
+            self.plan_time += self.low.plan_time - t0
+        a = self.low.plan[:, self.low.k]
+        self.low.k += 1
+        return a.numpy()

@@ -1,0 +1,117 @@
+"""Point-mass environments and trajectory datasets: physics, rendering, distances, determinism."""
+import numpy as np
+import pytest
+
+from data.envs import (EnvConfig, PointMassEnv, distance_field, expert_actions, geodesic_distance, is_wall,
+                       make_layout, render, step_positions)
+from data.trajectories import TrajectoryConfig, TrajectoryWindows, generate, load_or_generate
+
+
+def two_rooms(seed=0):
+    cfg = EnvConfig(name="two_rooms")
+    return cfg, make_layout(cfg, np.random.default_rng(seed))[None]
+
+
+def test_walls_block_motion_and_agent_slides():
+    cfg, walls = two_rooms()
+    lo = cfg.grid // 2 - cfg.wall_cells // 2  # first column of the middle wall
+    rows = np.flatnonzero(walls[0, 1:-1, lo]) + 1
+    row = rows[np.argmax(np.abs(rows - np.flatnonzero(~walls[0, :, lo])[1:-1].mean()))]  # far from the door
+    pos = np.array([[0.3, (row + 0.5) / cfg.grid]])
+    for _ in range(40):
+        pos = step_positions(walls, pos, np.array([[1.0, 0.0]]), cfg)
+    assert lo / cfg.grid - cfg.max_step < pos[0, 0] < lo / cfg.grid  # pressed against the wall, not through
+    assert not is_wall(walls, pos).any()
+    # pushing diagonally into the wall still slides along it
+    y0 = pos[0, 1]
+    pos2 = step_positions(walls, pos, np.array([[1.0, 1.0 if row < cfg.grid // 2 else -1.0]]), cfg)
+    assert pos2[0, 1] != y0 and pos2[0, 0] < lo / cfg.grid
+
+
+def test_walls_block_random_walks_everywhere():
+    cfg = EnvConfig(name="four_rooms")
+    walls = np.repeat(make_layout(cfg, np.random.default_rng(1))[None], 256, 0)
+    rng = np.random.default_rng(0)
+    env = PointMassEnv(cfg, walls)
+    env.reset(np.full((256, 2), 0.2))
+    for _ in range(100):
+        env.step(rng.uniform(-3, 3, (256, 2)))
+        assert not is_wall(walls, env.pos).any()
+
+
+def test_actions_are_clipped():
+    cfg, walls = two_rooms()
+    p = np.array([[0.2, 0.5]])
+    big = step_positions(walls, p, np.array([[5.0, -7.0]]), cfg)
+    unit = step_positions(walls, p, np.array([[1.0, -1.0]]), cfg)
+    np.testing.assert_allclose(big, unit)
+    np.testing.assert_allclose(np.abs(unit - p), cfg.max_step, atol=1e-12)
+
+
+def test_render_is_a_function_of_state():
+    cfg, walls = two_rooms()
+    pos = np.array([[0.21, 0.33], [0.7, 0.8]])
+    a = render(np.repeat(walls, 2, 0), pos, cfg)
+    b = render(np.repeat(walls, 2, 0), pos.copy(), cfg)
+    assert a.shape == (2, 3, 64, 64) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a[0, 1], a[1, 1])
+    c = render(np.repeat(walls, 2, 0), pos + 0.01, cfg)
+    assert not np.array_equal(a, c)
+    assert 0 <= a.min() and a.max() <= 1
+
+
+def test_geodesic_distance_goes_through_the_door():
+    cfg, walls = two_rooms(3)
+    s, g = np.array([[0.2, 0.5]]), np.array([[0.8, 0.5]])
+    d = geodesic_distance(walls, s, g)
+    assert d[0] >= np.linalg.norm(s - g) - 2 / cfg.grid
+    same_room = geodesic_distance(walls, s, np.array([[0.2, 0.7]]))
+    assert abs(same_room[0] - 0.2) < 3 / cfg.grid
+
+
+def test_expert_reaches_goal_across_rooms():
+    cfg = EnvConfig(name="four_rooms")
+    walls = make_layout(cfg, np.random.default_rng(2))[None]
+    pos, goal = np.array([[0.2, 0.2]]), np.array([[0.8, 0.8]])
+    field = distance_field(walls, goal)
+    for _ in range(100):
+        pos = step_positions(walls, pos, expert_actions(field, pos, goal), cfg)
+    assert np.linalg.norm(pos - goal) < 0.05
+
+
+def test_bad_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="env.name"):
+        make_layout(EnvConfig(name="maze"), np.random.default_rng(0))
+    cfg, walls = two_rooms()
+    env = PointMassEnv(cfg, walls)
+    with pytest.raises(ValueError, match="inside a wall"):
+        env.reset(np.array([[0.0, 0.0]]))
+
+
+def test_dataset_is_deterministic_from_seed(tmp_path):
+    cfg = TrajectoryConfig(num_trajectories=16, length=10, cache_dir=str(tmp_path))
+    a, b = generate(cfg), generate(cfg)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    c = generate(TrajectoryConfig(num_trajectories=16, length=10, seed=1, cache_dir=None))
+    assert not np.array_equal(a["states"], c["states"])
+    cached = load_or_generate(cfg)
+    again = load_or_generate(cfg)  # from the cache file
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    for k in a:
+        np.testing.assert_array_equal(cached[k], a[k])
+        np.testing.assert_array_equal(again[k], a[k])
+    assert np.abs(a["actions"]).max() <= 1.0
+
+
+def test_windows_match_trajectory_states():
+    cfg = TrajectoryConfig(num_trajectories=4, length=12, cache_dir=None)
+    data = generate(cfg)
+    win = TrajectoryWindows(data, cfg.env, window=3, stride=4)
+    b = win.batch(np.array([0, len(win) - 1]))
+    assert b["frames"].shape == (2, 3, 3, 64, 64) and b["actions"].shape == (2, 2, 4, 2)
+    np.testing.assert_array_equal(b["states"][0].numpy(), data["states"][0, [0, 4, 8]])
+    np.testing.assert_array_equal(b["actions"][0, 1].numpy(), data["actions"][0, 4:8])
+    with pytest.raises(ValueError):
+        TrajectoryWindows(data, cfg.env, window=5, stride=4)

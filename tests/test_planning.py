@@ -1,0 +1,114 @@
+"""Planners: CEM/MPPI on known costs, bounds, MPC with a ground-truth model, hierarchical support."""
+import numpy as np
+import pytest
+import torch
+
+from data.envs import EnvConfig, make_layout, step_positions
+from hjepa.plan_eval import TaskConfig, make_tasks, run_episodes
+from hjepa.planning import (FlatPlanner, HierarchicalConfig, HierarchicalPlanner, PlannerConfig, optimize,
+                            snap_to_bank)
+
+
+def quadratic(target):
+    return lambda a: ((a - target[:, None]) ** 2).sum((-1, -2))  # [B, N, H, A] -> [B, N]
+
+
+@pytest.mark.parametrize("method", ["cem", "mppi"])
+def test_optimizer_finds_quadratic_minimum(method):
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(4, 5, 2, generator=g) * 1.6 - 0.8  # [B, H, A], inside the bounds
+    cfg = PlannerConfig(method=method, horizon=5, samples=256, iterations=12, init_std=0.5, min_std=0.01)
+    best, cost = optimize(quadratic(target), torch.zeros(4, 5, 2), cfg, g)
+    assert (best - target).abs().max() < 0.1
+    assert cost.max() < 0.02
+
+
+def test_action_bounds_are_respected():
+    g = torch.Generator().manual_seed(0)
+    target = torch.full((2, 3, 2), 5.0)  # optimum outside the box
+    cfg = PlannerConfig(horizon=3, samples=128, iterations=6, low=-0.5, high=0.5)
+    best, _ = optimize(quadratic(target), torch.zeros(2, 3, 2), cfg, g)
+    assert best.min() >= -0.5 and best.max() <= 0.5
+    assert (best - 0.5).abs().max() < 0.05
+
+
+def test_bad_planner_config_is_an_error():
+    with pytest.raises(ValueError, match="method"):
+        optimize(quadratic(torch.zeros(1, 2, 2)), torch.zeros(1, 2, 2), PlannerConfig(method="ilqr"),
+                 torch.Generator())
+
+
+class TruePredictor:
+    """Ground-truth dynamics on the representation z = position (a perfect world model).
+    `stride` > 1 with 2-d macro-actions: the macro code is a constant action held for `stride` steps."""
+
+    def __init__(self, env_cfg, walls, stride=1):
+        self.env_cfg, self.walls, self.stride = env_cfg, walls, stride
+
+    def rollout(self, z0, actions, context=None):
+        pos = z0[:, -1].numpy().astype(np.float64)
+        walls = np.repeat(self.walls, len(pos), 0)
+        out = []
+        for h in range(actions.shape[1]):
+            for _ in range(self.stride):
+                pos = step_positions(walls, pos, actions[:, h].numpy(), self.env_cfg)
+            out.append(torch.from_numpy(pos).float())
+        return torch.stack(out, 1)
+
+
+class TrueEncoder:
+    """Image -> agent position (centroid of the agent channel): a perfect encoder."""
+
+    def encode(self, frames):
+        m = frames[:, 1]  # [B, S, S]
+        S = m.shape[-1]
+        c = (torch.arange(S, dtype=torch.float32) + 0.5) / S
+        w = m / m.sum((1, 2), keepdim=True)
+        return torch.stack([(w.sum(1) * c).sum(-1), (w.sum(2) * c).sum(-1)], -1)
+
+
+def test_mpc_reaches_goal_with_perfect_model():
+    cfg = EnvConfig(name="two_rooms")
+    walls1 = make_layout(cfg, np.random.default_rng(0))
+    tasks = make_tasks(walls1[None], TaskConfig(per_bin=4, bins=[[0.2, 0.4]], seed=1))
+    walls = np.repeat(walls1[None], 4, 0)
+    planner = FlatPlanner(TruePredictor(cfg, walls1[None]), PlannerConfig(horizon=6, samples=64, iterations=3,
+                                                                          replan_every=2), seed=0)
+    ep = run_episodes(planner, TrueEncoder(), cfg, walls, tasks["start"], tasks["goal"], max_steps=25,
+                      radius=0.07, seed=0)
+    assert ep["success"].all()
+    assert planner.compute == 64 * 3 * 6 * len(range(0, int(ep["steps"].max()), 2))
+
+
+def test_hierarchical_subgoals_lie_on_data_support():
+    cfg = EnvConfig(name="four_rooms")
+    walls1 = make_layout(cfg, np.random.default_rng(0))
+    rng = np.random.default_rng(0)
+    bank = torch.from_numpy(rng.uniform(-1, 1, (64, 2))).float()  # macro codes seen in "training"
+    bank[:, 1] = bank[:, 1].abs()  # the data never moved upwards: half the box is off-support
+    hcfg = HierarchicalConfig(level1=PlannerConfig(horizon=3, samples=32, iterations=2),
+                              level0=PlannerConfig(horizon=4, samples=32, iterations=2, replan_every=2),
+                              subgoal_every=4)
+    planner = HierarchicalPlanner(TruePredictor(cfg, walls1[None]), TruePredictor(cfg, walls1[None], stride=4),
+                                  bank, hcfg, seed=0)
+    tasks = make_tasks(walls1[None], TaskConfig(per_bin=3, bins=[[0.5, 1.0]], seed=0))
+    start = torch.from_numpy(tasks["start"]).float()
+    planner.reset(start, torch.from_numpy(tasks["goal"]).float())
+    subgoal = planner.propose_subgoal(start)
+    # every macro-action of the plan is a code of the bank
+    d = torch.cdist(planner.macro_plan.reshape(-1, 2), bank).min(1).values
+    assert d.max() == 0
+    # each subgoal is the goal or a state one bank macro-action away from the start
+    reachable = TruePredictor(cfg, walls1[None], stride=4).rollout(
+        start.repeat_interleave(len(bank), 0)[:, None], bank.repeat(3, 1)[:, None])[:, 0].view(3, len(bank), 2)
+    goal = torch.from_numpy(tasks["goal"]).float()
+    for i in range(3):
+        on_support = torch.cdist(subgoal[i:i + 1], reachable[i]).min() < 1e-5
+        assert on_support or torch.equal(subgoal[i], goal[i])
+    assert planner.compute == hcfg.level1.compute()
+
+
+def test_snap_to_bank():
+    bank = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    out = snap_to_bank(bank)(torch.tensor([[[0.2, 0.1], [0.9, 0.6]]]))
+    assert torch.equal(out, torch.tensor([[[0.0, 0.0], [1.0, 1.0]]]))
