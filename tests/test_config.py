@@ -52,8 +52,8 @@ def test_cli_reports_config_errors(capsys):
 
 
 def test_dry_run_prints_config_params_and_mask_statistics(capsys):
-    assert main(["--config", str(ROOT / "configs" / "quickstart.yaml"), "--dry-run"]) == 0
+    assert main(["--config", str(TINY_PRETRAIN), "--dry-run", "data.crop_size=64"]) == 0
     out = capsys.readouterr().out
     assert "model_name: vit_micro" in out
-    assert "trainable params" in out and "token grid (8, 8, 8) = 512 tokens" in out
-    assert "mask 0 (multiblock, 8 blocks): context" in out and "mask 1" in out
+    assert "trainable params" in out and "token grid (2, 8, 8) = 128 tokens" in out
+    assert "mask 0 (tube" in out and "target 96 tokens (75.0%)" in out
