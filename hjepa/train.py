@@ -37,7 +37,7 @@ from vjepa import checkpoint as ckpt
 from vjepa.config import to_dict, to_yaml
 from vjepa.models import ModelConfig, build_encoder, build_predictor
 from vjepa.pretrain import LoggingConfig, MetaConfig, NonFiniteLoss, OptimizationConfig, ema_update, jepa_loss, param_groups
-from vjepa.runtime import MetricLog, make_accelerator, resolve_run_dir
+from vjepa.runtime import MetricLog, checkpoint_paths, make_accelerator, resolve_run_dir
 from vjepa.schedules import cosine_at, linear_at, lr_at
 
 logger = logging.getLogger(__name__)
@@ -319,11 +319,8 @@ def train(cfg: HJEPAConfig, dry_run: bool = False) -> Optional[Path]:
         return None
 
     run_dir = resolve_run_dir(cfg.logging.folder, "hjepa", accelerator)
-    latest = run_dir / f"{cfg.logging.write_tag}-latest.pt"
-    resume_from = cfg.meta.read_checkpoint or (latest if cfg.meta.load_checkpoint else None)
-    if resume_from is None and latest.exists():
-        raise FileExistsError(f"{latest} exists; refusing to overwrite it. Resume with meta.load_checkpoint=true "
-                              "or choose another logging.folder.")
+    latest, resume_from = checkpoint_paths(run_dir, cfg.logging.write_tag, cfg.meta.load_checkpoint,
+                                           cfg.meta.read_checkpoint)
     step, rng, opt_state = 0, None, None
     if resume_from is not None:
         state = ckpt.load(resume_from)

@@ -5,7 +5,7 @@ import csv
 import logging
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from accelerate import Accelerator
@@ -38,6 +38,18 @@ def resolve_run_dir(folder: Optional[str], task: str, accelerator: Accelerator) 
         path.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     return path
+
+
+def checkpoint_paths(run_dir: Path, write_tag: str, load_checkpoint: bool,
+                     read_checkpoint: Optional[str]) -> Tuple[Path, Optional[Path]]:
+    """(the run's latest checkpoint, the file to resume from or None). A fresh run refuses to start over
+    an existing checkpoint, so a forgotten `load_checkpoint` never destroys a run."""
+    latest = run_dir / f"{write_tag}-latest.pt"
+    resume_from = Path(read_checkpoint) if read_checkpoint else (latest if load_checkpoint else None)
+    if resume_from is None and latest.exists():
+        raise FileExistsError(f"{latest} exists; refusing to overwrite it. Resume with meta.load_checkpoint=true "
+                              "or choose another logging.folder.")
+    return latest, resume_from
 
 
 class MetricLog:
