@@ -93,17 +93,19 @@ def test_sincos_table_layout():
     assert uniform.shape == (24, 30)
 
 
-def test_rope_depends_on_relative_position_only():
+def test_rope_is_position_dependent_and_leaves_unrotated_dims():
     torch.manual_seed(0)
-    q, k = torch.randn(1, 1, 1, 24), torch.randn(1, 1, 1, 24)
-    def score(pq, pk):
-        return (apply_rope_3d(q, torch.tensor([[pq]])) * apply_rope_3d(k, torch.tensor([[pk]]))).sum()
-    s1 = score([1, 2, 3], [0, 0, 0])
-    s2 = score([3, 5, 7], [2, 3, 4])
-    torch.testing.assert_close(s1, s2)
-    assert not torch.allclose(s1, score([0, 0, 0], [0, 0, 0]))
-    x = torch.randn(2, 3, 5, 24)
-    torch.testing.assert_close(apply_rope_3d(x, torch.randint(0, 9, (2, 5, 3))).norm(dim=-1), x.norm(dim=-1))
+    x = torch.randn(2, 3, 5, 26)  # head dim 26: three chunks of 8, 2 dims left unrotated
+    coords = torch.randint(0, 9, (2, 5, 3))
+    out = apply_rope_3d(x, coords)
+    assert out.shape == x.shape
+    assert torch.equal(out[..., 24:], x[..., 24:])
+    torch.testing.assert_close(apply_rope_3d(x, torch.zeros_like(coords)), x)  # angle 0 = identity
+    assert not torch.allclose(out[..., :24], x[..., :24])
+    # the time chunk only sees the t coordinate
+    shifted = coords.clone()
+    shifted[..., 1:] += 1
+    torch.testing.assert_close(apply_rope_3d(x, shifted)[..., :8], out[..., :8])
 
 
 def test_rope_encoder_has_no_position_table():

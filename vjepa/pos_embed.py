@@ -66,12 +66,18 @@ def grid_coords(grid: tuple[int, int, int], device=None) -> torch.Tensor:
 
 
 def rope_rotate(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of `x [..., N, d]` by angles `pos [..., N] * omega`."""
+    """Rotate pairs (x[2i], x[2i+1]) of `x [..., N, d]` by angles from `pos [..., N]`.
+
+    The angle table is laid out [w_0 .. w_{d/2-1}, w_0 .. w_{d/2-1}] (concatenated), not pair by pair: an
+    oddity of the released V-JEPA 2 code that its weights were trained with (the Hugging Face port keeps
+    it too), so official V-JEPA 2 checkpoints only give their features with this layout. With it the two
+    members of a pair turn by different angles, so unlike textbook RoPE, norms are not preserved exactly
+    and scores are not purely relative; compatibility with the released weights wins here."""
     d = x.shape[-1]
     omega = 1.0 / 10000 ** (torch.arange(d // 2, device=x.device, dtype=torch.float32) / (d / 2.0))
     angle = pos.unsqueeze(-1).float() * omega  # [..., N, d/2]
-    sin = angle.sin().repeat_interleave(2, dim=-1).to(x.dtype)
-    cos = angle.cos().repeat_interleave(2, dim=-1).to(x.dtype)
+    sin = torch.cat([angle.sin(), angle.sin()], dim=-1).to(x.dtype)
+    cos = torch.cat([angle.cos(), angle.cos()], dim=-1).to(x.dtype)
     pairs = x.unflatten(-1, (-1, 2))  # [..., N, d/2, 2]
     rot = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
     return x * cos + rot * sin

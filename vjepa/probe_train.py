@@ -325,7 +325,7 @@ class ProbeGrid:
                 nn.utils.clip_grad_norm_(p.parameters(), self.opt.clip_grad)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return [float(l) for l in losses]
+        return [l.item() for l in losses]
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> List[torch.Tensor]:
