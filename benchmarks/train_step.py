@@ -64,8 +64,7 @@ def run_one(size: str, batch: int, frames: int, crop: int, steps: int, warmup: i
         torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / steps
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"size": size, "params_m": n_params / 1e6, "batch": batch, "tokens": encoder.grid if not hasattr(encoder, "module") else encoder.module.grid,
-            "s_per_step": dt, "clips_per_s": batch / dt, "peak_gib": peak / 2**30, "gflop_per_step": flops / 1e9,
+    return {"size": size, "params_m": n_params / 1e6, "batch": batch, "s_per_step": dt, "clips_per_s": batch / dt, "peak_gib": peak / 2**30, "gflop_per_step": flops / 1e9,
             "device": torch.cuda.get_device_name() if cuda else f"CPU x{torch.get_num_threads()} threads",
             "precision": "bf16" if cuda else "fp32"}
 
@@ -93,7 +92,7 @@ def main() -> None:
     print(f"\nV-JEPA train step, {args.frames}x{args.crop}px clips, both published mask configs, device: {rows[0]['device']}, {rows[0]['precision']}\n")
     head = "| model | params (M) | batch | s/step | clips/s | peak mem (GiB) | GFLOP/step | TFLOP/s |" + (" MFU |" if args.peak_tflops else "")
     print(head)
-    print("|" + "---|" * head.count("|")[:-1] if False else "|" + "|".join(["---"] * (head.count("|") - 1)) + "|")
+    print("|" + "|".join(["---"] * (head.count("|") - 1)) + "|")
     for r in rows:
         tflops = r["gflop_per_step"] / r["s_per_step"] / 1e3
         line = (f"| {r['size']} | {r['params_m']:.1f} | {r['batch']} | {r['s_per_step']:.3f} | {r['clips_per_s']:.2f} | "
