@@ -90,6 +90,7 @@ class MetaConfig:
 @dataclass
 class LoggingConfig:
     """folder: run folder (None = runs/<task>-<time>). write_tag: checkpoint file prefix.
+    log_every: metrics every this many steps (>= 1). rankme_every: RankMe every this many steps (0: never).
     collapse_std_floor: warn when the target features' std across tokens falls below it.
     knn_monitor: every `meta.eval_freq` steps, log the EMA target's k-NN top-1 on a small held-out motion
     benchmark (vjepa/knn_monitor.py) at the pretraining clip geometry."""
@@ -249,6 +250,8 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     if rng is not None:
         ckpt.set_rng_state(rng)
 
+    if cfg.logging.log_every < 1:
+        raise ValueError(f"logging.log_every must be >= 1, got {cfg.logging.log_every}")
     total = opt.epochs * opt.ipe
     stop = min(total, cfg.meta.max_steps or total)
     horizon = int(opt.ipe_scale * total)  # schedules span ipe_scale x the run, as the reference
@@ -268,7 +271,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
         knn = MotionKNNMonitor(d.num_frames, d.crop_size, num_speeds=d.synthetic.num_speeds,
                                mean=cfg.data_aug.mean, std=cfg.data_aug.std)
     batches = iter(loader)
-    tick, last, skipped = time.time(), {}, 0
+    tick, tick_step, last, skipped = time.time(), step, {}, 0
 
     while step < stop:
         lr = lr_at(step, warmup_steps=warmup, total_steps=horizon, start_lr=opt.start_lr, lr=opt.lr, final_lr=opt.final_lr)
@@ -295,10 +298,11 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
         if step % cfg.logging.log_every == 0 or step == stop:
             elapsed, tick = time.time() - tick, time.time()
             metrics = {"loss": last["loss"], "lr": lr, "wd": wd, "ema": m,
-                       "clips_per_s": clips_per_step * cfg.logging.log_every / max(elapsed, 1e-9),
+                       "clips_per_s": clips_per_step * (step - tick_step) / max(elapsed, 1e-9),
                        "feature_std": feature_std(last["h"]), "skipped_files": skipped}
             metrics.update({k: v for k, v in last.items() if k.startswith("grad_norm")})
-            if step % cfg.logging.rankme_every == 0 or step == stop:
+            tick_step = step
+            if cfg.logging.rankme_every > 0 and (step % cfg.logging.rankme_every == 0 or step == stop):
                 metrics["rankme"] = rankme(last["h"])
             if knn is not None and (step % cfg.meta.eval_freq == 0 or step == stop):
                 metrics["knn_top1"] = knn.score(target, accelerator.device)

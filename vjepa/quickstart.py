@@ -67,6 +67,9 @@ def probe_config(cfg: QuickstartConfig, run_dir: Path, arm: str) -> ProbeConfig:
     p.pretrain.random_init = random_init
     p.pretrain.seed = cfg.pretrain.meta.seed  # the random arm starts where pretraining started
     p.logging.folder = str(run_dir / f"probe-{arm}")
+    # One process holds one Accelerator state: the probes run in the pretraining's precision.
+    p.meta.dtype = cfg.pretrain.meta.dtype
+    p.optimization.use_bfloat16 = cfg.pretrain.meta.dtype in ("bfloat16", "bf16")
     return p
 
 

@@ -1,0 +1,47 @@
+"""The quickstart (`python train.py`): its probes' settings and a whole tiny run."""
+import json
+
+import pytest
+
+from vjepa.config import load_config
+from vjepa.quickstart import QuickstartConfig, probe_config, run
+
+TINY = [
+    "pretrain.optimization.epochs=2", "pretrain.optimization.ipe=2", "pretrain.optimization.warmup=0",
+    "pretrain.data.synthetic.num_videos=64", "pretrain.data.num_workers=0", "pretrain.logging.progress_bar=false",
+    "pretrain.logging.tensorboard=false", "pretrain.logging.rankme_every=0",
+    "probe.data.motion.num_train=64", "probe.data.motion.num_val=32", "probe.optimization.num_epochs=1",
+    "probe.optimization.batch_size=32", "probe.logging.tensorboard=false",
+]
+
+
+def quickstart_cfg(overrides=()):
+    return load_config(QuickstartConfig, "configs/quickstart.yaml", list(overrides))
+
+
+@pytest.mark.parametrize("dtype, bf16", [("float32", False), ("bfloat16", True)])
+def test_probes_run_in_the_pretraining_precision(tmp_path, dtype, bf16):
+    # One process holds one Accelerator state: a probe asking for another precision than pretraining
+    # used crashed the quickstart on GPU.
+    cfg = quickstart_cfg([f"pretrain.meta.dtype={dtype}"])
+    for arm in ("pretrained", "random_init", "single_frame"):
+        p = probe_config(cfg, tmp_path, arm)
+        assert p.meta.dtype == dtype and p.optimization.use_bfloat16 is bf16
+        assert (p.data.motion.num_frames, p.data.motion.size) == (16, 64)  # the pretraining clips' geometry
+    assert probe_config(cfg, tmp_path, "random_init").pretrain.random_init
+    assert probe_config(cfg, tmp_path, "single_frame").data.motion.control == "single_frame"
+    with pytest.raises(ValueError, match="unknown quickstart arm"):
+        probe_config(cfg, tmp_path, "supervised")
+
+
+def test_tiny_quickstart_writes_the_comparison(tmp_path, capsys):
+    cfg = quickstart_cfg(TINY + [f"folder={tmp_path / 'qs'}"])
+    summary = run(cfg)
+    assert [r["arm"] for r in summary["rows"]] == ["pretrained", "random_init", "single_frame"]
+    assert summary["num_classes"] == 16 and summary["pretrain_steps"] == 4
+    for r in summary["rows"]:
+        assert 0.0 <= r["top1"] <= r["top5"] <= 100.0
+    saved = json.loads((tmp_path / "qs" / "comparison.json").read_text())
+    assert saved["rows"] == summary["rows"]
+    assert (tmp_path / "qs" / "comparison.png").stat().st_size > 0
+    assert "random init (frozen)" in capsys.readouterr().out
