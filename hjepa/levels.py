@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -23,6 +22,7 @@ from einops import rearrange
 from timm.layers import Mlp, trunc_normal_
 
 from vjepa.models import VisionTransformer, gather_tokens
+from vjepa.pos_embed import sincos_1d
 from vjepa.monitor import feature_std, rankme
 
 logger = logging.getLogger(__name__)
@@ -137,15 +137,6 @@ def encode_windows(encoder: VisionTransformer, windows: torch.Tensor, pool: str 
     return rearrange(z, "(b w) d -> b w d", b=B)
 
 
-def sincos_1d(pos: torch.Tensor, dim: int) -> torch.Tensor:
-    """Step positions `[B, K]` -> fixed sin-cos embeddings `[B, K, dim]` (any sequence length)."""
-    half = dim // 2
-    freq = torch.exp(-math.log(10000.0) * torch.arange(half, device=pos.device, dtype=torch.float32) / half)
-    angle = pos.float().unsqueeze(-1) * freq  # [B, K, half]
-    emb = torch.cat([angle.sin(), angle.cos()], -1)
-    return F.pad(emb, (0, dim - 2 * half))
-
-
 class TemporalBlock(nn.Module):
     """Pre-norm transformer block with an optional boolean attention mask `[B, 1, K, K]` (True = may attend)."""
 
@@ -198,7 +189,7 @@ class TemporalEncoder(nn.Module):
             u = gather_tokens(u, idx)
         x = self.input_proj(u)
         if self.use_pos:
-            x = x + sincos_1d(idx, self.embed_dim).to(u.dtype)
+            x = x + sincos_1d(self.embed_dim, idx).to(u.dtype)
         mask = (idx.unsqueeze(2) >= idx.unsqueeze(1)).unsqueeze(1) if self.causal else None  # [B, 1, K, K]
         for blk in self.blocks:
             x = blk(x, mask)
@@ -222,8 +213,8 @@ class TemporalPredictor(nn.Module):
     def forward(self, z: torch.Tensor, idx_ctx: torch.Tensor, idx_tgt: torch.Tensor) -> torch.Tensor:
         """z `[B, K_ctx, D]` at steps idx_ctx `[B, K_ctx]` -> predictions `[B, K_tgt, D]` at idx_tgt."""
         B, K_ctx, _ = z.shape
-        x = self.embed(z) + sincos_1d(idx_ctx, self.pred_embed_dim).to(z.dtype)
-        q = self.query.to(z.dtype).expand(B, idx_tgt.shape[1], -1) + sincos_1d(idx_tgt, self.pred_embed_dim).to(z.dtype)
+        x = self.embed(z) + sincos_1d(self.pred_embed_dim, idx_ctx).to(z.dtype)
+        q = self.query.to(z.dtype).expand(B, idx_tgt.shape[1], -1) + sincos_1d(self.pred_embed_dim, idx_tgt).to(z.dtype)
         x = torch.cat([x, q], 1)  # [B, K_ctx + K_tgt, d]
         for blk in self.blocks:
             x = blk(x)

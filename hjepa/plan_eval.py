@@ -193,9 +193,10 @@ def run(cfg: PlanConfig, dry_run: bool = False) -> Optional[Path]:
     print(table)
     (run_dir / "results.md").write_text(table + "\n")
     _write_csv(results, cfg, run_dir / "results.csv")
-    probe = position_probe(wm, load_or_generate(wm_cfg.data), env_cfg)
     plot_success(results, cfg.tasks.bins, cfg.methods, run_dir / "success_vs_distance.png")
-    plot_episodes(episodes, tasks, walls_all, probe, cfg, run_dir / "episodes.png")
+    if cfg.examples > 0:  # examples=0: no episode figure (and no position probe to fit)
+        probe = position_probe(wm, load_or_generate(wm_cfg.data), env_cfg)
+        plot_episodes(episodes, tasks, walls_all, probe, cfg, run_dir / "episodes.png")
     logger.info("plan evaluation written to %s", run_dir)
     return run_dir
 

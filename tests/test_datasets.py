@@ -20,7 +20,7 @@ from data.datasets import (
     read_folder,
 )
 from data.video import decord_available
-from tests.videos import corrupt, frame_index, truncate, write_image, write_video
+from tests.videos import frame_index, write_bad_files, write_image, write_video
 
 DECODERS = ["pyav"] + (["decord"] if decord_available() else [])
 
@@ -59,16 +59,8 @@ def vids(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def bad(tmp_path_factory: pytest.TempPathFactory, vids: Dict[str, Path]) -> Dict[str, Path]:
-    d = tmp_path_factory.mktemp("bad")
-    (d / "empty.mp4").write_bytes(b"")
-    (d / "text.mp4").write_text("not a video\n" * 50)
-    return {
-        "missing": d / "missing.mp4",
-        "empty": d / "empty.mp4",
-        "not_a_video": d / "text.mp4",
-        "truncated": truncate(vids["a"], d / "truncated.mp4", 0.5),
-        "corrupt": corrupt(vids["a"], d / "corrupt.mp4", start=0.05, stop=0.85)  # opens, frames undecodable,
-    }
+    # corrupt 0.05-0.85: the file opens but no frame decodes
+    return write_bad_files(tmp_path_factory.mktemp("bad"), vids["a"], truncate_at=0.5, corrupt_span=(0.05, 0.85))
 
 
 # ------------------------------------------------------------------------------------------ clip sampling

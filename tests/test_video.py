@@ -11,7 +11,7 @@ import torch
 
 from data import check
 from data.video import DecodeError, decord_available, decode_frames, open_video, read_video_info, resolve_decoder
-from tests.videos import corrupt, frame_index, truncate, write_video
+from tests.videos import frame_index, truncate, write_bad_files, write_video
 
 DECODERS = ["pyav"] + (["decord"] if decord_available() else [])
 
@@ -43,17 +43,7 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory: pytest.TempPathFactory, videos: Dict[str, Path]) -> Dict[str, Path]:
-    d = tmp_path_factory.mktemp("bad")
-    (d / "empty.mp4").write_bytes(b"")
-    (d / "text.mp4").write_text("not a video\n" * 50)
-    # PyAV writes the mp4 index (moov) last: a cut-short download has no index at all.
-    return {
-        "missing": d / "missing.mp4",
-        "empty": d / "empty.mp4",
-        "not_a_video": d / "text.mp4",
-        "truncated_mp4": truncate(videos["h264_mp4"], d / "truncated.mp4", 0.6),
-        "corrupt_mp4": corrupt(videos["h264_mp4"], d / "corrupt.mp4", start=0.5, stop=0.6),
-    }
+    return write_bad_files(tmp_path_factory.mktemp("bad"), videos["h264_mp4"], truncate_at=0.6, corrupt_span=(0.5, 0.6))
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
@@ -122,7 +112,7 @@ def test_out_of_range_index_is_a_caller_error(videos: Dict[str, Path]) -> None:
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
-@pytest.mark.parametrize("case", ["missing", "empty", "not_a_video", "truncated_mp4", "corrupt_mp4"])
+@pytest.mark.parametrize("case", ["missing", "empty", "not_a_video", "truncated", "corrupt"])
 def test_bad_files_raise_decode_error(bad_files: Dict[str, Path], case: str, decoder: str) -> None:
     with pytest.raises(DecodeError) as err:
         with open_video(str(bad_files[case]), decoder) as reader:
@@ -152,7 +142,7 @@ def test_check_finds_broken_files_and_writes_clean_csv(
     tmp_path: Path, videos: Dict[str, Path], bad_files: Dict[str, Path], capsys: pytest.CaptureFixture
 ) -> None:
     good = [videos["h264_mp4"], videos["mpeg4_avi"], videos["h264_mkv"]]
-    bad = [bad_files[k] for k in ("missing", "empty", "not_a_video", "truncated_mp4")]
+    bad = [bad_files[k] for k in ("missing", "empty", "not_a_video", "truncated")]
     lines = [f"{p} {i}" for i, p in enumerate(good)] + [f"{p} 9" for p in bad]
     lst = tmp_path / "list.csv"
     lst.write_text("\n".join(lines) + "\n")

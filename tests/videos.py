@@ -103,3 +103,18 @@ def corrupt(src: Path, dst: Path, start: float, stop: float) -> Path:
     data[a:b] = rng.integers(0, 256, size=b - a, dtype=np.uint8).tobytes()
     dst.write_bytes(bytes(data))
     return dst
+
+
+def write_bad_files(d: Path, good: Path, truncate_at: float, corrupt_span: tuple) -> Dict[str, Path]:
+    """The bad inputs a loader must survive, made in folder `d` from the good video `good`: a missing
+    path, a zero-byte file, a text file named .mp4, `good` cut at `truncate_at` of its bytes (PyAV writes
+    the mp4 index last, so a cut-short download has none), and `good` with `corrupt_span` overwritten."""
+    (d / "empty.mp4").write_bytes(b"")
+    (d / "text.mp4").write_text("not a video\n" * 50)
+    return {
+        "missing": d / "missing.mp4",
+        "empty": d / "empty.mp4",
+        "not_a_video": d / "text.mp4",
+        "truncated": truncate(good, d / "truncated.mp4", truncate_at),
+        "corrupt": corrupt(good, d / "corrupt.mp4", *corrupt_span),
+    }

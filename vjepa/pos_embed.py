@@ -13,13 +13,14 @@ import torch.nn.functional as F
 
 
 def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
-    """[M] positions -> [M, dim] as (sin | cos) halves, frequencies 1 / 10000^(2i/dim)."""
+    """Positions of any shape `[...]` -> float64 `[..., dim]` as (sin | cos) halves, frequencies
+    1 / 10000^(2i/dim). Used for the video grid tables here and the time steps of hjepa/levels.py."""
     if dim % 2:
         raise ValueError(f"sin-cos dim must be even, got {dim}")
-    omega = torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0)
+    omega = torch.arange(dim // 2, dtype=torch.float64, device=pos.device) / (dim / 2.0)
     omega = 1.0 / 10000**omega  # [dim/2]
-    out = pos.double().reshape(-1, 1) * omega  # [M, dim/2]
-    return torch.cat([out.sin(), out.cos()], dim=1)
+    out = pos.double().unsqueeze(-1) * omega  # [..., dim/2]
+    return torch.cat([out.sin(), out.cos()], dim=-1)
 
 
 def sincos_3d(dim: int, grid_t: int, grid_h: int, grid_w: int, uniform_power: bool = False) -> torch.Tensor:
@@ -29,16 +30,15 @@ def sincos_3d(dim: int, grid_t: int, grid_h: int, grid_w: int, uniform_power: bo
     else:
         dh = dw = dim // 4
         dt = dim // 2
-    t, h, w = torch.meshgrid(
-        torch.arange(grid_t), torch.arange(grid_h), torch.arange(grid_w), indexing="ij"
-    )  # each [T, H, W]
+    t, h, w = (g.flatten() for g in torch.meshgrid(
+        torch.arange(grid_t), torch.arange(grid_h), torch.arange(grid_w), indexing="ij"))  # each [T*H*W]
     emb = torch.cat([sincos_1d(dt, t), sincos_1d(dh, h), sincos_1d(dw, w)], dim=1)
     return emb[:, :dim].float()  # [T*H*W, dim]
 
 
 def sincos_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
     """Fixed 2D table `[H*W, dim]` (h half, then w half)."""
-    h, w = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
+    h, w = (g.flatten() for g in torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij"))
     return torch.cat([sincos_1d(dim // 2, h), sincos_1d(dim // 2, w)], dim=1).float()
 
 
