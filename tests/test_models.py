@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vjepa.models import VIT_SIZES, ModelConfig, Predictor, VisionTransformer, build_encoder, build_predictor, gather_tokens
-from vjepa.pos_embed import apply_rope_3d, resize_pos_embed, sincos_3d
+from vjepa.pos_embed import apply_rope_3d, resize_pos_embed, sincos_1d, sincos_3d
 
 
 def tiny_vit(**overrides):
@@ -91,6 +91,17 @@ def test_sincos_table_layout():
     assert torch.equal(table[0, : dt // 2], torch.zeros(dt // 2)) and torch.equal(table[0, dt // 2: dt], torch.ones(dt // 2))
     uniform = sincos_3d(30, 2, 3, 4, uniform_power=True)
     assert uniform.shape == (24, 30)
+
+
+def test_sincos_1d_keeps_the_positions_shape():
+    # H-JEPA levels embed [B, K] step indices with the same function as the video grid tables.
+    pos = torch.tensor([[0, 3, 7], [2, 2, 9]])
+    emb = sincos_1d(8, pos)
+    assert emb.shape == (2, 3, 8)
+    assert torch.equal(emb[1, 2], sincos_1d(8, torch.tensor([9]))[0])
+    assert torch.equal(emb[1, 0], emb[1, 1])
+    with pytest.raises(ValueError, match="even"):
+        sincos_1d(7, pos)
 
 
 def test_rope_is_position_dependent_and_leaves_unrotated_dims():
