@@ -107,3 +107,40 @@ def test_macro_world_model_loss_and_bounds():
     out["loss"].backward()
     codes = m.macro(chunks * 100)
     assert codes.shape == (3, 3, 2) and codes.abs().max() <= 1
+
+
+@pytest.mark.parametrize("kill_level", [0, 1])
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch, kill_level):
+    from hjepa import wm_train
+    from vjepa.config import load_config
+
+    def cfg_for(folder, resume=False):
+        return load_config(wm_train.WorldModelConfig, overrides=[
+            "data.num_trajectories=48", "data.length=8", "data.cache_dir=null", "encoder.dim=8", "encoder.width=8",
+            "predictor.dim=16", "predictor.depth=1", "stage.steps=6", "stage.batch_size=8", "stage.window=3",
+            "stage.warmup=1", "level1.stride=2", "level1.predictor.dim=16", "level1.predictor.depth=1",
+            "level1.stage.steps=6", "level1.stage.batch_size=8", "level1.stage.window=3", "level1.stage.warmup=1",
+            "level1.bank_size=16", "meta.save_every_freq=3", "logging.progress_bar=false",
+            "logging.tensorboard=false", f"logging.folder={folder}", f"meta.load_checkpoint={str(resume).lower()}"])
+
+    wm_train.train(cfg_for(tmp_path / "whole"))
+    real_batch = wm_train._batch
+
+    def dying_batch(windows, batch_size, seed, level, step, device):
+        if level == kill_level and step == 4:  # after the checkpoint at step 3
+            raise KeyboardInterrupt("killed")
+        return real_batch(windows, batch_size, seed, level, step, device)
+
+    monkeypatch.setattr(wm_train, "_batch", dying_batch)
+    with pytest.raises(KeyboardInterrupt):
+        wm_train.train(cfg_for(tmp_path / "killed"))
+    monkeypatch.setattr(wm_train, "_batch", real_batch)
+    wm_train.train(cfg_for(tmp_path / "killed", resume=True))
+
+    whole = torch.load(tmp_path / "whole" / "wm-latest.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "killed" / "wm-latest.pt", weights_only=True)
+    assert resumed["steps"] == whole["steps"] == [6, 6]
+    for part in ("model", "macro"):
+        for k, v in whole[part].items():
+            assert torch.equal(v, resumed[part][k]), (part, k)
+    assert torch.equal(whole["macro_bank"], resumed["macro_bank"])
