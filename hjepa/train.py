@@ -38,7 +38,7 @@ from vjepa.config import to_dict, to_yaml
 from vjepa.models import ModelConfig, build_encoder, build_predictor
 from vjepa.pretrain import LoggingConfig, MetaConfig, NonFiniteLoss, OptimizationConfig, ema_update, jepa_loss, param_groups
 from vjepa.runtime import MetricLog, checkpoint_paths, make_accelerator, resolve_run_dir
-from vjepa.schedules import cosine_at, linear_at, lr_at
+from vjepa.schedules import cosine_at, linear_at, lr_at, set_lr_wd
 
 logger = logging.getLogger(__name__)
 
@@ -381,10 +381,7 @@ def train(cfg: HJEPAConfig, dry_run: bool = False) -> Optional[Path]:
             lr = lr_at(local, warmup_steps=warmup, total_steps=horizon, start_lr=opt.start_lr, lr=opt.lr,
                        final_lr=opt.final_lr)
             wd = cosine_at(local, total_steps=horizon, start=opt.weight_decay, end=opt.final_weight_decay)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-                if not group.get("wd_exclude", False):
-                    group["weight_decay"] = wd
+            set_lr_wd(optimizer, lr, wd)
             for micro in range(opt.grad_accum_steps):
                 batch = next(batches)
                 batch = {k: ([m.to(accelerator.device) for m in v] if isinstance(v, list) else

@@ -28,7 +28,7 @@ from vjepa.config import to_dict, to_yaml
 from vjepa.models import ModelConfig, build_encoder, build_predictor, gather_tokens
 from vjepa.monitor import feature_std, rankme
 from vjepa.runtime import MetricLog, checkpoint_paths, make_accelerator, resolve_run_dir
-from vjepa.schedules import cosine_at, linear_at, lr_at
+from vjepa.schedules import cosine_at, linear_at, lr_at, set_lr_wd
 
 logger = logging.getLogger(__name__)
 
@@ -277,10 +277,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
         lr = lr_at(step, warmup_steps=warmup, total_steps=horizon, start_lr=opt.start_lr, lr=opt.lr, final_lr=opt.final_lr)
         wd = cosine_at(step, total_steps=horizon, start=opt.weight_decay, end=opt.final_weight_decay)
         m = linear_at(step, total_steps=horizon, start=opt.ema[0], end=opt.ema[1])
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-            if not group.get("wd_exclude", False):
-                group["weight_decay"] = wd
+        set_lr_wd(optimizer, lr, wd)
 
         for _ in range(opt.grad_accum_steps):
             batch = next(batches)

@@ -24,3 +24,12 @@ def cosine_at(step: int, *, total_steps: int, start: float, end: float) -> float
 def linear_at(step: int, *, total_steps: int, start: float, end: float) -> float:
     progress = min(1.0, step / max(1, total_steps))
     return start + (end - start) * progress
+
+
+def set_lr_wd(optimizer, lr: float, wd: float) -> None:
+    """Write this step's LR into every param group and its weight decay into the groups that take it
+    (those without `wd_exclude`, see `vjepa.pretrain.param_groups`)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        if not group.get("wd_exclude", False):
+            group["weight_decay"] = wd
