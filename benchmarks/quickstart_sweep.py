@@ -6,7 +6,7 @@ VARIANTS.txt holds one variant per line: a name, then `key=value` overrides of c
 (`#` starts a comment). Each variant is one `python train.py` in its own subprocess and run folder
 (`OUT/<name>`), `--parallel` at a time; a variant that fails is reported, not fatal. The table (one row
 per variant and arm: top-1, top-5, pretraining and total seconds) is printed and written to
-`OUT/sweep.json`. This is how the quickstart's settings were chosen; see the README's quickstart section.
+`OUT/sweep.json`. What the sweeps in `benchmarks/sweeps/` found is in `benchmarks/sweeps/RESULTS.md`.
 """
 from __future__ import annotations
 
