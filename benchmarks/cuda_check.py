@@ -22,7 +22,7 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]
 
 from data.collate import MaskCollator  # noqa: E402
 from vjepa.models import ModelConfig  # noqa: E402
-from vjepa.pretrain import PretrainConfig, build_models, jepa_loss  # noqa: E402
+from vjepa.pretrain import LossConfig, PretrainConfig, build_models, jepa_loss  # noqa: E402
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     for dtype in (torch.float32, torch.bfloat16):
         encoder.zero_grad(set_to_none=True), predictor.zero_grad(set_to_none=True)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            loss, _ = jepa_loss(encoder, predictor, target, batch, 1.0)
+            loss, _, _ = jepa_loss(encoder, predictor, target, batch, LossConfig())
         loss.backward()
         grads = torch.cat([p.grad.flatten().float() for p in [*encoder.parameters(), *predictor.parameters()]
                            if p.grad is not None])

@@ -78,6 +78,9 @@ def main(argv=None) -> int:
         for r in res["rows"]:
             print(f"{name:24s} {r['arm']:14s} {r['top1']:6.1f} {r['top5']:6.1f} {res['pretrain_seconds']:10.0f} "
                   f"{res['total_seconds']:8.0f}")
+        if res.get("monitor"):  # pretraining's quality monitor: k-NN / ridge readout, step 0 = random init
+            trace = "  ".join(f"{m['step']}: {m['knn_top1']:.1f}/{m['linear_top1']:.1f}" for m in res["monitor"])
+            print(f"{name:24s} monitor k-NN/linear  {trace}")
     return 0
 
 

@@ -16,7 +16,8 @@ def build_dataset(data: DataConfig, aug: DataAugConfig, train: bool = True) -> D
         # motion label means, so they are only normalised.
         m = data.synthetic
         return MotionVideos(m.num_videos, data.num_frames, data.crop_size, num_speeds=m.num_speeds,
-                            distractor=m.distractor, seed=m.seed, transform=partial(to_float_clip, mean=aug.mean, std=aug.std))
+                            distractor=m.distractor, seed=m.seed, transform=partial(to_float_clip, mean=aug.mean, std=aug.std),
+                            extra_objects=m.extra_objects, pan=m.pan)
     from data.datasets import build_video_dataset  # decoding backends are only needed for real data
 
     return build_video_dataset(data, aug, train)

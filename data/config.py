@@ -18,12 +18,18 @@ class MotionConfig:
         num_speeds: speed classes; classes = 4 directions x 2 rotation senses x num_speeds.
         distractor: draw a second shape that moves at random and carries no label.
         seed: seed of the generator (the split seed: train and val use different seeds).
+        extra_objects: up to this many more shapes per clip (0 to N, drawn per clip), each with its own
+            random direction, speed and rotation: busier pretraining videos (the benchmark keeps 0).
+        pan: camera motion: the whole frame drifts by up to this many pixels per frame in a random
+            direction (wrapping at the border); 0 = a static camera, as the benchmark.
     """
 
     num_videos: int = 2048
     num_speeds: int = 2
     distractor: bool = True
     seed: int = 0
+    extra_objects: int = 0
+    pan: float = 0.0
 
 
 @dataclass

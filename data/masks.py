@@ -25,6 +25,9 @@ class MaskConfig:
         max_temporal_keep: context only sees this first fraction of time steps (1.0 = all).
         max_keep: cap on the number of context tokens (None = no cap).
         ratio: fraction of spatial positions masked, for `tube` masks (VideoMAE uses 0.9).
+        pad_to_longest: keep every clip's whole context and target sets, padding the shorter ones (with
+            validity masks that attention and the loss respect) instead of truncating all clips of a batch
+            to the shortest set, as the reference does (see `data.collate.MaskCollator`).
     """
 
     type: str = "multiblock"
@@ -35,6 +38,7 @@ class MaskConfig:
     max_temporal_keep: float = 1.0
     max_keep: Optional[int] = None
     ratio: float = 0.9
+    pad_to_longest: bool = False
 
 
 def short_range_mask() -> MaskConfig:

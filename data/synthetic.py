@@ -31,8 +31,10 @@ def _shape_mask(kind: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def render_motion_clip(rng: np.random.Generator, label: int, num_frames: int, size: int, num_speeds: int,
-                       distractor: bool) -> np.ndarray:
-    """One clip, uint8 `[T, H, W, 3]`, whose motion encodes `label`."""
+                       distractor: bool, extra_objects: int = 0, pan: float = 0.0) -> np.ndarray:
+    """One clip, uint8 `[T, H, W, 3]`, whose motion encodes `label`. `extra_objects` / `pan` add unlabelled
+    moving shapes and camera drift (pretraining variety); at 0 the clip is drawn exactly as before, and
+    their random draws come after all others, so they never change the rest of a clip."""
     speed_idx = label % num_speeds
     sense = ROTATIONS[(label // num_speeds) % 2]
     dx, dy = DIRECTIONS[label // (2 * num_speeds)]
@@ -70,6 +72,17 @@ def render_motion_clip(rng: np.random.Generator, label: int, num_frames: int, si
              (d_speed * math.cos(angle), d_speed * math.sin(angle)), 0.0, 0.0, rng.uniform(60, 160, size=3))
     draw(int(rng.integers(3)), radius, start, (dx * per_step, dy * per_step), rng.uniform(0, 2 * math.pi),
          omega, rng.uniform(120, 255, size=3))
+    for _ in range(int(rng.integers(extra_objects + 1)) if extra_objects > 0 else 0):
+        angle, r = rng.uniform(0, 2 * math.pi), size * rng.uniform(0.08, 0.14)
+        speed = size * rng.uniform(0.1, 0.5) / max(1, T - 1)
+        draw(int(rng.integers(3)), r, rng.uniform(0.15 * size, 0.85 * size, size=2),
+             (speed * math.cos(angle), speed * math.sin(angle)), rng.uniform(0, 2 * math.pi),
+             rng.choice(ROTATIONS) * rng.uniform(0.0, 1.0) * math.pi / max(1, T - 1), rng.uniform(60, 255, size=3))
+    if pan > 0:
+        angle, speed = rng.uniform(0, 2 * math.pi), rng.uniform(0, pan)
+        for t in range(T):
+            shift = (int(round(speed * t * math.sin(angle))), int(round(speed * t * math.cos(angle))))
+            frames[t] = np.roll(frames[t], shift, axis=(0, 1))
     return np.clip(frames, 0, 255).astype(np.uint8)
 
 
@@ -80,13 +93,15 @@ class MotionVideos(Dataset):
         num_videos: dataset length. num_frames / size: clip length and square frame size.
         num_speeds: speed classes (num_classes = 4 directions x 2 senses x num_speeds).
         distractor: add a drifting distractor shape. seed: which videos (use different seeds per split).
+        extra_objects / pan: unlabelled extra moving shapes and camera drift (see `render_motion_clip`).
         transform: uint8 `[T, H, W, C]` -> model input (e.g. `data.transforms.to_float_clip`).
     """
 
     def __init__(self, num_videos: int, num_frames: int, size: int, num_speeds: int = 2, distractor: bool = True,
-                 seed: int = 0, transform: Optional[Callable] = None):
+                 seed: int = 0, transform: Optional[Callable] = None, extra_objects: int = 0, pan: float = 0.0):
         self.num_videos, self.num_frames, self.size = num_videos, num_frames, size
         self.num_speeds, self.distractor, self.seed = num_speeds, distractor, seed
+        self.extra_objects, self.pan = extra_objects, pan
         self.num_classes = 4 * 2 * num_speeds
         self.transform = transform
 
@@ -100,7 +115,7 @@ class MotionVideos(Dataset):
         """The raw uint8 clip `[T, H, W, 3]` of video `index`."""
         rng = np.random.default_rng([self.seed, index, 1])
         frames = render_motion_clip(rng, self.label_of(index), self.num_frames, self.size, self.num_speeds,
-                                    self.distractor)
+                                    self.distractor, self.extra_objects, self.pan)
         return torch.from_numpy(frames)
 
     def __getitem__(self, index: int) -> dict:

@@ -24,6 +24,7 @@ from timm.layers import Mlp, trunc_normal_
 from vjepa.models import VisionTransformer, gather_tokens
 from vjepa.monitor import feature_std, rankme
 from vjepa.pos_embed import sincos_1d
+from vjepa.regularizers import sigreg, vicreg_terms
 
 logger = logging.getLogger(__name__)
 
@@ -272,33 +273,6 @@ def sample_level_masks(num_steps: int, batch: int, cfg: LevelConfig, g: torch.Ge
     keep = (ar < s) | (ar >= s + length)
     out = {"future": fut, "masked": (ar[keep], ar[~keep])}
     return {k: (a.to(device).expand(batch, -1), b.to(device).expand(batch, -1)) for k, (a, b) in out.items()}
-
-
-def vicreg_terms(z: torch.Tensor, var_target: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """VICReg on features `[N, D]`: (mean hinge relu(var_target - std per channel), off-diagonal covariance
-    squared / D)."""
-    z = z.float() - z.float().mean(0)
-    std = torch.sqrt(z.var(dim=0) + 1e-4)
-    var = F.relu(var_target - std).mean()
-    cov = (z.T @ z) / max(1, z.shape[0] - 1)  # [D, D]
-    off = cov - torch.diag(torch.diag(cov))
-    return var, off.pow(2).sum() / z.shape[1]
-
-
-def sigreg(z: torch.Tensor, num_slices: int, num_knots: int) -> torch.Tensor:
-    """SIGReg (LeJEPA): along random unit directions, the Epps-Pulley distance between the empirical
-    characteristic function of the 1-D projections and that of N(0, 1), averaged over directions.
-    Zero iff every projection is standard normal, i.e. features `[N, D]` are isotropic Gaussian. Unlike
-    LeJEPA we do not multiply by N, so the weight does not depend on the batch size."""
-    z = z.float()
-    a = torch.randn(z.shape[1], num_slices, device=z.device)
-    a = a / a.norm(dim=0, keepdim=True)
-    x = z @ a  # [N, M]
-    t = torch.linspace(-3.0, 3.0, num_knots, device=z.device)
-    xt = x.unsqueeze(-1) * t  # [N, M, T]
-    gauss = torch.exp(-0.5 * t**2)
-    err = (xt.cos().mean(0) - gauss).pow(2) + xt.sin().mean(0).pow(2)  # [M, T]
-    return torch.trapezoid(err * gauss, t, dim=-1).mean()
 
 
 def level_loss(level: Level, u: torch.Tensor, g: torch.Generator) -> Tuple[torch.Tensor, Dict[str, float], torch.Tensor]:

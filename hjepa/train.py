@@ -36,7 +36,7 @@ from hjepa.levels import WINDOW_POOLS, Level, LevelConfig, encode_windows, level
 from vjepa import checkpoint as ckpt
 from vjepa.config import to_dict, to_yaml
 from vjepa.models import ModelConfig, build_encoder, build_predictor
-from vjepa.pretrain import LoggingConfig, MetaConfig, NonFiniteLoss, OptimizationConfig, ema_update, jepa_loss, param_groups
+from vjepa.pretrain import LoggingConfig, LossConfig, MetaConfig, NonFiniteLoss, OptimizationConfig, ema_update, jepa_loss, param_groups
 from vjepa.runtime import MetricLog, checkpoint_paths, make_accelerator, resolve_run_dir
 from vjepa.schedules import cosine_at, linear_at, lr_at, set_lr_wd
 
@@ -172,9 +172,9 @@ class HJEPA(nn.Module):
         clip = batch["clip"]
         if train0:
             flat = rearrange(clip, "b w c t h x -> (b w) c t h x") if clip.ndim == 6 else clip
-            l0, h0 = jepa_loss(self.encoder, self.predictor, self.target,
-                               {"clip": flat, "masks_ctx": batch["masks_ctx"], "masks_tgt": batch["masks_tgt"]},
-                               self.loss_exp)
+            l0, h0, _ = jepa_loss(self.encoder, self.predictor, self.target,
+                                  {"clip": flat, "masks_ctx": batch["masks_ctx"], "masks_tgt": batch["masks_tgt"]},
+                                  LossConfig(loss_exp=self.loss_exp))
             loss = loss + l0
             metrics["L0/loss"] = l0.item()
             feats[0] = h0

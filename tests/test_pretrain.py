@@ -9,7 +9,7 @@ from data.collate import MaskCollator
 from data.masks import short_range_mask
 from vjepa import checkpoint as ckpt
 from vjepa.config import load_config
-from vjepa.pretrain import NonFiniteLoss, PretrainConfig, build_models, ema_update, jepa_loss, param_groups, train
+from vjepa.pretrain import LossConfig, NonFiniteLoss, PretrainConfig, build_models, ema_update, jepa_loss, param_groups, train
 from vjepa.schedules import cosine_at, linear_at, lr_at
 
 
@@ -29,7 +29,7 @@ def test_no_gradient_reaches_the_target_encoder(tmp_path):
     cfg = tiny_cfg(tmp_path, "data.crop_size=64", "model.pred_depth=1")
     cfg.mask = [short_range_mask()]
     encoder, predictor, target = build_models(cfg)
-    loss, h = jepa_loss(encoder, predictor, target, tiny_batch(cfg, encoder), loss_exp=1.0)
+    loss, h, _ = jepa_loss(encoder, predictor, target, tiny_batch(cfg, encoder), LossConfig())
     loss.backward()
     assert all(p.grad is None and not p.requires_grad for p in target.parameters())
     assert encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
@@ -76,7 +76,7 @@ def test_loss_falls_when_overfitting_one_batch(tmp_path):
     opt = torch.optim.AdamW(param_groups(encoder, predictor), lr=1e-3)
     losses = []
     for _ in range(25):
-        loss, _ = jepa_loss(encoder, predictor, target, batch, loss_exp=1.0)
+        loss, _, _ = jepa_loss(encoder, predictor, target, batch, LossConfig())
         opt.zero_grad()
         loss.backward()
         opt.step()

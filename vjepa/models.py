@@ -68,13 +68,17 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, coords: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, coords: Optional[torch.Tensor] = None,
+                valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x `[B, N, D]`; `valid` `[B, N]` bool marks real tokens: padded ones are never attended to."""
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, heads, N, head_dim]
         if self.use_rope:
             q, k = apply_rope_3d(q, coords), apply_rope_3d(k, coords)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        attn_mask = None if valid is None else valid[:, None, None, :]  # [B, 1, 1, N], True = attend
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).reshape(B, N, D)
         return self.proj_drop(self.proj(x))
 
@@ -91,19 +95,25 @@ class Block(nn.Module):
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
 
-    def forward(self, x: torch.Tensor, coords: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), coords))
+    def forward(self, x: torch.Tensor, coords: Optional[torch.Tensor] = None,
+                valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), coords, valid))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 def _run_blocks(blocks: nn.ModuleList, x: torch.Tensor, coords: Optional[torch.Tensor],
-                activation_checkpointing: bool) -> torch.Tensor:
-    for blk in blocks:
+                activation_checkpointing: bool, valid: Optional[torch.Tensor] = None,
+                keep_last: int = 0) -> torch.Tensor | list:
+    """Run `blocks`; with `keep_last` = k > 0 return the outputs of the last k blocks instead."""
+    kept = []
+    for i, blk in enumerate(blocks):
         if activation_checkpointing and torch.is_grad_enabled():
-            x = checkpoint(blk, x, coords, use_reentrant=False)
+            x = checkpoint(blk, x, coords, valid, use_reentrant=False)
         else:
-            x = blk(x, coords)
-    return x
+            x = blk(x, coords, valid)
+        if i >= len(blocks) - keep_last:
+            kept.append(x)
+    return kept if keep_last else x
 
 
 def _init_weights(module: nn.Module, std: float) -> None:
@@ -168,12 +178,24 @@ class VisionTransformer(nn.Module):
         _, _, t, h, w = x.shape
         return (t // self.tubelet_size, h // self.patch_size, w // self.patch_size)
 
-    def forward(self, x: torch.Tensor, masks: Masks = None):
+    def forward(self, x: torch.Tensor, masks: Masks = None, valid: Masks = None):
         """x `[B, C, T, H, W]` (or an image `[B, C, H, W]`) -> tokens `[B, N, D]`.
 
         `masks`: an index tensor `[B, K]` keeps those K tokens -> `[B, K, D]`; a list of them runs the
         blocks once per mask and returns a list (one forward call, so DDP sees a single use).
+        `valid`: for padded masks, bool `[B, K]` (or a list like `masks`, entries may be None): False
+        marks padding, which no token attends to.
         """
+        x, coords = self._embed(x)
+        if masks is None:
+            return self._encode(x, coords)
+        if isinstance(masks, torch.Tensor):
+            return self._encode(gather_tokens(x, masks), gather_tokens(coords, masks), valid)
+        valid = [None] * len(masks) if valid is None else valid
+        return [self._encode(gather_tokens(x, m), gather_tokens(coords, m), v) for m, v in zip(masks, valid)]
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip (or image) -> (tokens `[B, N, D]` with positions added, their grid coordinates `[B, N, 3]`)."""
         if x.ndim == 4:  # image: repeat over one tubelet
             x = x.unsqueeze(2).repeat(1, 1, self.tubelet_size, 1, 1)
         grid = self.grid_of(x)
@@ -181,15 +203,17 @@ class VisionTransformer(nn.Module):
         if not self.use_rope:
             x = x + resize_pos_embed(self.pos_embed, self.grid, grid).to(x.dtype)
         coords = grid_coords(grid, x.device).unsqueeze(0).expand(x.shape[0], -1, -1)  # [B, N, 3]
-        if masks is None:
-            return self._encode(x, coords)
-        if isinstance(masks, torch.Tensor):
-            return self._encode(gather_tokens(x, masks), gather_tokens(coords, masks))
-        return [self._encode(gather_tokens(x, m), gather_tokens(coords, m)) for m in masks]
+        return x, coords
 
-    def _encode(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        x = _run_blocks(self.blocks, x, coords if self.use_rope else None, self.use_activation_checkpointing)
+    def _encode(self, x: torch.Tensor, coords: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = _run_blocks(self.blocks, x, coords if self.use_rope else None, self.use_activation_checkpointing, valid)
         return self.norm(x)
+
+    def last_layers(self, x: torch.Tensor, k: int) -> list:
+        """Outputs `[B, N, D]` of the last `k` blocks on the full clip, before the final norm (data2vec-style
+        targets average them)."""
+        x, coords = self._embed(x)
+        return _run_blocks(self.blocks, x, coords if self.use_rope else None, False, keep_last=k)
 
 
 class Predictor(nn.Module):
@@ -236,16 +260,21 @@ class Predictor(nn.Module):
                 trunc_normal_(t, std=init_std)
 
     def forward(self, z: Union[torch.Tensor, Sequence[torch.Tensor]], masks_ctx: Masks, masks_tgt: Masks,
-                mask_index: int = 0):
+                mask_index: int = 0, valid_ctx: Masks = None, valid_tgt: Masks = None):
         """z `[B, K_ctx, D]` at `masks_ctx [B, K_ctx]` -> predictions `[B, K_tgt, D]` at `masks_tgt`.
 
         Lists of (z, masks_ctx, masks_tgt) run once per mask config, mask config i using mask token i.
+        `valid_ctx` / `valid_tgt` (bool, like the masks; None = no padding) mark real tokens of padded masks.
         """
         if not isinstance(z, torch.Tensor):
-            return [self._predict(zi, mc, mt, i) for i, (zi, mc, mt) in enumerate(zip(z, masks_ctx, masks_tgt))]
-        return self._predict(z, masks_ctx, masks_tgt, mask_index)
+            n = len(z)
+            valid_ctx = [None] * n if valid_ctx is None else valid_ctx
+            valid_tgt = [None] * n if valid_tgt is None else valid_tgt
+            return [self._predict(zi, mc, mt, i, vc, vt)
+                    for i, (zi, mc, mt, vc, vt) in enumerate(zip(z, masks_ctx, masks_tgt, valid_ctx, valid_tgt))]
+        return self._predict(z, masks_ctx, masks_tgt, mask_index, valid_ctx, valid_tgt)
 
-    def _predict(self, z, masks_ctx, masks_tgt, mask_index):
+    def _predict(self, z, masks_ctx, masks_tgt, mask_index, valid_ctx=None, valid_tgt=None):
         B, K_ctx, _ = z.shape
         x = self.predictor_embed(z)  # [B, K_ctx, d]
         query = self.mask_tokens[mask_index].to(x.dtype).expand(B, masks_tgt.shape[1], -1)  # [B, K_tgt, d]
@@ -258,7 +287,11 @@ class Predictor(nn.Module):
             x = x + gather_tokens(pos, masks_ctx)
             query = query + gather_tokens(pos, masks_tgt)
         x = torch.cat([x, query], dim=1)  # [B, K_ctx + K_tgt, d]
-        x = _run_blocks(self.predictor_blocks, x, coords, self.use_activation_checkpointing)
+        valid = None
+        if valid_ctx is not None or valid_tgt is not None:
+            valid = torch.cat([torch.ones_like(masks_ctx, dtype=torch.bool) if valid_ctx is None else valid_ctx,
+                               torch.ones_like(masks_tgt, dtype=torch.bool) if valid_tgt is None else valid_tgt], 1)
+        x = _run_blocks(self.predictor_blocks, x, coords, self.use_activation_checkpointing, valid)
         x = self.predictor_norm(x[:, K_ctx:])
         return self.predictor_proj(x)  # [B, K_tgt, D]
 

@@ -27,6 +27,7 @@ from vjepa import checkpoint as ckpt
 from vjepa.config import to_dict, to_yaml
 from vjepa.models import ModelConfig, build_encoder, build_predictor, gather_tokens
 from vjepa.monitor import feature_std, rankme
+from vjepa.regularizers import sigreg, vicreg_terms
 from vjepa.runtime import MetricLog, checkpoint_paths, make_accelerator, resolve_run_dir
 from vjepa.schedules import cosine_at, linear_at, lr_at, set_lr_wd
 
@@ -63,11 +64,25 @@ class OptimizationConfig:
 
 @dataclass
 class LossConfig:
-    """loss_exp: p of mean |pred - target|^p / p (1 = L1 as V-JEPA, 2 = L2).
-    reg_coeff: weight of the reference's variance hinge mean(relu(1 - std(pred))) (0 = off)."""
+    """The JEPA objective. Every term beyond the reference's is off by default.
+
+    Args:
+        loss_exp: p of mean |pred - target|^p / p (1 = L1 as V-JEPA, 2 = L2).
+        reg_coeff: weight of the reference's variance hinge mean(relu(1 - std(pred))) (0 = off).
+        target_layers: targets are the average of the last k target-encoder blocks, each layer-normed
+            (data2vec); 1 = the final output, as V-JEPA.
+        vicreg_var / vicreg_cov: VICReg variance hinge (std target 1) / covariance weights on the context
+            encoder's output tokens (all tokens of the batch as rows).
+        sigreg_coeff: SIGReg weight on the same tokens (LeJEPA). sigreg_slices: random projections.
+    """
 
     loss_exp: float = 1.0
     reg_coeff: float = 0.0
+    target_layers: int = 1
+    vicreg_var: float = 0.0
+    vicreg_cov: float = 0.0
+    sigreg_coeff: float = 0.0
+    sigreg_slices: int = 256
 
 
 @dataclass
@@ -141,23 +156,54 @@ def ema_update(target: nn.Module, online: nn.Module, m: float) -> None:
     torch._foreach_add_(t, o, alpha=1.0 - m)
 
 
-def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch: dict, loss_exp: float,
-              reg_coeff: float = 0.0):
-    """Returns (loss, layer-normed target features `[B, N, D]`)."""
-    clip, masks_ctx, masks_tgt = batch["clip"], batch["masks_ctx"], batch["masks_tgt"]
+def jepa_targets(target: nn.Module, clip: torch.Tensor, layers: int = 1) -> torch.Tensor:
+    """Layer-normed target features `[B, N, D]` of the full clip (no gradient): the final output, or the
+    average of the last `layers` blocks, each layer-normed first (data2vec)."""
     with torch.no_grad():
-        h = target(clip)  # [B, N, D]
-        h = F.layer_norm(h, (h.shape[-1],))
-    z = encoder(clip, masks_ctx)  # list over mask configs of [B, K_ctx, D]
-    preds = predictor(z, masks_ctx, masks_tgt)  # list of [B, K_tgt, D]
+        if layers == 1:
+            h = target(clip)
+        else:
+            h = torch.stack([F.layer_norm(x, (x.shape[-1],)) for x in target.last_layers(clip, layers)]).mean(0)
+        return F.layer_norm(h, (h.shape[-1],))
+
+
+def _masked_mean(x: torch.Tensor, valid) -> torch.Tensor:
+    """Mean of `[B, K, D]` over real tokens (`valid` `[B, K]` bool, None = all)."""
+    if valid is None:
+        return x.mean()
+    w = valid.unsqueeze(-1).to(x.dtype)
+    return (x * w).sum() / (w.sum() * x.shape[-1])
+
+
+def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch: dict, loss_cfg: LossConfig):
+    """Returns (loss, layer-normed target features `[B, N, D]`, extra metrics)."""
+    clip, masks_ctx, masks_tgt = batch["clip"], batch["masks_ctx"], batch["masks_tgt"]
+    valid_ctx = batch.get("valid_ctx") or [None] * len(masks_ctx)
+    valid_tgt = batch.get("valid_tgt") or [None] * len(masks_tgt)
+    h = jepa_targets(target, clip, loss_cfg.target_layers)
+    z = encoder(clip, masks_ctx, valid_ctx)  # list over mask configs of [B, K_ctx, D]
+    preds = predictor(z, masks_ctx, masks_tgt, valid_ctx=valid_ctx, valid_tgt=valid_tgt)  # list of [B, K_tgt, D]
+    p = loss_cfg.loss_exp
     loss = sum(
-        (p.float() - gather_tokens(h, m).float()).abs().pow(loss_exp).mean() / loss_exp
-        for p, m in zip(preds, masks_tgt)
+        _masked_mean((pr.float() - gather_tokens(h, m).float()).abs().pow(p), v) / p
+        for pr, m, v in zip(preds, masks_tgt, valid_tgt)
     ) / len(preds)
-    if reg_coeff > 0:
-        std = torch.stack([torch.sqrt(p.float().var(dim=1) + 1e-4).mean() for p in preds]).mean()
-        loss = loss + reg_coeff * F.relu(1.0 - std)
-    return loss, h
+    extra = {}
+    if loss_cfg.reg_coeff > 0:
+        std = torch.stack([torch.sqrt(pr.float().var(dim=1) + 1e-4).mean() for pr in preds]).mean()
+        loss = loss + loss_cfg.reg_coeff * F.relu(1.0 - std)
+    if loss_cfg.vicreg_var > 0 or loss_cfg.vicreg_cov > 0 or loss_cfg.sigreg_coeff > 0:
+        # Rows: every real context token of the batch, over all mask configs.
+        tokens = torch.cat([zi.reshape(-1, zi.shape[-1]) if v is None else zi[v] for zi, v in zip(z, valid_ctx)])
+        if loss_cfg.vicreg_var > 0 or loss_cfg.vicreg_cov > 0:
+            var, cov = vicreg_terms(tokens)
+            loss = loss + loss_cfg.vicreg_var * var + loss_cfg.vicreg_cov * cov
+            extra.update(vicreg_var=var.detach(), vicreg_cov=cov.detach())
+        if loss_cfg.sigreg_coeff > 0:
+            sr = sigreg(tokens, loss_cfg.sigreg_slices)
+            loss = loss + loss_cfg.sigreg_coeff * sr
+            extra["sigreg"] = sr.detach()
+    return loss, h, extra
 
 
 def train_step(accelerator, encoder, predictor, target, optimizer, batch, loss_cfg: LossConfig,
@@ -166,13 +212,13 @@ def train_step(accelerator, encoder, predictor, target, optimizer, batch, loss_c
     accumulation window grad clipping and the optimizer step."""
     with accelerator.accumulate(encoder, predictor):
         with accelerator.autocast():
-            loss, h = jepa_loss(encoder, predictor, target, batch, loss_cfg.loss_exp, loss_cfg.reg_coeff)
+            loss, h, extra = jepa_loss(encoder, predictor, target, batch, loss_cfg)
         mean_loss = accelerator.reduce(loss.detach(), reduction="mean")
         if not torch.isfinite(mean_loss):
             raise NonFiniteLoss(f"loss became {mean_loss.item()} at step {step}; stopping before the update. "
                                 "The last checkpoint is untouched.")
         accelerator.backward(loss)
-        out = {"loss": mean_loss.item()}
+        out = {"loss": mean_loss.item(), **{k: float(v) for k, v in extra.items()}}
         if accelerator.sync_gradients and clip_grad:
             out["grad_norm_enc"] = float(accelerator.clip_grad_norm_(encoder.parameters(), clip_grad))
             out["grad_norm_pred"] = float(accelerator.clip_grad_norm_(predictor.parameters(), clip_grad))
@@ -272,6 +318,8 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
                                mean=cfg.data_aug.mean, std=cfg.data_aug.std)
     batches = iter(loader)
     tick, tick_step, last, skipped = time.time(), step, {}, 0
+    if knn is not None and step == 0:  # the random-init reference the monitor's curve starts from
+        log.log(0, knn.scores(target, accelerator.device))
 
     while step < stop:
         lr = lr_at(step, warmup_steps=warmup, total_steps=horizon, start_lr=opt.start_lr, lr=opt.lr, final_lr=opt.final_lr)
@@ -287,6 +335,8 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
             batch["clip"] = batch["clip"].to(accelerator.device, non_blocking=True)
             batch["masks_ctx"] = [x.to(accelerator.device) for x in batch["masks_ctx"]]
             batch["masks_tgt"] = [x.to(accelerator.device) for x in batch["masks_tgt"]]
+            for key in ("valid_ctx", "valid_tgt"):
+                batch[key] = [None if x is None else x.to(accelerator.device) for x in batch[key]]
             last = train_step(accelerator, encoder, predictor, target, optimizer, batch, cfg.loss, opt.clip_grad, step)
         ema_update(target, accelerator.unwrap_model(encoder), m)
         step += 1
@@ -297,12 +347,12 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
             metrics = {"loss": last["loss"], "lr": lr, "wd": wd, "ema": m,
                        "clips_per_s": clips_per_step * (step - tick_step) / max(elapsed, 1e-9),
                        "feature_std": feature_std(last["h"]), "skipped_files": skipped}
-            metrics.update({k: v for k, v in last.items() if k.startswith("grad_norm")})
+            metrics.update({k: v for k, v in last.items() if k.startswith(("grad_norm", "vicreg", "sigreg"))})
             tick_step = step
             if cfg.logging.rankme_every > 0 and (step % cfg.logging.rankme_every == 0 or step == stop):
                 metrics["rankme"] = rankme(last["h"])
             if knn is not None and (step % cfg.meta.eval_freq == 0 or step == stop):
-                metrics["knn_top1"] = knn.score(target, accelerator.device)
+                metrics.update(knn.scores(target, accelerator.device))
             if metrics["feature_std"] < cfg.logging.collapse_std_floor:
                 logger.warning("step %d: target feature std %.4f is below %.3f: the representation may be "
                                "collapsing", step, metrics["feature_std"], cfg.logging.collapse_std_floor)
@@ -317,7 +367,8 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     if main:
         from vjepa.plots import plot_metric_curves
 
-        plot_metric_curves(run_dir / "metrics.csv", run_dir / "loss.png", ("loss", "feature_std", "lr"))
+        curves = ("loss", "feature_std", "lr") + (("knn_top1", "linear_top1") if knn is not None else ())
+        plot_metric_curves(run_dir / "metrics.csv", run_dir / "loss.png", curves)
         logger.info("done: %d steps, final loss %.4f, checkpoint %s", step, last.get("loss", float("nan")), latest)
     return run_dir
 

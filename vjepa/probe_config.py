@@ -112,6 +112,10 @@ class ProbeHeadConfig:
         type: `attentive` or `linear`. num_probe_blocks: 1 (V-JEPA) or 4 (V-JEPA 2).
         num_heads: probe heads (None = the encoder's). use_proj: output projection in the cross-attention.
         knn_k: also report a k-NN score on mean-pooled tokens with this k (0 = off; needs cached features).
+        linear_readout: also report a linear probe on mean-pooled tokens, best over `linear_lr_grid`
+            (needs cached features; see `vjepa.readouts`).
+        low_shot: also report this probe trained on `low_shot` labelled samples per class (0 = off; needs
+            cached features), for as many optimizer steps as the full probe.
     """
 
     type: str = "attentive"
@@ -119,6 +123,9 @@ class ProbeHeadConfig:
     num_heads: Optional[int] = None
     use_proj: bool = True
     knn_k: int = 20
+    linear_readout: bool = False
+    linear_lr_grid: List[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2])
+    low_shot: int = 0
 
 
 @dataclass

@@ -332,6 +332,12 @@ def train(cfg: ProbeConfig, dry_run: bool = False) -> Optional[dict]:
     results = summarize(history, points, cfg)
     if cached is not None and cfg.probe.knn_k > 0:
         results["knn_top1"] = knn_score(cached, num_classes, cfg.probe.knn_k)
+    if cfg.probe.linear_readout or cfg.probe.low_shot > 0:
+        if cached is None:
+            raise ValueError("probe.linear_readout / probe.low_shot need optimization.cache_features=true")
+        from vjepa.readouts import extra_readouts  # builds on this module's probe grid
+
+        results.update(extra_readouts(cached, cfg, num_classes, encoder.embed_dim, heads, device))
     results["seconds"] = time.time() - t0
     log.close()
     if accelerator.is_main_process:

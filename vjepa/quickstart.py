@@ -89,32 +89,55 @@ def run(cfg: QuickstartConfig, dry_run: bool = False) -> Optional[dict]:
         return None
 
     rows = []
+    monitor = _monitor_rows(run_dir / "metrics.csv")
     for arm in cfg.arms:
         t = time.time()
         res = train_probe(probe_config(cfg, run_dir, arm))
         rows.append({"arm": arm, "name": ARMS[arm][0], "top1": res["top1"], "top5": res["top5"],
-                     "knn_top1": res.get("knn_top1"), "best_probe": res["best_probe"], "seconds": time.time() - t})
+                     "knn_top1": res.get("knn_top1"), "linear_top1": res.get("linear_top1"),
+                     "low_shot_top1": res.get("low_shot_top1"), "best_probe": res["best_probe"],
+                     "seconds": time.time() - t})
     num_classes = 8 * cfg.pretrain.data.synthetic.num_speeds
     summary = {"rows": rows, "chance_top1": 100.0 / num_classes, "num_classes": num_classes,
                "pretrain_seconds": t_pretrain, "total_seconds": time.time() - t0,
                "model": cfg.pretrain.model.model_name, "pretrain_steps": cfg.pretrain.optimization.epochs
-               * cfg.pretrain.optimization.ipe}
+               * cfg.pretrain.optimization.ipe, "monitor": monitor, "low_shot": cfg.probe.probe.low_shot}
     (run_dir / "comparison.json").write_text(json.dumps(summary, indent=2))
+    if not rows:  # pretraining only (arms: []), e.g. a sweep screening variants by the quality monitor
+        return summary
     plot_comparison(summary, run_dir / "comparison.png")
     print(format_table(summary))
     print(f"saved {run_dir / 'comparison.json'} and {run_dir / 'comparison.png'}")
     return summary
 
 
+def _monitor_rows(metrics_csv: Path) -> list:
+    """The pretraining quality monitor's rows (step, knn_top1, linear_top1) from metrics.csv, if it ran."""
+    if not metrics_csv.exists():
+        return []
+    import csv
+
+    with open(metrics_csv) as f:
+        return [{"step": int(r["step"]), "knn_top1": float(r["knn_top1"]), "linear_top1": float(r["linear_top1"])}
+                for r in csv.DictReader(f) if r.get("linear_top1") not in (None, "")]
+
+
 def format_table(summary: dict) -> str:
     rows = summary["rows"]
     w = max(len(r["name"]) for r in rows)
-    lines = [f"Frozen attentive probe on the motion benchmark ({summary['num_classes']} classes, chance "
-             f"{summary['chance_top1']:.1f}%), {summary['model']} pretrained {summary['pretrain_steps']} steps",
-             f"{'encoder'.ljust(w)}  top-1   top-5   k-NN top-1", "-" * (w + 30)]
+    shots = summary.get("low_shot", 0)
+    lines = [f"Frozen readouts on the motion benchmark ({summary['num_classes']} classes, chance "
+             f"{summary['chance_top1']:.1f}%), {summary['model']} pretrained {summary['pretrain_steps']} steps, "
+             "top-1 on held-out clips",
+             f"{'encoder'.ljust(w)}  attentive  (top-5)  linear   k-NN  {shots}-shot attentive",
+             "-" * (w + 56)]
+
+    def pct(v):
+        return f"{v:5.1f}%" if v is not None else "     -"
+
     for r in rows:
-        knn = f"{r['knn_top1']:6.1f}%" if r.get("knn_top1") is not None else "     -"
-        lines.append(f"{r['name'].ljust(w)}  {r['top1']:5.1f}%  {r['top5']:5.1f}%  {knn}")
+        lines.append(f"{r['name'].ljust(w)}  {pct(r['top1'])}    {pct(r['top5'])}  {pct(r.get('linear_top1'))}  "
+                     f"{pct(r.get('knn_top1'))}  {pct(r.get('low_shot_top1'))}")
     lines.append(f"wall time: pretraining {summary['pretrain_seconds']:.0f}s, total {summary['total_seconds']:.0f}s")
     return "\n".join(lines)
 

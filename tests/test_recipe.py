@@ -1,0 +1,198 @@
+"""The small-scale recipe's options: regularisers, data2vec targets, no-truncation masks, extra readouts,
+and the pretraining quality monitor. Each is off by default and must then change nothing."""
+import pytest
+import torch
+
+from data.collate import MaskCollator
+from data.masks import MaskConfig, MultiBlockMask, short_range_mask
+from tests.test_pretrain import tiny_batch, tiny_cfg
+from vjepa.knn_monitor import ridge_top1
+from vjepa.models import gather_tokens
+from vjepa.pretrain import LossConfig, build_models, jepa_loss, jepa_targets
+from vjepa.readouts import few_shot_subset
+from vjepa.regularizers import sigreg, vicreg_terms
+
+GRID = (8, 8, 8)
+
+
+def test_vicreg_terms_on_known_cases():
+    g = torch.Generator().manual_seed(0)
+    assert vicreg_terms(2.0 * torch.randn(4096, 16, generator=g))[0].item() == 0.0  # std 2 > 1: no hinge
+    # independent unit channels: sample covariances ~ 1/sqrt(N), so (16*15 * 1/N) / 16 ~ 0.004
+    assert vicreg_terms(torch.randn(4096, 16, generator=g))[1].item() < 0.01
+    dead = torch.zeros(64, 16)  # collapsed: std 0 -> hinge ~1 (sqrt of the 1e-4 floor is 0.01)
+    assert vicreg_terms(dead)[0].item() == pytest.approx(0.99, abs=1e-6)
+    same = torch.randn(4096, 1, generator=g).repeat(1, 16)  # 16 copies of one channel: cov ~1 per pair
+    assert vicreg_terms(same)[1].item() == pytest.approx(15.0, rel=0.1)  # (16*15 pairs * ~1) / 16
+
+
+def test_sigreg_is_small_for_gaussian_and_large_for_collapse():
+    torch.manual_seed(0)
+    gauss = sigreg(torch.randn(4096, 32), num_slices=64)
+    collapsed = sigreg(torch.zeros(4096, 32), num_slices=64)
+    shifted = sigreg(torch.randn(4096, 32) + 3.0, num_slices=64)
+    assert gauss.item() < 2e-3 and collapsed.item() > 0.1 and shifted.item() > 0.1
+
+
+def _models(tmp_path):
+    cfg = tiny_cfg(tmp_path, "data.crop_size=64", "model.pred_depth=1")
+    cfg.mask = [short_range_mask()]
+    torch.manual_seed(0)
+    encoder, predictor, target = build_models(cfg)
+    return cfg, encoder, predictor, target
+
+
+def test_regularisers_off_change_nothing_and_on_add_their_term_with_gradient(tmp_path):
+    cfg, encoder, predictor, target = _models(tmp_path)
+    batch = tiny_batch(cfg, encoder)
+    base, h, extra = jepa_loss(encoder, predictor, target, batch, LossConfig())
+    # today's formula, written out: mean |pred - target| over masked tokens
+    z = encoder(batch["clip"], batch["masks_ctx"])
+    pred = predictor(z, batch["masks_ctx"], batch["masks_tgt"])[0]
+    manual = (pred - gather_tokens(h, batch["masks_tgt"][0])).abs().mean()
+    torch.testing.assert_close(base, manual)
+    assert extra == {}
+    tokens = torch.cat([zi.reshape(-1, zi.shape[-1]) for zi in z])
+    var, cov = vicreg_terms(tokens)
+    on, _, extra = jepa_loss(encoder, predictor, target, batch, LossConfig(vicreg_var=2.0, vicreg_cov=0.5))
+    torch.testing.assert_close(on, base + 2.0 * var + 0.5 * cov)
+    assert set(extra) == {"vicreg_var", "vicreg_cov"}
+    # the regulariser alone sends gradient into the encoder, none into the target
+    encoder.zero_grad()
+    (on - base).backward()
+    assert encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in target.parameters())
+    torch.manual_seed(1)
+    sr_on, _, extra = jepa_loss(encoder, predictor, target, batch, LossConfig(sigreg_coeff=1.0))
+    assert sr_on.item() > base.item() and "sigreg" in extra
+
+
+def test_data2vec_targets(tmp_path):
+    cfg, encoder, _, target = _models(tmp_path)
+    clip = torch.randn(2, 3, cfg.data.num_frames, 64, 64)
+    one = jepa_targets(target, clip, 1)
+    torch.testing.assert_close(one, torch.nn.functional.layer_norm(target(clip), (target.embed_dim,)))
+    k = len(target.blocks)
+    layers = target.last_layers(clip, k)
+    assert len(layers) == k and all(x.shape == one.shape for x in layers)
+    manual = torch.stack([torch.nn.functional.layer_norm(x, (x.shape[-1],)) for x in layers]).mean(0)
+    torch.testing.assert_close(jepa_targets(target, clip, k), torch.nn.functional.layer_norm(manual, (manual.shape[-1],)))
+    assert not torch.allclose(jepa_targets(target, clip, k), one)
+
+
+def _samples(n, step=0):
+    return [{"clip": torch.zeros(3, 1, 1, 1), "label": 0, "seed": i, "step": step} for i in range(n)]
+
+
+def test_pad_to_longest_keeps_every_sample_full_context_and_target():
+    cfg = MaskConfig(num_blocks=8, spatial_scale=[0.15, 0.15], pad_to_longest=True)
+    trunc = MaskCollator([MaskConfig(num_blocks=8, spatial_scale=[0.15, 0.15])], GRID, seed=0)
+    padded = MaskCollator([cfg], GRID, seed=0)
+    gen = MultiBlockMask(cfg, GRID)
+    from data.collate import _generator, derive_seed
+    for step in range(5):
+        b = padded(_samples(8, step))
+        t = trunc(_samples(8, step))
+        assert b["valid_ctx"][0] is not None and t["valid_ctx"][0] is None
+        size = gen.sample_block_size(_generator(0, step, 0))
+        lost = 0
+        for i in range(8):
+            ctx, tgt = gen(size, _generator(derive_seed(i, 0), 0))  # what the generator gave sample i
+            for key, full in (("ctx", ctx), ("tgt", tgt)):
+                idx, valid = b[f"masks_{key}"][0][i], b[f"valid_{key}"][0][i]
+                assert torch.equal(idx[valid], full)  # every index kept, in order
+                assert valid.sum() == len(full) and bool(valid[: len(full)].all())
+                assert set(idx[~valid].tolist()) <= {int(full[0])}  # padding repeats a real index
+            lost += len(ctx) - t["masks_ctx"][0].shape[1]
+        assert b["masks_ctx"][0].shape[1] >= t["masks_ctx"][0].shape[1]
+    assert lost > 0  # truncation does drop context on this grid; padding keeps it
+
+
+def test_padding_does_not_change_real_tokens_or_the_loss(tmp_path):
+    """Padding entries are invisible: a clip's encoding, prediction and loss are the same alone (no
+    padding) and inside a padded batch next to a clip with a longer context."""
+    cfg, encoder, predictor, target = _models(tmp_path)
+    cfg.mask = [MaskConfig(num_blocks=8, spatial_scale=[0.15, 0.15], pad_to_longest=True)]
+    torch.manual_seed(0)
+    clips = torch.randn(2, 3, cfg.data.num_frames, 64, 64)
+    coll = MaskCollator(cfg.mask, encoder.grid, seed=0)
+    batch = None
+    for step in range(20):  # a batch whose two clips have different context lengths
+        batch = coll([{"clip": c, "label": 0, "seed": i, "step": step} for i, c in enumerate(clips)])
+        if batch["valid_ctx"][0].sum(1).unique().numel() == 2:
+            break
+    short = int(batch["valid_ctx"][0].sum(1).argmin())
+    n_ctx, n_tgt = int(batch["valid_ctx"][0][short].sum()), int(batch["valid_tgt"][0][short].sum())
+    alone = {"clip": clips[short:short + 1], "masks_ctx": [batch["masks_ctx"][0][short:short + 1, :n_ctx]],
+             "masks_tgt": [batch["masks_tgt"][0][short:short + 1, :n_tgt]]}
+    z_pad = encoder(batch["clip"], batch["masks_ctx"], batch["valid_ctx"])[0][short, :n_ctx]
+    z_alone = encoder(alone["clip"], alone["masks_ctx"])[0][0]
+    torch.testing.assert_close(z_pad, z_alone, atol=1e-5, rtol=1e-5)
+    p_pad = predictor([encoder(batch["clip"], batch["masks_ctx"], batch["valid_ctx"])[0]], batch["masks_ctx"],
+                      batch["masks_tgt"], valid_ctx=batch["valid_ctx"], valid_tgt=batch["valid_tgt"])[0][short, :n_tgt]
+    p_alone = predictor(encoder(alone["clip"], alone["masks_ctx"]), alone["masks_ctx"], alone["masks_tgt"])[0][0]
+    torch.testing.assert_close(p_pad, p_alone, atol=1e-5, rtol=1e-5)
+    # the padded batch's loss is the token-weighted mean of each clip's loss computed alone
+    padded_loss, _, _ = jepa_loss(encoder, predictor, target, batch, LossConfig())
+    total, count = 0.0, 0
+    for i in range(2):
+        nc, nt = int(batch["valid_ctx"][0][i].sum()), int(batch["valid_tgt"][0][i].sum())
+        one = {"clip": clips[i:i + 1], "masks_ctx": [batch["masks_ctx"][0][i:i + 1, :nc]],
+               "masks_tgt": [batch["masks_tgt"][0][i:i + 1, :nt]]}
+        total += jepa_loss(encoder, predictor, target, one, LossConfig())[0].item() * nt
+        count += nt
+    assert padded_loss.item() == pytest.approx(total / count, rel=1e-5)
+
+
+def test_padded_loss_falls_on_a_fixed_batch(tmp_path):
+    cfg, encoder, predictor, target = _models(tmp_path)
+    cfg.mask = [MaskConfig(num_blocks=8, spatial_scale=[0.15, 0.15], pad_to_longest=True)]
+    clips = torch.randn(4, 3, cfg.data.num_frames, 64, 64)
+    batch = MaskCollator(cfg.mask, encoder.grid, seed=0)([{"clip": c, "label": 0, "seed": i, "step": 0}
+                                                          for i, c in enumerate(clips)])
+    opt = torch.optim.AdamW([*encoder.parameters(), *predictor.parameters()], lr=1e-3)
+    losses = []
+    for _ in range(15):
+        loss, _, _ = jepa_loss(encoder, predictor, target, batch, LossConfig(vicreg_var=1.0, vicreg_cov=0.04))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_few_shot_subset_takes_n_per_class_and_refuses_too_few():
+    y = torch.tensor([0, 1, 0, 2, 1, 0, 2, 1, 2, 0])
+    x = torch.arange(10).float().view(10, 1, 1, 1)
+    xs, ys = few_shot_subset((x, y), 2, 3)
+    assert ys.bincount().tolist() == [2, 2, 2]
+    assert xs.flatten().tolist() == [0, 1, 2, 3, 4, 6]  # the first two of each class, in order
+    with pytest.raises(ValueError, match="class 1 has 3"):
+        few_shot_subset((x, y), 4, 3)
+
+
+def test_ridge_readout_separates_linear_classes_and_not_noise():
+    g = torch.Generator().manual_seed(0)
+    centers = 4 * torch.randn(4, 8, generator=g)
+    yt, yv = torch.randint(0, 4, (200,), generator=g), torch.randint(0, 4, (100,), generator=g)
+    xt = centers[yt] + torch.randn(200, 8, generator=g)
+    xv = centers[yv] + torch.randn(100, 8, generator=g)
+    assert ridge_top1(xt, yt, xv, yv, 4) > 95.0
+    assert ridge_top1(torch.randn(200, 8, generator=g), yt, torch.randn(100, 8, generator=g), yv, 4) < 45.0
+
+
+def test_pretraining_variety_is_off_by_default_and_leaves_the_labelled_motion_alone():
+    from data.synthetic import MotionVideos
+
+    plain = MotionVideos(4, 8, 32, seed=3)
+    busy = MotionVideos(4, 8, 32, seed=3, extra_objects=2)
+    same = MotionVideos(4, 8, 32, seed=3, extra_objects=0, pan=0.0)
+    changed = 0
+    for i in range(4):
+        assert torch.equal(plain.clip(i), same.clip(i))
+        assert plain.label_of(i) == busy.label_of(i)
+        changed += int(not torch.equal(plain.clip(i), busy.clip(i)))
+    assert changed >= 2  # 0..2 extra shapes per clip: most clips get at least one
+    panned = MotionVideos(2, 8, 32, seed=3, pan=2.0).clip(0)
+    assert torch.equal(panned[0], plain.clip(0)[0])  # frame 0 is not shifted
+    assert not torch.equal(panned[-1], plain.clip(0)[-1])
