@@ -11,7 +11,8 @@ TINY = [
     "pretrain.data.synthetic.num_videos=64", "pretrain.data.num_workers=0", "pretrain.logging.progress_bar=false",
     "pretrain.logging.tensorboard=false", "pretrain.logging.rankme_every=0",
     "probe.data.motion.num_train=64", "probe.data.motion.num_val=32", "probe.optimization.num_epochs=1",
-    "probe.optimization.batch_size=32", "probe.logging.tensorboard=false",
+    "probe.optimization.batch_size=32", "probe.logging.tensorboard=false", "probe.probe.low_shot=1",
+    "pretrain.logging.knn_monitor=false",
 ]
 
 
@@ -41,6 +42,11 @@ def test_tiny_quickstart_writes_the_comparison(tmp_path, capsys):
     assert summary["num_classes"] == 16 and summary["pretrain_steps"] == 4
     for r in summary["rows"]:
         assert 0.0 <= r["top1"] <= r["top5"] <= 100.0
+        readouts = (r["linear_top1"], r["low_shot_top1"])
+        if r["arm"] == "single_frame":  # the control answers only the attentive probe's question
+            assert readouts == (None, None)
+        else:
+            assert all(0.0 <= v <= 100.0 for v in readouts)
     saved = json.loads((tmp_path / "qs" / "comparison.json").read_text())
     assert saved["rows"] == summary["rows"]
     assert (tmp_path / "qs" / "comparison.png").stat().st_size > 0

@@ -196,3 +196,18 @@ def test_pretraining_variety_is_off_by_default_and_leaves_the_labelled_motion_al
     panned = MotionVideos(2, 8, 32, seed=3, pan=2.0).clip(0)
     assert torch.equal(panned[0], plain.clip(0)[0])  # frame 0 is not shifted
     assert not torch.equal(panned[-1], plain.clip(0)[-1])
+
+
+def test_pretraining_logs_the_quality_monitor_from_the_random_init(tmp_path):
+    import csv
+
+    from vjepa.pretrain import train
+
+    cfg = tiny_cfg(tmp_path, "logging.knn_monitor=true", "meta.eval_freq=2", "logging.log_every=2",
+                   "optimization.epochs=1", "optimization.ipe=4")
+    train(cfg)
+    with open(tmp_path / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["linear_top1"]]
+    assert [int(r["step"]) for r in rows] == [0, 2, 4]  # step 0 scores the random init
+    assert all(0.0 <= float(r["linear_top1"]) <= 100.0 and 0.0 <= float(r["knn_top1"]) <= 100.0 for r in rows)
+    assert (tmp_path / "loss.png").stat().st_size > 0

@@ -62,6 +62,8 @@ def probe_config(cfg: QuickstartConfig, run_dir: Path, arm: str) -> ProbeConfig:
     p.data.motion.num_frames, p.data.motion.size = d.num_frames, d.crop_size
     p.data.motion.num_speeds, p.data.motion.distractor = d.synthetic.num_speeds, d.synthetic.distractor
     p.data.motion.control = control
+    if control != "none":  # the controls answer one question (does the attentive probe need motion?)
+        p.probe.linear_readout, p.probe.low_shot = False, 0
     p.data_aug.mean, p.data_aug.std = cfg.pretrain.data_aug.mean, cfg.pretrain.data_aug.std
     p.pretrain.checkpoint = str(run_dir / f"{cfg.pretrain.logging.write_tag}-latest.pt")
     p.pretrain.random_init = random_init

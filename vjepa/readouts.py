@@ -72,9 +72,9 @@ def extra_readouts(cached: Tuple[Cached, Cached], cfg: ProbeConfig, num_classes:
     if cfg.probe.low_shot > 0:
         few = copy.deepcopy(cfg)
         sub = few_shot_subset(train, cfg.probe.low_shot, num_classes)
-        bs = cfg.optimization.batch_size
-        full_steps = cfg.optimization.num_epochs * (len(train[1]) // bs)
-        few.optimization.num_epochs = max(1, round(full_steps / max(1, len(sub[1]) // bs)))
+        bs = few.optimization.batch_size = min(cfg.optimization.batch_size, len(sub[1]))
+        full_steps = cfg.optimization.num_epochs * (len(train[1]) // cfg.optimization.batch_size)
+        few.optimization.num_epochs = max(1, round(full_steps / (len(sub[1]) // bs)))
         out["low_shot_top1"] = fit_best_top1(sub, val, few, num_classes, embed_dim, num_heads, device)
         logger.info("%d-shot %s probe: val top-1 %.2f%%", cfg.probe.low_shot, cfg.probe.type, out["low_shot_top1"])
     return out
