@@ -211,3 +211,27 @@ def test_pretraining_logs_the_quality_monitor_from_the_random_init(tmp_path):
     assert [int(r["step"]) for r in rows] == [0, 2, 4]  # step 0 scores the random init
     assert all(0.0 <= float(r["linear_top1"]) <= 100.0 and 0.0 <= float(r["knn_top1"]) <= 100.0 for r in rows)
     assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_monitor_on_user_lists_reads_labelled_videos(tmp_path):
+    """`logging.monitor_train/val` point the monitor at the user's own labelled clips (written with PyAV)."""
+    from data.config import DataAugConfig, DataConfig
+    from tests.videos import write_video
+    from vjepa.knn_monitor import ListMonitor
+    from vjepa.models import VisionTransformer
+
+    lines = {"train": [], "val": []}
+    for split, n in (("train", 6), ("val", 2)):
+        for i in range(n):
+            path = write_video(tmp_path / split / f"{i}.mp4", num_frames=12, width=48, height=40)
+            lines[split].append(f"{path} {i % 2}")
+    for split in lines:
+        (tmp_path / f"{split}.csv").write_text("\n".join(lines[split]) + "\n")
+    data = DataConfig(num_frames=4, sampling_rate=2, crop_size=32, patch_size=8, num_workers=0)
+    monitor = ListMonitor(str(tmp_path / "train.csv"), str(tmp_path / "val.csv"), data, DataAugConfig(), k=3,
+                          batch_size=4)
+    assert monitor.labels["train"].tolist() == [0, 1, 0, 1, 0, 1] and monitor.num_classes == 2
+    enc = VisionTransformer(img_size=32, num_frames=4, patch_size=8, tubelet_size=2, embed_dim=24, depth=1,
+                            num_heads=2)
+    scores = monitor.scores(enc)
+    assert set(scores) == {"knn_top1", "linear_top1"} and all(v in (0.0, 50.0, 100.0) for v in scores.values())

@@ -81,6 +81,50 @@ class MotionKNNMonitor:
         return self.scores(encoder, device)["knn_top1"]
 
 
+class ListMonitor(MotionKNNMonitor):
+    """The same scores on the user's own labelled clips: two reference-format lists (`path label` CSVs
+    or class folders), read with the evaluation transform (centre crop, one uniform clip per video) at
+    every call, so nothing is held in memory. At most `max_clips` videos of each list are used (the first
+    ones: keep the lists small and class-balanced, e.g. 10-50 videos per class).
+
+    Args:
+        train_list / val_list: the k-NN bank and ridge fit / the scored clips. data / aug: the pretraining
+            data and augmentation sections (clip geometry, decoder, normalisation).
+        k / batch_size: as `MotionKNNMonitor`. max_clips: videos per list.
+    """
+
+    def __init__(self, train_list: str, val_list: str, data, aug, k: int = 20, batch_size: int = 32,
+                 max_clips: int = 512):
+        import copy
+
+        from torch.utils.data import Subset
+
+        from data.datasets import build_video_dataset
+
+        self.k, self.batch_size = k, batch_size
+        self.datasets, self.labels = {}, {}
+        for split, path in (("train", train_list), ("val", val_list)):
+            d = copy.deepcopy(data)
+            d.datasets, d.datasets_weights, d.num_clips, d.num_views = [path], None, 1, 1
+            ds = build_video_dataset(d, aug, train=False)
+            ds = Subset(ds, range(min(len(ds), max_clips)))
+            self.datasets[split] = ds
+            self.labels[split] = torch.tensor([int(ds[i]["label"]) for i in range(len(ds))])
+        self.num_classes = int(max(self.labels["train"].max(), self.labels["val"].max())) + 1
+
+    @torch.no_grad()
+    def features(self, encoder: nn.Module, split: str, device: Optional[torch.device] = None) -> torch.Tensor:
+        from torch.utils.data import DataLoader
+
+        from data.collate import collate_samples
+
+        device = device or next(encoder.parameters()).device
+        out = []
+        for batch in DataLoader(self.datasets[split], batch_size=self.batch_size, collate_fn=collate_samples):
+            out.append(encoder(batch["clip"].to(device)).float().mean(dim=1).cpu())  # [b, N, D] -> [b, D]
+        return torch.cat(out)
+
+
 def ridge_top1(xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor, num_classes: int,
                alphas: Sequence[float] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)) -> float:
     """Best val top-1 (%) over `alphas` of a ridge regression from standardised features `[M, D]` to

@@ -107,8 +107,10 @@ class LoggingConfig:
     """folder: run folder (None = runs/<task>-<time>). write_tag: checkpoint file prefix.
     log_every: metrics every this many steps (>= 1). rankme_every: RankMe every this many steps (0: never).
     collapse_std_floor: warn when the target features' std across tokens falls below it.
-    knn_monitor: every `meta.eval_freq` steps, log the EMA target's k-NN top-1 on a small held-out motion
-    benchmark (vjepa/knn_monitor.py) at the pretraining clip geometry."""
+    knn_monitor: quality monitor: before the first step and every `meta.eval_freq` steps, log the EMA
+    target's k-NN top-1 and ridge linear-readout top-1 (`knn_top1`, `linear_top1`) on small held-out
+    labelled sets (vjepa/knn_monitor.py): `monitor_train` / `monitor_val` lists (`path label`) when given,
+    else the built-in motion benchmark at the pretraining clip geometry. `monitor_max_clips` caps each list."""
 
     folder: Optional[str] = None
     write_tag: str = "jepa"
@@ -118,6 +120,9 @@ class LoggingConfig:
     tensorboard: bool = True
     progress_bar: bool = True
     knn_monitor: bool = False
+    monitor_train: Optional[str] = None
+    monitor_val: Optional[str] = None
+    monitor_max_clips: int = 512
 
 
 @dataclass
@@ -311,11 +316,17 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     pbar = tqdm(total=total, initial=step, disable=not (main and cfg.logging.progress_bar), dynamic_ncols=True)
     clips_per_step = d.batch_size * accelerator.num_processes * opt.grad_accum_steps
     knn = None
+    if (cfg.logging.monitor_train is None) != (cfg.logging.monitor_val is None):
+        raise ValueError("logging.monitor_train and logging.monitor_val go together (labelled lists)")
     if cfg.logging.knn_monitor and main:
-        from vjepa.knn_monitor import MotionKNNMonitor
+        from vjepa.knn_monitor import ListMonitor, MotionKNNMonitor
 
-        knn = MotionKNNMonitor(d.num_frames, d.crop_size, num_speeds=d.synthetic.num_speeds,
-                               mean=cfg.data_aug.mean, std=cfg.data_aug.std)
+        if cfg.logging.monitor_train is not None:
+            knn = ListMonitor(cfg.logging.monitor_train, cfg.logging.monitor_val, d, cfg.data_aug,
+                              max_clips=cfg.logging.monitor_max_clips)
+        else:
+            knn = MotionKNNMonitor(d.num_frames, d.crop_size, num_speeds=d.synthetic.num_speeds,
+                                   mean=cfg.data_aug.mean, std=cfg.data_aug.std)
     batches = iter(loader)
     tick, tick_step, last, skipped = time.time(), step, {}, 0
     if knn is not None and step == 0:  # the random-init reference the monitor's curve starts from
