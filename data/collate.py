@@ -41,8 +41,8 @@ def collate_samples(samples: Sequence[dict]) -> Dict[str, torch.Tensor]:
 
 
 class MaskCollator:
-    """Collates samples and adds, per mask config i, `masks_ctx[i]` and `masks_tgt[i]`: int64 `[B, K]`,
-    and `valid_ctx[i]` / `valid_tgt[i]`: bool `[B, K]` for padded configs, else None.
+    """Collates samples and adds, per mask config i, `masks_ctx[i]` and `masks_tgt[i]`: int64 `[B, K]`;
+    when any config pads (below), also `valid_ctx[i]` / `valid_tgt[i]`: bool `[B, K]`, True = a real index.
 
     By default lengths inside a batch are equalised by keeping a *random* subset of each clip's indices
     (kept in sorted order; the reference keeps the lowest indices, which biases targets towards early
@@ -87,8 +87,10 @@ class MaskCollator:
             k_tgt = min(len(t) for _, t in pairs)
             batch["masks_ctx"].append(torch.stack([_random_subset(c, k_ctx, g) for (c, _), g in zip(pairs, gens)]))
             batch["masks_tgt"].append(torch.stack([_random_subset(t, k_tgt, g) for (_, t), g in zip(pairs, gens)]))
-            batch["valid_ctx"].append(None)
-            batch["valid_tgt"].append(None)
+            batch["valid_ctx"].append(torch.ones_like(batch["masks_ctx"][-1], dtype=torch.bool))
+            batch["valid_tgt"].append(torch.ones_like(batch["masks_tgt"][-1], dtype=torch.bool))
+        if not any(c.pad_to_longest for c in self.cfgs):  # no padding: no masks for attention to apply
+            del batch["valid_ctx"], batch["valid_tgt"]
         batch["step"] = step
         return batch
 

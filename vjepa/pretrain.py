@@ -347,7 +347,8 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
             batch["masks_ctx"] = [x.to(accelerator.device) for x in batch["masks_ctx"]]
             batch["masks_tgt"] = [x.to(accelerator.device) for x in batch["masks_tgt"]]
             for key in ("valid_ctx", "valid_tgt"):
-                batch[key] = [None if x is None else x.to(accelerator.device) for x in batch[key]]
+                if key in batch:  # padded masks (data.masks.MaskConfig.pad_to_longest)
+                    batch[key] = [x.to(accelerator.device) for x in batch[key]]
             last = train_step(accelerator, encoder, predictor, target, optimizer, batch, cfg.loss, opt.clip_grad, step)
         ema_update(target, accelerator.unwrap_model(encoder), m)
         step += 1
