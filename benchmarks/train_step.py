@@ -26,7 +26,7 @@ def run_one(size: str, batch: int, frames: int, crop: int, steps: int, warmup: i
     from data.collate import MaskCollator
     from vjepa.models import ModelConfig
     from vjepa.pretrain import LossConfig, PretrainConfig, build_models, ema_update, param_groups, train_step
-    from vjepa.runtime import make_accelerator
+    from vjepa.engine.runtime import make_accelerator
 
     cfg = PretrainConfig()
     cfg.model = ModelConfig(model_name=size)

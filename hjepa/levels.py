@@ -22,7 +22,7 @@ from einops import rearrange
 from timm.layers import Mlp, trunc_normal_
 
 from vjepa.models import VisionTransformer, gather_tokens
-from vjepa.monitor import feature_std, rankme
+from vjepa.engine.monitor import feature_std, rankme
 from vjepa.pos_embed import sincos_1d
 
 logger = logging.getLogger(__name__)

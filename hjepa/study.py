@@ -34,15 +34,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from data.long_videos import LongVideos
+from data.generated.long_videos import LongVideos
 from data.transforms import to_float_clip
 from hjepa.levels import LevelConfig, TemporalEncoder
 from hjepa.train import HJEPA, HJEPAConfig, build, encode_videos, spans
 from hjepa.train import train as train_hjepa
-from vjepa import checkpoint as ckpt
-from vjepa.config import to_yaml
+from vjepa.engine import checkpoint as ckpt
+from vjepa.engine.config import to_yaml
 from vjepa.pretrain import LoggingConfig, MetaConfig, OptimizationConfig
-from vjepa.runtime import make_accelerator, resolve_run_dir
+from vjepa.engine.runtime import make_accelerator, resolve_run_dir
 
 logger = logging.getLogger(__name__)
 

@@ -27,18 +27,19 @@ import torch.nn as nn
 from einops import rearrange
 from tqdm import tqdm
 
-from data.collate import MaskCollator, derive_seed
-from data.long_videos import LongVideoConfig, LongVideos, LongVideoWindows, validate
-from data.loader import build_loader
+from data.collate import MaskCollator
+from data.seeding import derive_seed
+from data.generated.long_videos import LongVideoConfig, LongVideos, LongVideoWindows, validate
+from vjepa.engine.sampling import build_loader
 from data.masks import MaskConfig
 from data.transforms import to_float_clip
 from hjepa.levels import WINDOW_POOLS, Level, LevelConfig, encode_windows, level_loss, monitor, validate_level
-from vjepa import checkpoint as ckpt
-from vjepa.config import to_dict, to_yaml
+from vjepa.engine import checkpoint as ckpt
+from vjepa.engine.config import to_dict, to_yaml
 from vjepa.models import ModelConfig, build_encoder, build_predictor
 from vjepa.pretrain import LoggingConfig, MetaConfig, NonFiniteLoss, OptimizationConfig, ema_update, jepa_loss, param_groups
-from vjepa.runtime import MetricLog, checkpoint_paths, make_accelerator, resolve_run_dir
-from vjepa.schedules import cosine_at, linear_at, lr_at, set_lr_wd
+from vjepa.engine.runtime import MetricLog, checkpoint_paths, make_accelerator, resolve_run_dir
+from vjepa.engine.schedules import cosine_at, linear_at, lr_at, set_lr_wd
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import sys
 import torch
 
 from conftest import ROOT, TINY_PRETRAIN
-from vjepa import checkpoint as ckpt
+from vjepa.engine import checkpoint as ckpt
 
 # Tube masks have the same length for every clip, so no truncation depends on how a global batch is
 # split across ranks: per-sample data and masks are then identical in both runs.

@@ -11,9 +11,9 @@ from data.masks import MaskConfig
 from hjepa.levels import Level, LevelConfig, level_loss, monitor, pool_steps
 from hjepa.study import HorizonStudyConfig, bayes_ceiling
 from hjepa.train import HJEPA, HJEPAConfig, build, check_config, plan_stages, set_trainable, spans
-from vjepa import checkpoint as ckpt
-from vjepa.config import ConfigError, load_config
-from vjepa.monitor import feature_std
+from vjepa.engine import checkpoint as ckpt
+from vjepa.engine.config import ConfigError, load_config
+from vjepa.engine.monitor import feature_std
 from vjepa.pretrain import ema_update
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "hjepa"
@@ -240,7 +240,7 @@ def test_resume_is_exact(tmp_path, monkeypatch):
 
 
 def test_bayes_ceiling_matches_markov_chain():
-    from data.long_videos import LongVideos
+    from data.generated.long_videos import LongVideos
 
     cfg = HorizonStudyConfig()
     videos = LongVideos(replace(cfg.hjepa.data, num_videos=1))

@@ -7,10 +7,10 @@ import torch
 from conftest import ROOT, TINY_PRETRAIN
 from data.collate import MaskCollator
 from data.masks import short_range_mask
-from vjepa import checkpoint as ckpt
-from vjepa.config import load_config
+from vjepa.engine import checkpoint as ckpt
+from vjepa.engine.config import load_config
 from vjepa.pretrain import NonFiniteLoss, PretrainConfig, build_models, ema_update, jepa_loss, param_groups, train
-from vjepa.schedules import cosine_at, linear_at, lr_at
+from vjepa.engine.schedules import cosine_at, linear_at, lr_at
 
 
 def tiny_cfg(tmp_path, *overrides):
@@ -160,7 +160,7 @@ def test_exact_resume_in_a_new_process(tmp_path):
 
 
 def test_metric_log_widens_for_late_metrics(tmp_path):
-    from vjepa.runtime import MetricLog
+    from vjepa.engine.runtime import MetricLog
 
     log = MetricLog(tmp_path, tensorboard=False)
     log.log(1, {"loss": 1.0})

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vjepa import checkpoint as ckpt
+from vjepa.engine import checkpoint as ckpt
 from vjepa import probe_train
 from vjepa.models import VisionTransformer
 from vjepa.probe import (
@@ -226,7 +226,7 @@ def test_reference_eval_yaml_loads_unchanged(tmp_path):
     import yaml
 
     import train as entry
-    from vjepa.config import load_config
+    from vjepa.engine.config import load_config
 
     raw = yaml.safe_load(REFERENCE_K400)
     assert entry.pick_task(raw, []) == "probe"

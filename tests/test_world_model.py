@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from data.trajectories import TrajectoryConfig, TrajectoryWindows, generate
-from hjepa.world_model import (ACPredictor, EncoderConfig, LossWeights, MacroWorldModel, PredictorConfig,
+from data.generated.trajectories import TrajectoryConfig, TrajectoryWindows, generate
+from hjepa.world_model.model import (ACPredictor, EncoderConfig, LossWeights, MacroWorldModel, PredictorConfig,
                                WorldModel, block_causal_mask)
 from vjepa.models import ModelConfig
 
@@ -112,7 +112,7 @@ def test_macro_world_model_loss_and_bounds():
 @pytest.mark.parametrize("kill_level", [0, 1])
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch, kill_level):
     from hjepa import wm_train
-    from vjepa.config import load_config
+    from vjepa.engine.config import load_config
 
     def cfg_for(folder, resume=False):
         return load_config(wm_train.WorldModelConfig, overrides=[

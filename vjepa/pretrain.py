@@ -21,14 +21,14 @@ from tqdm import tqdm
 from data.build import build_dataset
 from data.collate import MaskCollator
 from data.config import DataAugConfig, DataConfig
-from data.loader import build_loader
+from vjepa.engine.sampling import build_loader
 from data.masks import MaskConfig, long_range_mask, short_range_mask
-from vjepa import checkpoint as ckpt
-from vjepa.config import to_dict, to_yaml
+from vjepa.engine import checkpoint as ckpt
+from vjepa.engine.config import to_dict, to_yaml
 from vjepa.models import ModelConfig, build_encoder, build_predictor, gather_tokens
-from vjepa.monitor import feature_std, rankme
-from vjepa.runtime import MetricLog, checkpoint_paths, make_accelerator, resolve_run_dir
-from vjepa.schedules import cosine_at, linear_at, lr_at, set_lr_wd
+from vjepa.engine.monitor import feature_std, rankme
+from vjepa.engine.runtime import MetricLog, checkpoint_paths, make_accelerator, resolve_run_dir
+from vjepa.engine.schedules import cosine_at, linear_at, lr_at, set_lr_wd
 
 logger = logging.getLogger(__name__)
 

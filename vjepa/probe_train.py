@@ -28,14 +28,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from data.config import DataConfig
-from data.motion_benchmark import motion_split
-from vjepa import checkpoint as ckpt
-from vjepa.config import to_yaml
+from data.generated.motion_benchmark import motion_split
+from vjepa.engine import checkpoint as ckpt
+from vjepa.engine.config import to_yaml
 from vjepa.official import load_encoder, random_encoder_like
 from vjepa.probe_config import ProbeConfig, ProbeDataConfig, ProbeOptimizationConfig
 from vjepa.probe import average_softmax, build_probe, join_segments, knn_predict, topk_correct
-from vjepa.runtime import MetricLog, make_accelerator, resolve_run_dir
-from vjepa.schedules import cosine_at, lr_at
+from vjepa.engine.runtime import MetricLog, make_accelerator, resolve_run_dir
+from vjepa.engine.schedules import cosine_at, lr_at
 
 logger = logging.getLogger(__name__)
 

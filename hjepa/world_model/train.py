@@ -21,15 +21,15 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from data.collate import derive_seed
-from data.trajectories import TrajectoryConfig, TrajectoryWindows, load_or_generate
-from hjepa.world_model import EncoderConfig, LossWeights, MacroWorldModel, PredictorConfig, WorldModel
-from vjepa import checkpoint as ckpt
-from vjepa.config import to_dict, to_yaml
-from vjepa.monitor import feature_std, rankme
+from data.seeding import derive_seed
+from data.generated.trajectories import TrajectoryConfig, TrajectoryWindows, load_or_generate
+from hjepa.world_model.model import EncoderConfig, LossWeights, MacroWorldModel, PredictorConfig, WorldModel
+from vjepa.engine import checkpoint as ckpt
+from vjepa.engine.config import to_dict, to_yaml
+from vjepa.engine.monitor import feature_std, rankme
 from vjepa.pretrain import LoggingConfig, MetaConfig, param_groups
-from vjepa.runtime import MetricLog, checkpoint_paths, make_accelerator, resolve_run_dir
-from vjepa.schedules import lr_at
+from vjepa.engine.runtime import MetricLog, checkpoint_paths, make_accelerator, resolve_run_dir
+from vjepa.engine.schedules import lr_at
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import Mlp
 
-from vjepa import checkpoint as ckpt
+from vjepa.engine import checkpoint as ckpt
 from vjepa.models import ModelConfig, build_encoder
 
 logger = logging.getLogger(__name__)
