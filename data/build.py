@@ -14,7 +14,7 @@ def build_dataset(data: DataConfig, aug: DataAugConfig, train: bool = True) -> D
     if not data.datasets:
         # Generated clips are already at the model's size, and flips or crops would change what the
         # motion label means, so they are only normalised.
-        m = data.generated.synthetic
+        m = data.synthetic
         return MotionVideos(m.num_videos, data.num_frames, data.crop_size, num_speeds=m.num_speeds,
                             distractor=m.distractor, seed=m.seed, transform=partial(to_float_clip, mean=aug.mean, std=aug.std))
     from data.datasets import build_video_dataset  # decoding backends are only needed for real data

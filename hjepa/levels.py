@@ -22,7 +22,6 @@ from einops import rearrange
 from timm.layers import Mlp, trunc_normal_
 
 from vjepa.models import VisionTransformer, gather_tokens
-from vjepa.engine.monitor import feature_std, rankme
 from vjepa.pos_embed import sincos_1d
 
 logger = logging.getLogger(__name__)
@@ -329,15 +328,3 @@ def level_loss(level: Level, u: torch.Tensor, g: torch.Generator) -> Tuple[torch
         loss = loss + cfg.sigreg_coeff * sr
         metrics["sigreg"] = sr.item()
     return loss, metrics, h
-
-
-def monitor(h: torch.Tensor, name: str, floor: float, step: int, with_rank: bool = True) -> Dict[str, float]:
-    """Per-level collapse monitors on features `[B, S, D]`: std across steps (and effective rank), with a
-    warning when the std falls below `floor`."""
-    out = {"feature_std": feature_std(h)}
-    if with_rank:
-        out["rankme"] = rankme(h)
-    if out["feature_std"] < floor:
-        logger.warning("step %d: %s feature std %.4f is below %.3f: the level may be collapsing", step, name,
-                       out["feature_std"], floor)
-    return out

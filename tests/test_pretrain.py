@@ -9,7 +9,9 @@ from data.collate import MaskCollator
 from data.masks import short_range_mask
 from vjepa.engine import checkpoint as ckpt
 from vjepa.engine.config import load_config
-from vjepa.pretrain import NonFiniteLoss, PretrainConfig, build_models, ema_update, jepa_loss, param_groups, train
+from vjepa.engine.optim import NonFiniteLoss, ema_update, param_groups
+from vjepa.objective import jepa_loss
+from vjepa.pretrain import PretrainConfig, build_models, train
 from vjepa.engine.schedules import cosine_at, linear_at, lr_at
 
 

@@ -8,7 +8,7 @@ from vjepa.quickstart import QuickstartConfig, probe_config, run
 
 TINY = [
     "pretrain.optimization.epochs=2", "pretrain.optimization.ipe=2", "pretrain.optimization.warmup=0",
-    "pretrain.data.generated.synthetic.num_videos=64", "pretrain.data.num_workers=0", "pretrain.logging.progress_bar=false",
+    "pretrain.data.synthetic.num_videos=64", "pretrain.data.num_workers=0", "pretrain.logging.progress_bar=false",
     "pretrain.logging.tensorboard=false", "pretrain.logging.rankme_every=0",
     "probe.data.motion.num_train=64", "probe.data.motion.num_val=32", "probe.optimization.num_epochs=1",
     "probe.optimization.batch_size=32", "probe.logging.tensorboard=false",

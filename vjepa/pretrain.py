@@ -10,55 +10,39 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import List, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from data.build import build_dataset
 from data.collate import MaskCollator
 from data.config import DataAugConfig, DataConfig
-from vjepa.engine.sampling import build_loader
 from data.masks import MaskConfig, long_range_mask, short_range_mask
 from vjepa.engine import checkpoint as ckpt
+from vjepa.engine.checkpoint import save_checkpoint
 from vjepa.engine.config import to_dict, to_yaml
-from vjepa.models import ModelConfig, build_encoder, build_predictor, gather_tokens
 from vjepa.engine.monitor import feature_std, rankme
+from vjepa.engine.optim import ema_update, optimizer_step, param_groups
 from vjepa.engine.runtime import MetricLog, checkpoint_paths, make_accelerator, resolve_run_dir
+from vjepa.engine.sampling import build_loader
 from vjepa.engine.schedules import cosine_at, linear_at, lr_at, set_lr_wd
+from vjepa.engine.sections import EpochMetaConfig, LoggingConfig, OptimizationConfig, check_logging
+from vjepa.models import ModelConfig, build_encoder, build_predictor
+from vjepa.objective import jepa_loss
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class OptimizationConfig:
-    """Reference `optimization:` section. An "epoch" is `ipe` optimizer steps, as in the reference.
+class PretrainOptimizationConfig(OptimizationConfig):
+    """The shared `optimization:` section (vjepa/engine/sections.py) plus ema: the EMA momentum of the
+    target encoder goes linearly from ema[0] to ema[1]. clip_grad applies to encoder and predictor each."""
 
-    Args:
-        ipe / epochs: the run lasts epochs x ipe optimizer steps. warmup: LR warmup, in epochs.
-        ipe_scale: schedules (cosine LR/WD, EMA) span ipe_scale x the run, so they end short of final values.
-        ema: EMA momentum goes linearly from ema[0] to ema[1].
-        clip_grad: max grad norm for encoder and predictor each (None = no clipping).
-        grad_accum_steps: micro-batches per optimizer step.
-    """
-
-    ipe: int = 300
-    ipe_scale: float = 1.25
-    epochs: int = 300
-    warmup: float = 40
-    start_lr: float = 2e-4
-    lr: float = 6.25e-4
-    final_lr: float = 1e-6
-    weight_decay: float = 0.04
-    final_weight_decay: float = 0.4
-    clip_grad: Optional[float] = 10.0
     ema: List[float] = field(default_factory=lambda: [0.998, 1.0])
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    grad_accum_steps: int = 1
 
 
 @dataclass
@@ -71,37 +55,17 @@ class LossConfig:
 
 
 @dataclass
-class MetaConfig:
-    """seed: init, data order and masks. dtype: autocast precision on GPU (CPU runs fp32).
-    load_checkpoint: resume from the run folder's latest checkpoint. read_checkpoint: resume from this file.
-    save_every_freq: checkpoint every this many epochs (and at the end). eval_freq: reference key, kept
-    for monitoring jobs. max_steps: stop (with a checkpoint) after this many steps, schedules unchanged,
-    e.g. to fit a cluster's time limit and resume later."""
+class PretrainMetaConfig(EpochMetaConfig):
+    """The shared `meta:` section plus eval_freq: the k-NN monitor's period in steps (`logging.knn_monitor`)."""
 
-    seed: int = 234
-    dtype: str = "bfloat16"
-    load_checkpoint: bool = False
-    read_checkpoint: Optional[str] = None
-    save_every_freq: int = 25
     eval_freq: int = 100
-    max_steps: Optional[int] = None
 
 
 @dataclass
-class LoggingConfig:
-    """folder: run folder (None = runs/<task>-<time>). write_tag: checkpoint file prefix.
-    log_every: metrics every this many steps (>= 1). rankme_every: RankMe every this many steps (0: never).
-    collapse_std_floor: warn when the target features' std across tokens falls below it.
-    knn_monitor: every `meta.eval_freq` steps, log the EMA target's k-NN top-1 on a small held-out motion
-    benchmark (vjepa/knn_monitor.py) at the pretraining clip geometry."""
+class PretrainLoggingConfig(LoggingConfig):
+    """The shared `logging:` section plus knn_monitor: every `meta.eval_freq` steps, log the EMA target's
+    k-NN top-1 on a small held-out motion benchmark (vjepa/knn_monitor.py) at the pretraining clip geometry."""
 
-    folder: Optional[str] = None
-    write_tag: str = "jepa"
-    log_every: int = 10
-    rankme_every: int = 50
-    collapse_std_floor: float = 0.05
-    tensorboard: bool = True
-    progress_bar: bool = True
     knn_monitor: bool = False
 
 
@@ -112,74 +76,16 @@ class PretrainConfig:
     data_aug: DataAugConfig = field(default_factory=DataAugConfig)
     mask: List[MaskConfig] = field(default_factory=lambda: [short_range_mask(), long_range_mask()])
     model: ModelConfig = field(default_factory=ModelConfig)
-    optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
+    optimization: PretrainOptimizationConfig = field(default_factory=PretrainOptimizationConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    meta: MetaConfig = field(default_factory=MetaConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    meta: PretrainMetaConfig = field(default_factory=PretrainMetaConfig)
+    logging: PretrainLoggingConfig = field(default_factory=PretrainLoggingConfig)
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
-def param_groups(*modules: nn.Module) -> list:
-    """Weight decay on matrices only; biases and norm parameters (1-D) are exempt, as the reference."""
-    decay, no_decay = [], []
-    for module in modules:
-        for name, p in module.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "wd_exclude": True}]
-
-
-@torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, m: float) -> None:
-    """target <- m * target + (1 - m) * online, parameter by parameter."""
-    t = list(target.parameters())
-    o = [p.detach() for p in online.parameters()]
-    torch._foreach_mul_(t, m)
-    torch._foreach_add_(t, o, alpha=1.0 - m)
-
-
-def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch: dict, loss_exp: float,
-              reg_coeff: float = 0.0):
-    """Returns (loss, layer-normed target features `[B, N, D]`)."""
-    clip, masks_ctx, masks_tgt = batch["clip"], batch["masks_ctx"], batch["masks_tgt"]
-    with torch.no_grad():
-        h = target(clip)  # [B, N, D]
-        h = F.layer_norm(h, (h.shape[-1],))
-    z = encoder(clip, masks_ctx)  # list over mask configs of [B, K_ctx, D]
-    preds = predictor(z, masks_ctx, masks_tgt)  # list of [B, K_tgt, D]
-    loss = sum(
-        (p.float() - gather_tokens(h, m).float()).abs().pow(loss_exp).mean() / loss_exp
-        for p, m in zip(preds, masks_tgt)
-    ) / len(preds)
-    if reg_coeff > 0:
-        std = torch.stack([torch.sqrt(p.float().var(dim=1) + 1e-4).mean() for p in preds]).mean()
-        loss = loss + reg_coeff * F.relu(1.0 - std)
-    return loss, h
-
-
-def train_step(accelerator, encoder, predictor, target, optimizer, batch, loss_cfg: LossConfig,
-               clip_grad: Optional[float], step: int) -> dict:
-    """One micro-batch: forward, NaN check (all ranks agree), backward, and on the last micro-batch of an
-    accumulation window grad clipping and the optimizer step."""
-    with accelerator.accumulate(encoder, predictor):
-        with accelerator.autocast():
-            loss, h = jepa_loss(encoder, predictor, target, batch, loss_cfg.loss_exp, loss_cfg.reg_coeff)
-        mean_loss = accelerator.reduce(loss.detach(), reduction="mean")
-        if not torch.isfinite(mean_loss):
-            raise NonFiniteLoss(f"loss became {mean_loss.item()} at step {step}; stopping before the update. "
-                                "The last checkpoint is untouched.")
-        accelerator.backward(loss)
-        out = {"loss": mean_loss.item()}
-        if accelerator.sync_gradients and clip_grad:
-            out["grad_norm_enc"] = float(accelerator.clip_grad_norm_(encoder.parameters(), clip_grad))
-            out["grad_norm_pred"] = float(accelerator.clip_grad_norm_(predictor.parameters(), clip_grad))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    out["h"] = h
-    return out
+def objective(encoder, predictor, target, batch: dict, loss_cfg: LossConfig):
+    """The step's objective for `optimizer_step`: (loss, {"h": layer-normed target features `[B, N, D]`})."""
+    loss, h = jepa_loss(encoder, predictor, target, batch, loss_cfg.loss_exp, loss_cfg.reg_coeff)
+    return loss, {"h": h}
 
 
 def build_models(cfg: PretrainConfig):
@@ -250,8 +156,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     if rng is not None:
         ckpt.set_rng_state(rng)
 
-    if cfg.logging.log_every < 1:
-        raise ValueError(f"logging.log_every must be >= 1, got {cfg.logging.log_every}")
+    check_logging(cfg.logging)
     total = opt.epochs * opt.ipe
     stop = min(total, cfg.meta.max_steps or total)
     horizon = int(opt.ipe_scale * total)  # schedules span ipe_scale x the run, as the reference
@@ -287,17 +192,18 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
             batch["clip"] = batch["clip"].to(accelerator.device, non_blocking=True)
             batch["masks_ctx"] = [x.to(accelerator.device) for x in batch["masks_ctx"]]
             batch["masks_tgt"] = [x.to(accelerator.device) for x in batch["masks_tgt"]]
-            last = train_step(accelerator, encoder, predictor, target, optimizer, batch, cfg.loss, opt.clip_grad, step)
+            last = optimizer_step(accelerator, optimizer, partial(objective, encoder, predictor, target, batch, cfg.loss),
+                                  (encoder, predictor), step, opt.clip_grad, {"enc": encoder, "pred": predictor})
         ema_update(target, accelerator.unwrap_model(encoder), m)
         step += 1
         pbar.update(1)
 
         if step % cfg.logging.log_every == 0 or step == stop:
             elapsed, tick = time.time() - tick, time.time()
-            metrics = {"loss": last["loss"], "lr": lr, "wd": wd, "ema": m,
+            metrics = {"loss": float(last["loss"]), "lr": lr, "wd": wd, "ema": m,
                        "clips_per_s": clips_per_step * (step - tick_step) / max(elapsed, 1e-9),
                        "feature_std": feature_std(last["h"]), "skipped_files": skipped}
-            metrics.update({k: v for k, v in last.items() if k.startswith("grad_norm")})
+            metrics.update({k: float(v) for k, v in last.items() if k.startswith("grad_norm")})
             tick_step = step
             if cfg.logging.rankme_every > 0 and (step % cfg.logging.rankme_every == 0 or step == stop):
                 metrics["rankme"] = rankme(last["h"])
@@ -307,10 +213,14 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
                 logger.warning("step %d: target feature std %.4f is below %.3f: the representation may be "
                                "collapsing", step, metrics["feature_std"], cfg.logging.collapse_std_floor)
             log.log(step, metrics)
-            pbar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{lr:.2e}", ema=f"{m:.4f}",
+            pbar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{lr:.2e}", ema=f"{m:.4f}",
                              clips_s=f"{metrics['clips_per_s']:.1f}")
         if step % save_every == 0 or step == stop:
-            _save(accelerator, latest, encoder, predictor, target, optimizer, step, cfg)
+            state = {"encoder": accelerator.get_state_dict(encoder), "predictor": accelerator.get_state_dict(predictor),
+                     "target_encoder": target.state_dict(), "opt": optimizer.state_dict(), "step": step,
+                     "config": to_dict(cfg)}
+            save_checkpoint(accelerator, latest, state, step=step, replicated=[target],
+                            finite=[accelerator.unwrap_model(encoder), accelerator.unwrap_model(predictor), target])
 
     pbar.close()
     log.close()
@@ -318,37 +228,8 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
         from vjepa.plots import plot_metric_curves
 
         plot_metric_curves(run_dir / "metrics.csv", run_dir / "loss.png", ("loss", "feature_std", "lr"))
-        logger.info("done: %d steps, final loss %.4f, checkpoint %s", step, last.get("loss", float("nan")), latest)
+        logger.info("done: %d steps, final loss %.4f, checkpoint %s", step, float(last.get("loss", float("nan"))), latest)
     return run_dir
-
-
-def _target_checksum(target: nn.Module) -> torch.Tensor:
-    return torch.stack([sum(p.double().sum() for p in target.parameters()),
-                        sum(p.double().abs().sum() for p in target.parameters())])
-
-
-def _save(accelerator, path: Path, encoder, predictor, target, optimizer, step: int, cfg: PretrainConfig) -> None:
-    # A finite loss can still come with weights the update just broke: never let those replace a good file.
-    if not all(torch.isfinite(p).all() for p in target.parameters()):
-        raise NonFiniteLoss(f"target encoder weights are not finite at step {step}; not saving over {path}")
-    # Every rank must hold the same EMA target; record each rank's checksum and stop if they differ.
-    sums = accelerator.gather(_target_checksum(target).to(accelerator.device).unsqueeze(0)).cpu()  # [ranks, 2]
-    if not torch.allclose(sums, sums[:1].expand_as(sums), rtol=1e-9, atol=0):
-        raise RuntimeError(f"target encoders differ across ranks at step {step}: checksums {sums.tolist()}")
-    accelerator.wait_for_everyone()
-    state = {
-        "target_checksums": sums,
-        "encoder": accelerator.get_state_dict(encoder),
-        "predictor": accelerator.get_state_dict(predictor),
-        "target_encoder": target.state_dict(),
-        "opt": optimizer.state_dict(),
-        "step": step,
-        "rng": ckpt.rng_state(),
-        "config": to_dict(cfg),
-    }
-    if accelerator.is_main_process:
-        ckpt.save_atomic(state, path)
-    accelerator.wait_for_everyone()
 
 
 def _save_mask_figure(cfg: PretrainConfig, batch: dict, grid, run_dir: Path) -> None:

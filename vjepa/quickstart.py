@@ -94,7 +94,7 @@ def run(cfg: QuickstartConfig, dry_run: bool = False) -> Optional[dict]:
         res = train_probe(probe_config(cfg, run_dir, arm))
         rows.append({"arm": arm, "name": ARMS[arm][0], "top1": res["top1"], "top5": res["top5"],
                      "knn_top1": res.get("knn_top1"), "best_probe": res["best_probe"], "seconds": time.time() - t})
-    num_classes = 8 * cfg.pretrain.data.generated.synthetic.num_speeds
+    num_classes = 8 * cfg.pretrain.data.synthetic.num_speeds
     summary = {"rows": rows, "chance_top1": 100.0 / num_classes, "num_classes": num_classes,
                "pretrain_seconds": t_pretrain, "total_seconds": time.time() - t0,
                "model": cfg.pretrain.model.model_name, "pretrain_steps": cfg.pretrain.optimization.epochs

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 CONTROLS = ("none", "single_frame", "shuffled")
-# Split seeds live far from the small seeds pretraining runs use (`data.generated.synthetic.seed`, default 0),
+# Split seeds live far from the small seeds pretraining runs use (`data.synthetic.seed`, default 0),
 # so the validation videos are never seen during pretraining.
 _SPLIT_SEED_BASE = {"train": 1_000_003, "val": 2_000_003}
 

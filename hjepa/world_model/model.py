@@ -263,6 +263,10 @@ class WorldModel(nn.Module):
         B = frames.shape[0]
         return rearrange(self.encoder(rearrange(frames, "b t c h w -> (b t) c h w")), "(b t) d -> b t d", b=B)
 
+    def forward(self, frames: torch.Tensor, actions: torch.Tensor, w: LossWeights) -> Dict[str, torch.Tensor]:
+        """The training loss (through `forward`, so a DDP wrapper sees the call and syncs gradients)."""
+        return self.loss(frames, actions, w)
+
     def loss(self, frames: torch.Tensor, actions: torch.Tensor, w: LossWeights) -> Dict[str, torch.Tensor]:
         """frames `[B, T+1, C, H, W]`, actions `[B, T, A]` -> dict of scalar losses ("loss" is the total)."""
         if self.frozen_encoder:
@@ -306,6 +310,9 @@ class MacroWorldModel(nn.Module):
         self.stride, self.macro_dim = stride, macro_dim
         self.macro = MacroActionEncoder(stride, action_dim, macro_dim)
         self.predictor = ACPredictor(repr_dim, macro_dim, pred.dim, pred.depth, pred.num_heads, pred.max_frames)
+
+    def forward(self, z: torch.Tensor, chunks: torch.Tensor, w: LossWeights) -> Dict[str, torch.Tensor]:
+        return self.loss(z, chunks, w)
 
     def loss(self, z: torch.Tensor, chunks: torch.Tensor, w: LossWeights) -> Dict[str, torch.Tensor]:
         """z `[B, T+1, D]` level-0 representations `stride` steps apart, chunks `[B, T, stride, A]`."""
