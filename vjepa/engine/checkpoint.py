@@ -99,7 +99,7 @@ def checksum(modules: Sequence[nn.Module]) -> torch.Tensor:
 
 
 def save_checkpoint(accelerator, path: str | Path, state: dict, *, step: int, finite: Sequence[nn.Module],
-                    replicated: Sequence[nn.Module]) -> None:
+                    replicated: Sequence[nn.Module], across_ranks: bool = True) -> None:
     """Write `state` (plus the RNG state and every rank's checksum of `replicated`) atomically from the
     main process, after two checks made on every rank, so every rank stops together:
 
@@ -107,12 +107,20 @@ def save_checkpoint(accelerator, path: str | Path, state: dict, *, step: int, fi
       broke: those must never replace a good file);
     - every rank holds the same `replicated` modules (the EMA targets, which no wrapper keeps in sync):
       their checksums are gathered, stored as `target_checksums` `[ranks, 2]`, and must agree.
+
+    `across_ranks=False`: no collective; this process checks its own weights and writes if it is the main
+    one (for work that only the main process runs, or that every rank repeats identically).
     """
     bad = torch.tensor([float(not all(torch.isfinite(p).all() for m in finite for p in m.parameters()))],
                        device=accelerator.device)
-    if accelerator.reduce(bad, reduction="sum").item() > 0:
+    if (accelerator.reduce(bad, reduction="sum") if across_ranks else bad).item() > 0:
         raise NonFiniteLoss(f"weights are not finite at step {step}; not saving over {path}")
-    sums = accelerator.gather(checksum(replicated).to(accelerator.device).unsqueeze(0)).cpu()  # [ranks, 2]
+    sums = checksum(replicated).to(accelerator.device).unsqueeze(0)
+    if not across_ranks:
+        if accelerator.is_main_process:
+            save_atomic({"target_checksums": sums.cpu(), **state, "rng": rng_state()}, path)
+        return
+    sums = accelerator.gather(sums).cpu()  # [ranks, 2]
     if not torch.allclose(sums, sums[:1].expand_as(sums), rtol=1e-9, atol=0):
         raise RuntimeError(f"replicated weights (EMA targets) differ across ranks at step {step}: checksums "
                            f"{sums.tolist()}")

@@ -41,10 +41,12 @@ def ema_update(target: nn.Module, online: nn.Module, m: float) -> None:
     torch._foreach_add_(t, o, alpha=1.0 - m)
 
 
-def check_finite(accelerator, loss: torch.Tensor, step: int) -> torch.Tensor:
+def check_finite(accelerator, loss: torch.Tensor, step: int, across_ranks: bool = True) -> torch.Tensor:
     """The loss averaged over ranks (detached); raises `NonFiniteLoss` on every rank when it is not finite
-    (one rank's NaN makes the mean NaN everywhere, so no rank is left waiting in a collective)."""
-    mean_loss = accelerator.reduce(loss.detach(), reduction="mean")
+    (one rank's NaN makes the mean NaN everywhere, so no rank is left waiting in a collective).
+    `across_ranks=False`: this process's loss only, no collective (for work that every rank repeats
+    identically, or that only one rank runs)."""
+    mean_loss = accelerator.reduce(loss.detach(), reduction="mean") if across_ranks else loss.detach()
     if not torch.isfinite(mean_loss):
         raise NonFiniteLoss(f"loss became {mean_loss.item()} at step {step}; stopping before the update. "
                             "The last checkpoint is untouched.")
@@ -56,17 +58,19 @@ def _params(p: Params) -> Iterable[nn.Parameter]:
 
 
 def optimizer_step(accelerator, optimizer, objective: Objective, modules: Sequence[nn.Module], step: int,
-                   clip_grad: Optional[float] = None, clip: Optional[Mapping[str, Params]] = None) -> Dict[str, object]:
+                   clip_grad: Optional[float] = None, clip: Optional[Mapping[str, Params]] = None,
+                   across_ranks: bool = True) -> Dict[str, object]:
     """One micro-batch of `objective` (a callable returning `(loss, aux)`; `aux` holds extra loss terms
     and tensors the job monitors) -> `aux` plus `loss` (the cross-rank mean, a 0-d tensor) and, on update
     steps with clipping, `grad_norm_<name>` per entry of `clip` (each clipped to `clip_grad` on its own).
 
     `modules`: the prepared modules whose gradients accumulate (`accelerator.accumulate`).
+    `across_ranks`: see `check_finite`.
     """
     with accelerator.accumulate(*modules):
         with accelerator.autocast():
             loss, aux = objective()
-        mean_loss = check_finite(accelerator, loss, step)
+        mean_loss = check_finite(accelerator, loss, step, across_ranks)
         accelerator.backward(loss)
         out = dict(aux)
         out["loss"] = mean_loss
