@@ -19,8 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
-from timm.layers import Mlp, trunc_normal_
+from timm.layers import trunc_normal_
 
+from hjepa.blocks import MaskedBlock
+from hjepa.regularizers import sigreg, vicreg_terms
 from vjepa.models import VisionTransformer, gather_tokens
 from vjepa.pos_embed import sincos_1d
 
@@ -136,25 +138,6 @@ def encode_windows(encoder: VisionTransformer, windows: torch.Tensor, pool: str 
     return rearrange(z, "(b w) d -> b w d", b=B)
 
 
-class TemporalBlock(nn.Module):
-    """Pre-norm transformer block with an optional boolean attention mask `[B, 1, K, K]` (True = may attend)."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
-        super().__init__()
-        self.num_heads = num_heads
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
-
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        q, k, v = rearrange(self.qkv(self.norm1(x)), "b n (three h e) -> three b h n e", three=3, h=self.num_heads)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, heads, N, head_dim]
-        x = x + self.proj(rearrange(a, "b h n e -> b n (h e)"))
-        return x + self.mlp(self.norm2(x))
-
-
 def _init(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.Linear):
@@ -176,7 +159,7 @@ class TemporalEncoder(nn.Module):
         super().__init__()
         self.embed_dim, self.causal, self.use_pos = embed_dim, causal, use_pos
         self.input_proj = nn.Linear(in_dim, embed_dim)
-        self.blocks = nn.ModuleList(TemporalBlock(embed_dim, num_heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(MaskedBlock(embed_dim, num_heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         _init(self)
 
@@ -204,7 +187,7 @@ class TemporalPredictor(nn.Module):
         self.pred_embed_dim = pred_embed_dim
         self.embed = nn.Linear(embed_dim, pred_embed_dim)
         self.query = nn.Parameter(torch.zeros(1, 1, pred_embed_dim))
-        self.blocks = nn.ModuleList(TemporalBlock(pred_embed_dim, num_heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(MaskedBlock(pred_embed_dim, num_heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(pred_embed_dim, eps=1e-6)
         self.proj = nn.Linear(pred_embed_dim, embed_dim)
         _init(self)
@@ -271,33 +254,6 @@ def sample_level_masks(num_steps: int, batch: int, cfg: LevelConfig, g: torch.Ge
     keep = (ar < s) | (ar >= s + length)
     out = {"future": fut, "masked": (ar[keep], ar[~keep])}
     return {k: (a.to(device).expand(batch, -1), b.to(device).expand(batch, -1)) for k, (a, b) in out.items()}
-
-
-def vicreg_terms(z: torch.Tensor, var_target: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """VICReg on features `[N, D]`: (mean hinge relu(var_target - std per channel), off-diagonal covariance
-    squared / D)."""
-    z = z.float() - z.float().mean(0)
-    std = torch.sqrt(z.var(dim=0) + 1e-4)
-    var = F.relu(var_target - std).mean()
-    cov = (z.T @ z) / max(1, z.shape[0] - 1)  # [D, D]
-    off = cov - torch.diag(torch.diag(cov))
-    return var, off.pow(2).sum() / z.shape[1]
-
-
-def sigreg(z: torch.Tensor, num_slices: int, num_knots: int) -> torch.Tensor:
-    """SIGReg (LeJEPA): along random unit directions, the Epps-Pulley distance between the empirical
-    characteristic function of the 1-D projections and that of N(0, 1), averaged over directions.
-    Zero iff every projection is standard normal, i.e. features `[N, D]` are isotropic Gaussian. Unlike
-    LeJEPA we do not multiply by N, so the weight does not depend on the batch size."""
-    z = z.float()
-    a = torch.randn(z.shape[1], num_slices, device=z.device)
-    a = a / a.norm(dim=0, keepdim=True)
-    x = z @ a  # [N, M]
-    t = torch.linspace(-3.0, 3.0, num_knots, device=z.device)
-    xt = x.unsqueeze(-1) * t  # [N, M, T]
-    gauss = torch.exp(-0.5 * t**2)
-    err = (xt.cos().mean(0) - gauss).pow(2) + xt.sin().mean(0).pow(2)  # [M, T]
-    return torch.trapezoid(err * gauss, t, dim=-1).mean()
 
 
 def level_loss(level: Level, u: torch.Tensor, g: torch.Generator) -> Tuple[torch.Tensor, Dict[str, float], torch.Tensor]:
