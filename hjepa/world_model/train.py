@@ -54,8 +54,10 @@ class StageConfig:
 
 
 @dataclass
-class Level1Config:
-    """Args:
+class MacroModelConfig:
+    """The world model's level 1 (section `level1`): its macro-action model (not an H-JEPA level).
+
+    Args:
         enabled: train the level-1 (macro) model. stride: low-level steps per level-1 step.
         macro_dim: macro-action width. predictor: its predictor shape. stage: its optimisation.
         bank_size: training chunks whose macro codes form the planner's support bank.
@@ -90,7 +92,7 @@ class WorldModelConfig:
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     loss: LossWeights = field(default_factory=LossWeights)
     stage: StageConfig = field(default_factory=StageConfig)
-    level1: Level1Config = field(default_factory=Level1Config)
+    level1: MacroModelConfig = field(default_factory=MacroModelConfig)
     meta: WorldModelMetaConfig = field(default_factory=lambda: WorldModelMetaConfig(seed=0, dtype="float32"))
     logging: LoggingConfig = field(default_factory=lambda: LoggingConfig(write_tag="wm", log_every=50))
 
