@@ -147,8 +147,11 @@ def _run(*args):
 
 
 def test_exact_resume_in_a_new_process(tmp_path):
-    # 6 steps straight == 3 steps, then a new process resuming for 3 more: identical weights on CPU.
-    _run(f"logging.folder={tmp_path / 'straight'}")
+    # 6 steps straight (in this process) == 3 steps, then a new process resuming for 3 more: identical
+    # weights on CPU.
+    from train import main
+
+    assert main(["--config", str(TINY_PRETRAIN), f"logging.folder={tmp_path / 'straight'}"]) == 0
     _run(f"logging.folder={tmp_path / 'split'}", "meta.max_steps=3")
     _run(f"logging.folder={tmp_path / 'split'}", "meta.load_checkpoint=true")
     a, b = ckpt.load(tmp_path / "straight" / "jepa-latest.pt"), ckpt.load(tmp_path / "split" / "jepa-latest.pt")
