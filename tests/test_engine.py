@@ -226,3 +226,27 @@ def test_state_dict_keys_are_unchanged_and_old_checkpoints_load(tmp_path):
     cfg, wm2, _, bank = load_trained(tmp_path / "wm.pt")
     assert cfg.meta.save_every_steps == old_cfg["meta"]["save_every_freq"] and bank.shape == (4, 2)
     assert all(torch.equal(a, b) for a, b in zip(wm2.state_dict().values(), wm.state_dict().values()))
+
+
+def test_imports_point_down():
+    """data <- vjepa.engine <- vjepa (jobs) <- hjepa: no module imports a layer above its own, and the
+    engine imports no job."""
+    import ast
+
+    layer = {"data": 0, "vjepa.engine": 1, "vjepa": 2, "hjepa": 3}
+
+    def level(module: str) -> int:
+        for prefix in ("vjepa.engine", "data", "vjepa", "hjepa"):
+            if module == prefix or module.startswith(prefix + "."):
+                return layer[prefix]
+        return -1  # third-party or standard library
+
+    bad = []
+    for path in sorted((ROOT / "data").rglob("*.py")) + sorted((ROOT / "vjepa").rglob("*.py")) + \
+            sorted((ROOT / "hjepa").rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            bad += [f"{module} -> {n}" for n in names if level(n) > level(module)]
+    assert not bad, bad
