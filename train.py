@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from vjepa.config import ConfigError, load_config, read_yaml
+from vjepa.engine.config import ConfigError, load_config, read_yaml
 
 logger = logging.getLogger("train")
 
@@ -29,8 +29,8 @@ TASKS = {
     "probe": ("vjepa.probe_train", "ProbeConfig", "train"),
     "hjepa": ("hjepa.train", "HJEPAConfig", "train"),
     "horizon_study": ("hjepa.study", "HorizonStudyConfig", "run"),
-    "worldmodel": ("hjepa.wm_train", "WorldModelConfig", "train"),
-    "plan": ("hjepa.plan_eval", "PlanConfig", "run"),
+    "worldmodel": ("hjepa.world_model.train", "WorldModelConfig", "train"),
+    "plan": ("hjepa.world_model.evaluate", "PlanConfig", "run"),
 }
 
 
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optimization.lr=3e-4")
     args = parser.parse_args(argv)
 
-    from vjepa.runtime import setup_logging
+    from vjepa.engine.runtime import setup_logging
 
     setup_logging(int(os.environ.get("RANK", "0")) == 0)
     try:

@@ -22,7 +22,8 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]
 
 from data.collate import MaskCollator  # noqa: E402
 from vjepa.models import ModelConfig  # noqa: E402
-from vjepa.pretrain import LossConfig, PretrainConfig, build_models, jepa_loss  # noqa: E402
+from vjepa.objective import LossConfig, jepa_loss  # noqa: E402
+from vjepa.pretrain import PretrainConfig, build_models  # noqa: E402
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -21,12 +21,15 @@ import torch
 
 
 def run_one(size: str, batch: int, frames: int, crop: int, steps: int, warmup: int) -> dict:
+    from functools import partial
+
     from torch.utils.flop_counter import FlopCounterMode
 
     from data.collate import MaskCollator
+    from vjepa.engine.optim import ema_update, optimizer_step, param_groups
+    from vjepa.engine.runtime import make_accelerator
     from vjepa.models import ModelConfig
-    from vjepa.pretrain import LossConfig, PretrainConfig, build_models, ema_update, param_groups, train_step
-    from vjepa.runtime import make_accelerator
+    from vjepa.pretrain import LossConfig, PretrainConfig, build_models, objective
 
     cfg = PretrainConfig()
     cfg.model = ModelConfig(model_name=size)
@@ -46,7 +49,8 @@ def run_one(size: str, batch: int, frames: int, crop: int, steps: int, warmup: i
     cuda = accelerator.device.type == "cuda"
 
     def step():
-        train_step(accelerator, encoder, predictor, target, optimizer, batch_data, LossConfig(), 10.0, 0)
+        optimizer_step(accelerator, optimizer, partial(objective, encoder, predictor, target, batch_data, LossConfig()),
+                       (encoder, predictor), 0, 10.0, {"enc": encoder, "pred": predictor})
         ema_update(target, accelerator.unwrap_model(encoder), 0.999)
 
     for _ in range(warmup):

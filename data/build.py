@@ -6,7 +6,7 @@ from functools import partial
 from torch.utils.data import Dataset
 
 from data.config import DataAugConfig, DataConfig
-from data.synthetic import MotionVideos
+from data.generated.synthetic import MotionVideos
 from data.transforms import to_float_clip
 
 

@@ -1,6 +1,6 @@
 """Batch collation with mask generation, run inside DataLoader workers.
 
-Every random draw is seeded from values the sampler attaches to each sample (see `data.loader`):
+Every random draw is seeded from values the sampler attaches to each sample (see `vjepa.engine.sampling`):
 the block size of a mask config from (seed, step, config) and each clip's block positions and
 truncation from that sample's own seed. Masks are therefore the same after a resume and do not
 depend on the number of workers or ranks.
@@ -9,15 +9,10 @@ from __future__ import annotations
 
 from typing import Dict, List, Sequence, Tuple
 
-import numpy as np
 import torch
 
 from data.masks import MaskConfig, build_mask_generator
-
-
-def derive_seed(*values: int) -> int:
-    """A 63-bit seed from a tuple of ints (stable across processes and Python versions)."""
-    return int(np.random.SeedSequence([int(v) & 0xFFFFFFFFFFFFFFFF for v in values]).generate_state(2, np.uint64)[0] >> 1)
+from data.seeding import derive_seed
 
 
 def _generator(*values: int) -> torch.Generator:

@@ -372,7 +372,7 @@ def load_image(path: str) -> torch.Tensor:
 
 def build_video_dataset(data: DataConfig, aug: DataAugConfig, train: bool) -> Dataset:
     """The dataset `data` describes (`data.datasets` must be non-empty; the generated motion videos live in
-    data/synthetic.py). train=True: random clips and train augmentation; False: uniform clips, eval
+    data/generated/synthetic.py). train=True: random clips and train augmentation; False: uniform clips, eval
     crops (`data.num_views` views)."""
     if not data.datasets:
         raise ValueError("data.datasets is empty: give CSV files or folders (or use the synthetic data)")

@@ -19,10 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
-from timm.layers import Mlp, trunc_normal_
+from timm.layers import trunc_normal_
 
+from hjepa.blocks import MaskedBlock
 from vjepa.models import VisionTransformer, gather_tokens
-from vjepa.monitor import feature_std, rankme
 from vjepa.pos_embed import sincos_1d
 from vjepa.regularizers import sigreg, vicreg_terms
 
@@ -138,25 +138,6 @@ def encode_windows(encoder: VisionTransformer, windows: torch.Tensor, pool: str 
     return rearrange(z, "(b w) d -> b w d", b=B)
 
 
-class TemporalBlock(nn.Module):
-    """Pre-norm transformer block with an optional boolean attention mask `[B, 1, K, K]` (True = may attend)."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
-        super().__init__()
-        self.num_heads = num_heads
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
-
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        q, k, v = rearrange(self.qkv(self.norm1(x)), "b n (three h e) -> three b h n e", three=3, h=self.num_heads)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, heads, N, head_dim]
-        x = x + self.proj(rearrange(a, "b h n e -> b n (h e)"))
-        return x + self.mlp(self.norm2(x))
-
-
 def _init(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.Linear):
@@ -178,7 +159,7 @@ class TemporalEncoder(nn.Module):
         super().__init__()
         self.embed_dim, self.causal, self.use_pos = embed_dim, causal, use_pos
         self.input_proj = nn.Linear(in_dim, embed_dim)
-        self.blocks = nn.ModuleList(TemporalBlock(embed_dim, num_heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(MaskedBlock(embed_dim, num_heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         _init(self)
 
@@ -206,7 +187,7 @@ class TemporalPredictor(nn.Module):
         self.pred_embed_dim = pred_embed_dim
         self.embed = nn.Linear(embed_dim, pred_embed_dim)
         self.query = nn.Parameter(torch.zeros(1, 1, pred_embed_dim))
-        self.blocks = nn.ModuleList(TemporalBlock(pred_embed_dim, num_heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(MaskedBlock(pred_embed_dim, num_heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(pred_embed_dim, eps=1e-6)
         self.proj = nn.Linear(pred_embed_dim, embed_dim)
         _init(self)
@@ -303,15 +284,3 @@ def level_loss(level: Level, u: torch.Tensor, g: torch.Generator) -> Tuple[torch
         loss = loss + cfg.sigreg_coeff * sr
         metrics["sigreg"] = sr.item()
     return loss, metrics, h
-
-
-def monitor(h: torch.Tensor, name: str, floor: float, step: int, with_rank: bool = True) -> Dict[str, float]:
-    """Per-level collapse monitors on features `[B, S, D]`: std across steps (and effective rank), with a
-    warning when the std falls below `floor`."""
-    out = {"feature_std": feature_std(h)}
-    if with_rank:
-        out["rankme"] = rankme(h)
-    if out["feature_std"] < floor:
-        logger.warning("step %d: %s feature std %.4f is below %.3f: the level may be collapsing", step, name,
-                       out["feature_std"], floor)
-    return out

@@ -34,15 +34,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from data.long_videos import LongVideos
+from data.generated.long_videos import LongVideos
 from data.transforms import to_float_clip
 from hjepa.levels import LevelConfig, TemporalEncoder
-from hjepa.train import HJEPA, HJEPAConfig, build, encode_videos, spans
+from hjepa.model import HJEPA, HJEPAConfig, build, encode_videos, spans
 from hjepa.train import train as train_hjepa
-from vjepa import checkpoint as ckpt
-from vjepa.config import to_yaml
-from vjepa.pretrain import LoggingConfig, MetaConfig, OptimizationConfig
-from vjepa.runtime import make_accelerator, resolve_run_dir
+from vjepa.engine import checkpoint as ckpt
+from vjepa.engine.config import to_yaml
+from vjepa.engine.sections import EpochMetaConfig, LoggingConfig, OptimizationConfig
+from vjepa.engine.runtime import make_accelerator, resolve_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +51,8 @@ def _study_stack() -> HJEPAConfig:
     return HJEPAConfig(
         mode="stagewise",
         levels=[LevelConfig(stride=2, pool="concat", max_future=8), LevelConfig(stride=2, pool="concat", max_future=4)],
-        optimization=OptimizationConfig(ipe=100, epochs=2, warmup=0.5, start_lr=2e-4, lr=1e-3, final_lr=1e-5,
-                                        ema=[0.99, 1.0]),
-        meta=MetaConfig(seed=0, dtype="bfloat16", save_every_freq=1),
+        optimization=OptimizationConfig(ipe=100, epochs=2, warmup=0.5, start_lr=2e-4, lr=1e-3, final_lr=1e-5),
+        meta=EpochMetaConfig(seed=0, dtype="bfloat16", save_every_freq=1),
         logging=LoggingConfig(write_tag="hjepa", log_every=20, rankme_every=100, progress_bar=False))
 
 

@@ -3,7 +3,7 @@ import pytest
 from conftest import ROOT, TINY_PRETRAIN
 from data.masks import MaskConfig
 from train import main, pick_task
-from vjepa.config import ConfigError, load_config, read_yaml
+from vjepa.engine.config import ConfigError, load_config, read_yaml
 from vjepa.pretrain import PretrainConfig
 
 

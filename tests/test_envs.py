@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from data.envs import (EnvConfig, PointMassEnv, distance_field, expert_actions, geodesic_distance, is_wall,
+from data.generated.envs import (EnvConfig, PointMassEnv, distance_field, expert_actions, geodesic_distance, is_wall,
                        make_layout, render, step_positions)
-from data.trajectories import TrajectoryConfig, TrajectoryWindows, generate, load_or_generate
+from data.generated.trajectories import TrajectoryConfig, TrajectoryWindows, generate, load_or_generate
 
 
 def two_rooms(seed=0):

@@ -8,13 +8,14 @@ import torch
 
 import hjepa.train as ht
 from data.masks import MaskConfig
-from hjepa.levels import Level, LevelConfig, level_loss, monitor, pool_steps
+from hjepa.levels import Level, LevelConfig, level_loss, pool_steps
 from hjepa.study import HorizonStudyConfig, bayes_ceiling
-from hjepa.train import HJEPA, HJEPAConfig, build, check_config, plan_stages, set_trainable, spans
-from vjepa import checkpoint as ckpt
-from vjepa.config import ConfigError, load_config
-from vjepa.monitor import feature_std
-from vjepa.pretrain import ema_update
+from hjepa.model import HJEPA, HJEPAConfig, build, check_config, plan_stages, spans
+from hjepa.train import set_trainable
+from vjepa.engine import checkpoint as ckpt
+from vjepa.engine.config import ConfigError, load_config
+from vjepa.engine.monitor import feature_std, monitor
+from vjepa.engine.optim import ema_update
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "hjepa"
 
@@ -146,7 +147,7 @@ def test_regulariser_keeps_std_above_floor_where_ema_only_collapses(caplog):
     assert collapsed < floor
     for reg in ("vicreg", "sigreg"):
         assert _toy_collapse(reg) > 2 * floor, reg
-    with caplog.at_level(logging.WARNING, logger="hjepa.levels"):
+    with caplog.at_level(logging.WARNING, logger="vjepa.engine.monitor"):
         monitor(torch.zeros(2, 4, 8) + torch.randn(1, 1, 8), "level 1", floor, step=7)
     assert "level 1 feature std" in caplog.text and "collapsing" in caplog.text
 
@@ -217,17 +218,17 @@ def test_resume_is_exact(tmp_path, monkeypatch):
     ref = ckpt.load(tmp_path / "full" / "hjepa-latest.pt")
 
     cut = _resume_cfg(tmp_path / "cut")
-    save = ht._save
+    save = ht.save_checkpoint
 
-    def save_then_crash(accelerator, path, model, optimizer, step, stage, cfg):
-        save(accelerator, path, model, optimizer, step, stage, cfg)
-        if step == 6:  # mid stage 2 (each stage is 4 steps; checkpoints every 2)
+    def save_then_crash(accelerator, path, state, **kw):
+        save(accelerator, path, state, **kw)
+        if kw["step"] == 6:  # mid stage 2 (each stage is 4 steps; checkpoints every 2)
             raise _Crash()
 
-    monkeypatch.setattr(ht, "_save", save_then_crash)
+    monkeypatch.setattr(ht, "save_checkpoint", save_then_crash)
     with pytest.raises(_Crash):
         ht.train(cut)
-    monkeypatch.setattr(ht, "_save", save)
+    monkeypatch.setattr(ht, "save_checkpoint", save)
     with pytest.raises(FileExistsError):
         ht.train(cut)  # a fresh run must not overwrite a checkpoint
     ht.train(replace(cut, meta=replace(cut.meta, load_checkpoint=True)))
@@ -240,7 +241,7 @@ def test_resume_is_exact(tmp_path, monkeypatch):
 
 
 def test_bayes_ceiling_matches_markov_chain():
-    from data.long_videos import LongVideos
+    from data.generated.long_videos import LongVideos
 
     cfg = HorizonStudyConfig()
     videos = LongVideos(replace(cfg.hjepa.data, num_videos=1))

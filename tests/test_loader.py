@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from data.collate import collate_samples
-from data.loader import ResumableBatchSampler, SeededDataset, build_loader
+from vjepa.engine.sampling import ResumableBatchSampler, SeededDataset, build_loader
 
 
 class RandomItems(torch.utils.data.Dataset):

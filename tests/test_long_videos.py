@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from data.long_videos import LongVideoConfig, LongVideos, LongVideoWindows, action_table, sample_labels
-from data.synthetic import DIRECTIONS
+from data.generated.long_videos import LongVideoConfig, LongVideos, LongVideoWindows, action_table, sample_labels
+from data.generated.synthetic import DIRECTIONS
 from data.transforms import to_float_clip
 
 SMALL = LongVideoConfig(num_videos=6, num_windows=8, window_frames=4, size=16, num_actions=4, action_len=4)
@@ -98,6 +98,6 @@ def test_bad_config_is_an_error():
 
 
 def test_data_does_not_import_models():
-    code = ("import sys, data.long_videos; bad = [m for m in sys.modules if m.split('.')[0] in ('vjepa', 'hjepa')]; "
+    code = ("import sys, data.generated.long_videos; bad = [m for m in sys.modules if m.split('.')[0] in ('vjepa', 'hjepa')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -6,8 +6,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from data.datasets import read_csv_list
-from data.motion_benchmark import MotionBenchmarkConfig, motion_split, shuffle_frames, single_frame, write_benchmark
-from data.synthetic import MotionVideos
+from data.generated.motion_benchmark import MotionBenchmarkConfig, motion_split, shuffle_frames, single_frame, write_benchmark
+from data.generated.synthetic import MotionVideos
 from data.video import open_video
 
 

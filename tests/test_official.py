@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vjepa.checkpoint import CheckpointMismatch
+from vjepa.engine.checkpoint import CheckpointMismatch
 from vjepa.models import VisionTransformer
 from vjepa.official import load_encoder, random_encoder_like, strip_prefixes
 from vjepa.pos_embed import sincos_3d

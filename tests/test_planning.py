@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from data.envs import EnvConfig, make_layout, step_positions
-from hjepa.plan_eval import TaskConfig, make_tasks, run_episodes
-from hjepa.planning import (FlatPlanner, HierarchicalConfig, HierarchicalPlanner, PlannerConfig, optimize,
+from data.generated.envs import EnvConfig, make_layout, step_positions
+from hjepa.world_model.evaluate import TaskConfig, make_tasks, run_episodes
+from hjepa.world_model.planning import (FlatPlanner, HierarchicalConfig, HierarchicalPlanner, PlannerConfig, optimize,
                             snap_to_bank)
 
 

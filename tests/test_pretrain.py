@@ -7,10 +7,12 @@ import torch
 from conftest import ROOT, TINY_PRETRAIN
 from data.collate import MaskCollator
 from data.masks import short_range_mask
-from vjepa import checkpoint as ckpt
-from vjepa.config import load_config
-from vjepa.pretrain import LossConfig, NonFiniteLoss, PretrainConfig, build_models, ema_update, jepa_loss, param_groups, train
-from vjepa.schedules import cosine_at, linear_at, lr_at
+from vjepa.engine import checkpoint as ckpt
+from vjepa.engine.config import load_config
+from vjepa.engine.optim import NonFiniteLoss, ema_update, param_groups
+from vjepa.objective import LossConfig, jepa_loss
+from vjepa.pretrain import PretrainConfig, build_models, train
+from vjepa.engine.schedules import cosine_at, linear_at, lr_at
 
 
 def tiny_cfg(tmp_path, *overrides):
@@ -145,8 +147,11 @@ def _run(*args):
 
 
 def test_exact_resume_in_a_new_process(tmp_path):
-    # 6 steps straight == 3 steps, then a new process resuming for 3 more: identical weights on CPU.
-    _run(f"logging.folder={tmp_path / 'straight'}")
+    # 6 steps straight (in this process) == 3 steps, then a new process resuming for 3 more: identical
+    # weights on CPU.
+    from train import main
+
+    assert main(["--config", str(TINY_PRETRAIN), f"logging.folder={tmp_path / 'straight'}"]) == 0
     _run(f"logging.folder={tmp_path / 'split'}", "meta.max_steps=3")
     _run(f"logging.folder={tmp_path / 'split'}", "meta.load_checkpoint=true")
     a, b = ckpt.load(tmp_path / "straight" / "jepa-latest.pt"), ckpt.load(tmp_path / "split" / "jepa-latest.pt")
@@ -160,7 +165,7 @@ def test_exact_resume_in_a_new_process(tmp_path):
 
 
 def test_metric_log_widens_for_late_metrics(tmp_path):
-    from vjepa.runtime import MetricLog
+    from vjepa.engine.runtime import MetricLog
 
     log = MetricLog(tmp_path, tensorboard=False)
     log.log(1, {"loss": 1.0})

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vjepa import checkpoint as ckpt
+from vjepa.engine import checkpoint as ckpt
+from vjepa.engine.runtime import make_accelerator
 from vjepa import probe_train
 from vjepa.models import VisionTransformer
 from vjepa.probe import (
@@ -101,7 +102,7 @@ def test_probe_grid_keeps_probes_independent():
     torch.manual_seed(0)
     probes = [LinearClassifier(8, 3) for _ in points]
     before = [p.linear.weight.detach().clone() for p in probes]
-    grid = ProbeGrid(probes, points, o, steps_per_epoch=5)
+    grid = ProbeGrid(probes, points, o, steps_per_epoch=5, accelerator=make_accelerator("float32"))
     x, y = torch.randn(8, 1, 4, 8), torch.arange(8) % 3
     for step in range(5):
         grid.train_step(x, y, step)
@@ -226,7 +227,7 @@ def test_reference_eval_yaml_loads_unchanged(tmp_path):
     import yaml
 
     import train as entry
-    from vjepa.config import load_config
+    from vjepa.engine.config import load_config
 
     raw = yaml.safe_load(REFERENCE_K400)
     assert entry.pick_task(raw, []) == "probe"

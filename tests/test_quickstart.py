@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from vjepa.config import load_config
+from vjepa.engine.config import load_config
 from vjepa.quickstart import QuickstartConfig, probe_config, run
 
 TINY = [

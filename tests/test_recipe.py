@@ -8,7 +8,8 @@ from data.masks import MaskConfig, MultiBlockMask, short_range_mask
 from tests.test_pretrain import tiny_batch, tiny_cfg
 from vjepa.knn_monitor import ridge_top1
 from vjepa.models import gather_tokens
-from vjepa.pretrain import LossConfig, build_models, jepa_loss, jepa_targets
+from vjepa.objective import LossConfig, jepa_loss, jepa_targets
+from vjepa.pretrain import build_models
 from vjepa.readouts import few_shot_subset
 from vjepa.regularizers import sigreg, vicreg_terms
 
@@ -94,7 +95,8 @@ def test_pad_to_longest_keeps_every_sample_full_context_and_target():
     trunc = MaskCollator([MaskConfig(num_blocks=8, spatial_scale=[0.15, 0.15])], GRID, seed=0)
     padded = MaskCollator([cfg], GRID, seed=0)
     gen = MultiBlockMask(cfg, GRID)
-    from data.collate import _generator, derive_seed
+    from data.collate import _generator
+    from data.seeding import derive_seed
     for step in range(5):
         b = padded(_samples(8, step))
         t = trunc(_samples(8, step))
@@ -187,7 +189,7 @@ def test_ridge_readout_separates_linear_classes_and_not_noise():
 
 
 def test_pretraining_variety_is_off_by_default_and_leaves_the_labelled_motion_alone():
-    from data.synthetic import MotionVideos
+    from data.generated.synthetic import MotionVideos
 
     plain = MotionVideos(4, 8, 32, seed=3)
     busy = MotionVideos(4, 8, 32, seed=3, extra_objects=2)

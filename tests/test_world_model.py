@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from data.trajectories import TrajectoryConfig, TrajectoryWindows, generate
-from hjepa.world_model import (ACPredictor, EncoderConfig, LossWeights, MacroWorldModel, PredictorConfig,
+from data.generated.trajectories import TrajectoryConfig, TrajectoryWindows, generate
+from hjepa.world_model.model import (ACPredictor, EncoderConfig, LossWeights, MacroWorldModel, PredictorConfig,
                                WorldModel, block_causal_mask)
 from vjepa.models import ModelConfig
 
@@ -111,8 +111,8 @@ def test_macro_world_model_loss_and_bounds():
 
 @pytest.mark.parametrize("kill_level", [0, 1])
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch, kill_level):
-    from hjepa import wm_train
-    from vjepa.config import load_config
+    from hjepa.world_model import train as wm_train
+    from vjepa.engine.config import load_config
 
     def cfg_for(folder, resume=False):
         return load_config(wm_train.WorldModelConfig, overrides=[
@@ -120,21 +120,21 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch,
             "predictor.dim=16", "predictor.depth=1", "stage.steps=6", "stage.batch_size=8", "stage.window=3",
             "stage.warmup=1", "level1.stride=2", "level1.predictor.dim=16", "level1.predictor.depth=1",
             "level1.stage.steps=6", "level1.stage.batch_size=8", "level1.stage.window=3", "level1.stage.warmup=1",
-            "level1.bank_size=16", "meta.save_every_freq=3", "logging.progress_bar=false",
+            "level1.bank_size=16", "meta.save_every_steps=3", "logging.progress_bar=false",
             "logging.tensorboard=false", f"logging.folder={folder}", f"meta.load_checkpoint={str(resume).lower()}"])
 
     wm_train.train(cfg_for(tmp_path / "whole"))
-    real_batch = wm_train._batch
+    real_save = wm_train.save
 
-    def dying_batch(windows, batch_size, seed, level, step, device):
-        if level == kill_level and step == 4:  # after the checkpoint at step 3
+    def save_then_die(accelerator, path, wm, macro, opt0, opt1, steps, data, cfg):
+        real_save(accelerator, path, wm, macro, opt0, opt1, steps, data, cfg)
+        if steps[kill_level] == 3:  # killed right after the checkpoint at step 3 of that level
             raise KeyboardInterrupt("killed")
-        return real_batch(windows, batch_size, seed, level, step, device)
 
-    monkeypatch.setattr(wm_train, "_batch", dying_batch)
+    monkeypatch.setattr(wm_train, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         wm_train.train(cfg_for(tmp_path / "killed"))
-    monkeypatch.setattr(wm_train, "_batch", real_batch)
+    monkeypatch.setattr(wm_train, "save", real_save)
     wm_train.train(cfg_for(tmp_path / "killed", resume=True))
 
     whole = torch.load(tmp_path / "whole" / "wm-latest.pt", weights_only=True)

@@ -19,7 +19,7 @@ from typing import Dict, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from data.motion_benchmark import IMAGENET_MEAN, IMAGENET_STD, MotionBenchmarkConfig, motion_split
+from data.generated.motion_benchmark import IMAGENET_MEAN, IMAGENET_STD, MotionBenchmarkConfig, motion_split
 from data.transforms import to_float_clip
 from vjepa.probe import knn_predict
 

@@ -25,7 +25,7 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
-from vjepa import checkpoint as ckpt
+from vjepa.engine import checkpoint as ckpt
 from vjepa.models import VIT_SIZES, VisionTransformer
 
 logger = logging.getLogger(__name__)

@@ -10,115 +10,56 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import List, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from data.build import build_dataset
 from data.collate import MaskCollator
 from data.config import DataAugConfig, DataConfig
-from data.loader import build_loader
 from data.masks import MaskConfig, long_range_mask, short_range_mask
-from vjepa import checkpoint as ckpt
-from vjepa.config import to_dict, to_yaml
-from vjepa.models import ModelConfig, build_encoder, build_predictor, gather_tokens
-from vjepa.monitor import feature_std, rankme
-from vjepa.regularizers import sigreg, vicreg_terms
-from vjepa.runtime import MetricLog, checkpoint_paths, make_accelerator, resolve_run_dir
-from vjepa.schedules import cosine_at, linear_at, lr_at, set_lr_wd
+from vjepa.engine import checkpoint as ckpt
+from vjepa.engine.checkpoint import save_checkpoint
+from vjepa.engine.config import to_dict, to_yaml
+from vjepa.engine.monitor import feature_std, rankme
+from vjepa.engine.optim import ema_update, optimizer_step, param_groups
+from vjepa.engine.runtime import MetricLog, checkpoint_paths, make_accelerator, resolve_run_dir
+from vjepa.engine.sampling import build_loader
+from vjepa.engine.schedules import cosine_at, linear_at, lr_at, set_lr_wd
+from vjepa.engine.sections import EpochMetaConfig, LoggingConfig, OptimizationConfig, check_logging
+from vjepa.models import ModelConfig, build_encoder, build_predictor
+from vjepa.objective import LossConfig, jepa_loss
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class OptimizationConfig:
-    """Reference `optimization:` section. An "epoch" is `ipe` optimizer steps, as in the reference.
+class PretrainOptimizationConfig(OptimizationConfig):
+    """The shared `optimization:` section (vjepa/engine/sections.py) plus ema: the EMA momentum of the
+    target encoder goes linearly from ema[0] to ema[1]. clip_grad applies to encoder and predictor each."""
 
-    Args:
-        ipe / epochs: the run lasts epochs x ipe optimizer steps. warmup: LR warmup, in epochs.
-        ipe_scale: schedules (cosine LR/WD, EMA) span ipe_scale x the run, so they end short of final values.
-        ema: EMA momentum goes linearly from ema[0] to ema[1].
-        clip_grad: max grad norm for encoder and predictor each (None = no clipping).
-        grad_accum_steps: micro-batches per optimizer step.
-    """
-
-    ipe: int = 300
-    ipe_scale: float = 1.25
-    epochs: int = 300
-    warmup: float = 40
-    start_lr: float = 2e-4
-    lr: float = 6.25e-4
-    final_lr: float = 1e-6
-    weight_decay: float = 0.04
-    final_weight_decay: float = 0.4
-    clip_grad: Optional[float] = 10.0
     ema: List[float] = field(default_factory=lambda: [0.998, 1.0])
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    grad_accum_steps: int = 1
 
 
 @dataclass
-class LossConfig:
-    """The JEPA objective. Every term beyond the reference's is off by default.
+class PretrainMetaConfig(EpochMetaConfig):
+    """The shared `meta:` section plus eval_freq: the k-NN monitor's period in steps (`logging.knn_monitor`)."""
 
-    Args:
-        loss_exp: p of mean |pred - target|^p / p (1 = L1 as V-JEPA, 2 = L2).
-        reg_coeff: weight of the reference's variance hinge mean(relu(1 - std(pred))) (0 = off).
-        target_layers: targets are the average of the last k target-encoder blocks, each layer-normed
-            (data2vec); 1 = the final output, as V-JEPA.
-        vicreg_var / vicreg_cov: VICReg variance hinge (std target 1) / covariance weights on the context
-            encoder's output tokens (all tokens of the batch as rows).
-        sigreg_coeff: SIGReg weight on the same tokens (LeJEPA). sigreg_slices: random projections.
-    """
-
-    loss_exp: float = 1.0
-    reg_coeff: float = 0.0
-    target_layers: int = 1
-    vicreg_var: float = 0.0
-    vicreg_cov: float = 0.0
-    sigreg_coeff: float = 0.0
-    sigreg_slices: int = 256
-
-
-@dataclass
-class MetaConfig:
-    """seed: init, data order and masks. dtype: autocast precision on GPU (CPU runs fp32).
-    load_checkpoint: resume from the run folder's latest checkpoint. read_checkpoint: resume from this file.
-    save_every_freq: checkpoint every this many epochs (and at the end). eval_freq: reference key, kept
-    for monitoring jobs. max_steps: stop (with a checkpoint) after this many steps, schedules unchanged,
-    e.g. to fit a cluster's time limit and resume later."""
-
-    seed: int = 234
-    dtype: str = "bfloat16"
-    load_checkpoint: bool = False
-    read_checkpoint: Optional[str] = None
-    save_every_freq: int = 25
     eval_freq: int = 100
-    max_steps: Optional[int] = None
 
 
 @dataclass
-class LoggingConfig:
-    """folder: run folder (None = runs/<task>-<time>). write_tag: checkpoint file prefix.
-    log_every: metrics every this many steps (>= 1). rankme_every: RankMe every this many steps (0: never).
-    collapse_std_floor: warn when the target features' std across tokens falls below it.
-    knn_monitor: quality monitor: before the first step and every `meta.eval_freq` steps, log the EMA
-    target's k-NN top-1 and ridge linear-readout top-1 (`knn_top1`, `linear_top1`) on small held-out
-    labelled sets (vjepa/knn_monitor.py): `monitor_train` / `monitor_val` lists (`path label`) when given,
-    else the built-in motion benchmark at the pretraining clip geometry. `monitor_max_clips` caps each list."""
+class PretrainLoggingConfig(LoggingConfig):
+    """The shared `logging:` section plus the quality monitor. knn_monitor: before the first step and every
+    `meta.eval_freq` steps, log the EMA target's k-NN top-1 and ridge linear-readout top-1 (`knn_top1`,
+    `linear_top1`) on small held-out labelled sets (vjepa/knn_monitor.py): the `monitor_train` /
+    `monitor_val` lists (`path label`) when given, else the built-in motion benchmark at the pretraining
+    clip geometry. monitor_max_clips: videos used from each list."""
 
-    folder: Optional[str] = None
-    write_tag: str = "jepa"
-    log_every: int = 10
-    rankme_every: int = 50
-    collapse_std_floor: float = 0.05
-    tensorboard: bool = True
-    progress_bar: bool = True
     knn_monitor: bool = False
     monitor_train: Optional[str] = None
     monitor_val: Optional[str] = None
@@ -132,105 +73,17 @@ class PretrainConfig:
     data_aug: DataAugConfig = field(default_factory=DataAugConfig)
     mask: List[MaskConfig] = field(default_factory=lambda: [short_range_mask(), long_range_mask()])
     model: ModelConfig = field(default_factory=ModelConfig)
-    optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
+    optimization: PretrainOptimizationConfig = field(default_factory=PretrainOptimizationConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    meta: MetaConfig = field(default_factory=MetaConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    meta: PretrainMetaConfig = field(default_factory=PretrainMetaConfig)
+    logging: PretrainLoggingConfig = field(default_factory=PretrainLoggingConfig)
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
-def param_groups(*modules: nn.Module) -> list:
-    """Weight decay on matrices only; biases and norm parameters (1-D) are exempt, as the reference."""
-    decay, no_decay = [], []
-    for module in modules:
-        for name, p in module.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "wd_exclude": True}]
-
-
-@torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, m: float) -> None:
-    """target <- m * target + (1 - m) * online, parameter by parameter."""
-    t = list(target.parameters())
-    o = [p.detach() for p in online.parameters()]
-    torch._foreach_mul_(t, m)
-    torch._foreach_add_(t, o, alpha=1.0 - m)
-
-
-def jepa_targets(target: nn.Module, clip: torch.Tensor, layers: int = 1) -> torch.Tensor:
-    """Layer-normed target features `[B, N, D]` of the full clip (no gradient): the final output, or the
-    average of the last `layers` blocks, each layer-normed first (data2vec)."""
-    with torch.no_grad():
-        if layers == 1:
-            h = target(clip)
-        else:
-            h = torch.stack([F.layer_norm(x, (x.shape[-1],)) for x in target.last_layers(clip, layers)]).mean(0)
-        return F.layer_norm(h, (h.shape[-1],))
-
-
-def _masked_mean(x: torch.Tensor, valid) -> torch.Tensor:
-    """Mean of `[B, K, D]` over real tokens (`valid` `[B, K]` bool, None = all)."""
-    if valid is None:
-        return x.mean()
-    w = valid.unsqueeze(-1).to(x.dtype)
-    return (x * w).sum() / (w.sum() * x.shape[-1])
-
-
-def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch: dict, loss_cfg: LossConfig):
-    """Returns (loss, layer-normed target features `[B, N, D]`, extra metrics)."""
-    clip, masks_ctx, masks_tgt = batch["clip"], batch["masks_ctx"], batch["masks_tgt"]
-    valid_ctx = batch.get("valid_ctx") or [None] * len(masks_ctx)
-    valid_tgt = batch.get("valid_tgt") or [None] * len(masks_tgt)
-    h = jepa_targets(target, clip, loss_cfg.target_layers)
-    z = encoder(clip, masks_ctx, valid_ctx)  # list over mask configs of [B, K_ctx, D]
-    preds = predictor(z, masks_ctx, masks_tgt, valid_ctx=valid_ctx, valid_tgt=valid_tgt)  # list of [B, K_tgt, D]
-    p = loss_cfg.loss_exp
-    loss = sum(
-        _masked_mean((pr.float() - gather_tokens(h, m).float()).abs().pow(p), v) / p
-        for pr, m, v in zip(preds, masks_tgt, valid_tgt)
-    ) / len(preds)
-    extra = {}
-    if loss_cfg.reg_coeff > 0:
-        std = torch.stack([torch.sqrt(pr.float().var(dim=1) + 1e-4).mean() for pr in preds]).mean()
-        loss = loss + loss_cfg.reg_coeff * F.relu(1.0 - std)
-    if loss_cfg.vicreg_var > 0 or loss_cfg.vicreg_cov > 0 or loss_cfg.sigreg_coeff > 0:
-        # Rows: every real context token of the batch, over all mask configs.
-        tokens = torch.cat([zi.reshape(-1, zi.shape[-1]) if v is None else zi[v] for zi, v in zip(z, valid_ctx)])
-        if loss_cfg.vicreg_var > 0 or loss_cfg.vicreg_cov > 0:
-            var, cov = vicreg_terms(tokens)
-            loss = loss + loss_cfg.vicreg_var * var + loss_cfg.vicreg_cov * cov
-            extra.update(vicreg_var=var.detach(), vicreg_cov=cov.detach())
-        if loss_cfg.sigreg_coeff > 0:
-            sr = sigreg(tokens, loss_cfg.sigreg_slices)
-            loss = loss + loss_cfg.sigreg_coeff * sr
-            extra["sigreg"] = sr.detach()
-    return loss, h, extra
-
-
-def train_step(accelerator, encoder, predictor, target, optimizer, batch, loss_cfg: LossConfig,
-               clip_grad: Optional[float], step: int) -> dict:
-    """One micro-batch: forward, NaN check (all ranks agree), backward, and on the last micro-batch of an
-    accumulation window grad clipping and the optimizer step."""
-    with accelerator.accumulate(encoder, predictor):
-        with accelerator.autocast():
-            loss, h, extra = jepa_loss(encoder, predictor, target, batch, loss_cfg)
-        mean_loss = accelerator.reduce(loss.detach(), reduction="mean")
-        if not torch.isfinite(mean_loss):
-            raise NonFiniteLoss(f"loss became {mean_loss.item()} at step {step}; stopping before the update. "
-                                "The last checkpoint is untouched.")
-        accelerator.backward(loss)
-        out = {"loss": mean_loss.item(), **{k: float(v) for k, v in extra.items()}}
-        if accelerator.sync_gradients and clip_grad:
-            out["grad_norm_enc"] = float(accelerator.clip_grad_norm_(encoder.parameters(), clip_grad))
-            out["grad_norm_pred"] = float(accelerator.clip_grad_norm_(predictor.parameters(), clip_grad))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    out["h"] = h
-    return out
+def objective(encoder, predictor, target, batch: dict, loss_cfg: LossConfig):
+    """The step's objective for `optimizer_step`: (loss, {"h": layer-normed target features `[B, N, D]`,
+    and the optional loss terms' values})."""
+    loss, h, extra = jepa_loss(encoder, predictor, target, batch, loss_cfg)
+    return loss, {"h": h, **extra}
 
 
 def build_models(cfg: PretrainConfig):
@@ -301,8 +154,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     if rng is not None:
         ckpt.set_rng_state(rng)
 
-    if cfg.logging.log_every < 1:
-        raise ValueError(f"logging.log_every must be >= 1, got {cfg.logging.log_every}")
+    check_logging(cfg.logging)
     total = opt.epochs * opt.ipe
     stop = min(total, cfg.meta.max_steps or total)
     horizon = int(opt.ipe_scale * total)  # schedules span ipe_scale x the run, as the reference
@@ -349,17 +201,18 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
             for key in ("valid_ctx", "valid_tgt"):
                 if key in batch:  # padded masks (data.masks.MaskConfig.pad_to_longest)
                     batch[key] = [x.to(accelerator.device) for x in batch[key]]
-            last = train_step(accelerator, encoder, predictor, target, optimizer, batch, cfg.loss, opt.clip_grad, step)
+            last = optimizer_step(accelerator, optimizer, partial(objective, encoder, predictor, target, batch, cfg.loss),
+                                  (encoder, predictor), step, opt.clip_grad, {"enc": encoder, "pred": predictor})
         ema_update(target, accelerator.unwrap_model(encoder), m)
         step += 1
         pbar.update(1)
 
         if step % cfg.logging.log_every == 0 or step == stop:
             elapsed, tick = time.time() - tick, time.time()
-            metrics = {"loss": last["loss"], "lr": lr, "wd": wd, "ema": m,
+            metrics = {"loss": float(last["loss"]), "lr": lr, "wd": wd, "ema": m,
                        "clips_per_s": clips_per_step * (step - tick_step) / max(elapsed, 1e-9),
                        "feature_std": feature_std(last["h"]), "skipped_files": skipped}
-            metrics.update({k: v for k, v in last.items() if k.startswith(("grad_norm", "vicreg", "sigreg"))})
+            metrics.update({k: float(v) for k, v in last.items() if k.startswith(("grad_norm", "vicreg", "sigreg"))})
             tick_step = step
             if cfg.logging.rankme_every > 0 and (step % cfg.logging.rankme_every == 0 or step == stop):
                 metrics["rankme"] = rankme(last["h"])
@@ -369,10 +222,14 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
                 logger.warning("step %d: target feature std %.4f is below %.3f: the representation may be "
                                "collapsing", step, metrics["feature_std"], cfg.logging.collapse_std_floor)
             log.log(step, metrics)
-            pbar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{lr:.2e}", ema=f"{m:.4f}",
+            pbar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{lr:.2e}", ema=f"{m:.4f}",
                              clips_s=f"{metrics['clips_per_s']:.1f}")
         if step % save_every == 0 or step == stop:
-            _save(accelerator, latest, encoder, predictor, target, optimizer, step, cfg)
+            state = {"encoder": accelerator.get_state_dict(encoder), "predictor": accelerator.get_state_dict(predictor),
+                     "target_encoder": target.state_dict(), "opt": optimizer.state_dict(), "step": step,
+                     "config": to_dict(cfg)}
+            save_checkpoint(accelerator, latest, state, step=step, replicated=[target],
+                            finite=[accelerator.unwrap_model(encoder), accelerator.unwrap_model(predictor), target])
 
     pbar.close()
     log.close()
@@ -381,37 +238,8 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
 
         curves = ("loss", "feature_std", "lr") + (("knn_top1", "linear_top1") if knn is not None else ())
         plot_metric_curves(run_dir / "metrics.csv", run_dir / "loss.png", curves)
-        logger.info("done: %d steps, final loss %.4f, checkpoint %s", step, last.get("loss", float("nan")), latest)
+        logger.info("done: %d steps, final loss %.4f, checkpoint %s", step, float(last.get("loss", float("nan"))), latest)
     return run_dir
-
-
-def _target_checksum(target: nn.Module) -> torch.Tensor:
-    return torch.stack([sum(p.double().sum() for p in target.parameters()),
-                        sum(p.double().abs().sum() for p in target.parameters())])
-
-
-def _save(accelerator, path: Path, encoder, predictor, target, optimizer, step: int, cfg: PretrainConfig) -> None:
-    # A finite loss can still come with weights the update just broke: never let those replace a good file.
-    if not all(torch.isfinite(p).all() for p in target.parameters()):
-        raise NonFiniteLoss(f"target encoder weights are not finite at step {step}; not saving over {path}")
-    # Every rank must hold the same EMA target; record each rank's checksum and stop if they differ.
-    sums = accelerator.gather(_target_checksum(target).to(accelerator.device).unsqueeze(0)).cpu()  # [ranks, 2]
-    if not torch.allclose(sums, sums[:1].expand_as(sums), rtol=1e-9, atol=0):
-        raise RuntimeError(f"target encoders differ across ranks at step {step}: checksums {sums.tolist()}")
-    accelerator.wait_for_everyone()
-    state = {
-        "target_checksums": sums,
-        "encoder": accelerator.get_state_dict(encoder),
-        "predictor": accelerator.get_state_dict(predictor),
-        "target_encoder": target.state_dict(),
-        "opt": optimizer.state_dict(),
-        "step": step,
-        "rng": ckpt.rng_state(),
-        "config": to_dict(cfg),
-    }
-    if accelerator.is_main_process:
-        ckpt.save_atomic(state, path)
-    accelerator.wait_for_everyone()
 
 
 def _save_mask_figure(cfg: PretrainConfig, batch: dict, grid, run_dir: Path) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from data.config import DataAugConfig
-from data.motion_benchmark import MotionBenchmarkConfig
+from data.generated.motion_benchmark import MotionBenchmarkConfig
 
 @dataclass
 class ProbeDataConfig:

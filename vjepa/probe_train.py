@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -28,14 +29,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from data.config import DataConfig
-from data.motion_benchmark import motion_split
-from vjepa import checkpoint as ckpt
-from vjepa.config import to_yaml
+from data.generated.motion_benchmark import motion_split
+from vjepa.engine import checkpoint as ckpt
+from vjepa.engine.checkpoint import save_checkpoint
+from vjepa.engine.config import to_yaml
+from vjepa.engine.optim import optimizer_step, param_groups
+from vjepa.engine.runtime import MetricLog, make_accelerator, resolve_run_dir
+from vjepa.engine.schedules import cosine_at, lr_at, set_lr_wd
 from vjepa.official import load_encoder, random_encoder_like
 from vjepa.probe_config import ProbeConfig, ProbeDataConfig, ProbeOptimizationConfig
 from vjepa.probe import average_softmax, build_probe, join_segments, knn_predict, topk_correct
-from vjepa.runtime import MetricLog, make_accelerator, resolve_run_dir
-from vjepa.schedules import cosine_at, lr_at
 
 logger = logging.getLogger(__name__)
 
@@ -140,16 +143,17 @@ class ProbeGrid:
     Args:
         probes: the probe modules. points: their (lr, wd). opt: the optimisation section (schedules).
         steps_per_epoch: optimizer steps per epoch (schedules are functions of the global step).
+        accelerator: the run's Accelerator (the engine's step runs under its autocast).
     """
 
     def __init__(self, probes: Sequence[nn.Module], points: Sequence[GridPoint], opt: ProbeOptimizationConfig,
-                 steps_per_epoch: int):
+                 steps_per_epoch: int, accelerator):
         self.probes, self.points, self.opt = list(probes), list(points), opt
+        self.accelerator = accelerator
         groups = []
         for p, pt in zip(self.probes, self.points):
-            decay = [q for n, q in p.named_parameters() if q.ndim > 1 and not n.endswith(".bias")]
-            other = [q for n, q in p.named_parameters() if not (q.ndim > 1 and not n.endswith(".bias"))]
-            groups += [{"params": decay, "weight_decay": pt.wd}, {"params": other, "weight_decay": 0.0, "wd_exclude": True}]
+            decay, no_decay = param_groups(p)
+            groups += [{**decay, "weight_decay": pt.wd}, no_decay]
         self.optimizer = torch.optim.AdamW(groups)
         self.total = max(1, opt.num_epochs * steps_per_epoch)
         self.warmup = int(opt.warmup * steps_per_epoch)
@@ -162,27 +166,29 @@ class ProbeGrid:
                        final_lr=o.final_lr * s)
             wd = pt.wd if o.final_weight_decay is None else cosine_at(
                 step, total_steps=self.total, start=pt.wd, end=o.final_weight_decay * (pt.wd / max(o.weight_decay, 1e-12)))
-            for g in self.optimizer.param_groups[2 * i: 2 * i + 2]:
-                g["lr"] = lr
-                if not g.get("wd_exclude", False):
-                    g["weight_decay"] = wd
+            set_lr_wd(self.optimizer.param_groups[2 * i: 2 * i + 2], lr, wd)
+
+    def objective(self, inputs: torch.Tensor, targets: torch.Tensor):
+        """(summed loss, {"losses": each probe's `[n_probes]`}); probes share no parameters, so each gets
+        its own gradient from the sum."""
+        losses = []
+        for p in self.probes:
+            p.train()
+            losses.append(F.cross_entropy(p(inputs), targets))
+        losses = torch.stack(losses)
+        return losses.sum(), {"losses": losses.detach()}
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> List[float]:
         """x `[B, P, M, D]` (P inputs per video, each labelled y) -> the loss of every probe."""
         self.set_schedules(step)
         B, P = x.shape[:2]
         inputs, targets = x.flatten(0, 1), y.repeat_interleave(P)  # [B*P, M, D], [B*P]
-        losses = []
-        for p in self.probes:
-            p.train()
-            losses.append(F.cross_entropy(p(inputs), targets))
-        torch.stack(losses).sum().backward()  # probes share no parameters: each gets its own gradient
-        if self.opt.clip_grad:
-            for p in self.probes:
-                nn.utils.clip_grad_norm_(p.parameters(), self.opt.clip_grad)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return [l.item() for l in losses]
+        # Every rank trains the same probes on the same batches (and the quickstart runs probes on the
+        # main process only), so the NaN check needs no collective.
+        out = optimizer_step(self.accelerator, self.optimizer, partial(self.objective, inputs, targets), self.probes,
+                             step, self.opt.clip_grad, {str(i): p for i, p in enumerate(self.probes)},
+                             across_ranks=False)
+        return out["losses"].tolist()
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> List[torch.Tensor]:
@@ -287,7 +293,7 @@ def train(cfg: ProbeConfig, dry_run: bool = False) -> Optional[dict]:
     steps_per_epoch = len(train_ds) // o.batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"train split of {len(train_ds)} samples is smaller than one batch ({o.batch_size})")
-    grid = ProbeGrid(probes, points, o, steps_per_epoch)
+    grid = ProbeGrid(probes, points, o, steps_per_epoch, accelerator)
     if dry_run:
         n = sum(q.numel() for q in probes[0].parameters())
         print(to_yaml(cfg))
@@ -326,8 +332,8 @@ def train(cfg: ProbeConfig, dry_run: bool = False) -> Optional[dict]:
         log.log((epoch + 1) * steps_per_epoch, {"val_top1_best": scores[best]["top1"], "train_loss_min": min(losses)})
         logger.info("epoch %d/%d: best probe (lr %.1e, wd %.1e) val top-1 %.2f%% top-5 %.2f%%", epoch + 1,
                     o.num_epochs, points[best].lr, points[best].wd, scores[best]["top1"], scores[best]["top5"])
-        if accelerator.is_main_process:
-            ckpt.save_atomic({"grid": grid.state_dict(), "epoch": epoch + 1, "history": json.dumps(history)}, latest)
+        save_checkpoint(accelerator, latest, {"grid": grid.state_dict(), "epoch": epoch + 1, "history": json.dumps(history)},
+                        step=epoch + 1, finite=probes, replicated=probes, across_ranks=False)
 
     results = summarize(history, points, cfg)
     if cached is not None and cfg.probe.knn_k > 0:
@@ -337,7 +343,7 @@ def train(cfg: ProbeConfig, dry_run: bool = False) -> Optional[dict]:
             raise ValueError("probe.linear_readout / probe.low_shot need optimization.cache_features=true")
         from vjepa.readouts import extra_readouts  # builds on this module's probe grid
 
-        results.update(extra_readouts(cached, cfg, num_classes, encoder.embed_dim, heads, device))
+        results.update(extra_readouts(cached, cfg, num_classes, encoder.embed_dim, heads, accelerator))
     results["seconds"] = time.time() - t0
     log.close()
     if accelerator.is_main_process:

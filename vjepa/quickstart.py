@@ -1,7 +1,7 @@
 """The built-in quickstart: `python train.py` with no arguments.
 
 1. Pretrain a tiny V-JEPA on generated motion videos (`vjepa.pretrain.train`, no labels).
-2. Probe it frozen on the motion benchmark (`data.motion_benchmark`: held-out videos whose class only
+2. Probe it frozen on the motion benchmark (`data.generated.motion_benchmark`: held-out videos whose class only
    motion tells), against two baselines: the same probe on a randomly initialised encoder of the same
    size, and on the pretrained encoder fed single-frame clips (the middle frame repeated), which must
    sit near chance because the labels need motion.
@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from vjepa.config import to_yaml
+from vjepa.engine.config import to_yaml
 from vjepa.pretrain import PretrainConfig
 from vjepa.pretrain import train as pretrain
 from vjepa.probe_train import ProbeConfig
 from vjepa.probe_train import train as train_probe
-from vjepa.runtime import make_accelerator, resolve_run_dir
+from vjepa.engine.runtime import make_accelerator, resolve_run_dir
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import torch
 from vjepa.probe import build_probe
 from vjepa.probe_config import ProbeConfig
 from vjepa.probe_train import ProbeGrid, evaluate, grid_points, train_epoch
-from vjepa.runtime import MetricLog
+from vjepa.engine.runtime import MetricLog
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def few_shot_subset(cached: Cached, shots: int, num_classes: int) -> Cached:
 
 
 def fit_best_top1(train: Cached, val: Cached, cfg: ProbeConfig, num_classes: int, embed_dim: int, num_heads: int,
-                  device) -> float:
+                  accelerator) -> float:
     """Train `cfg`'s probe grid on cached train features; the best probe's final val top-1 (%)."""
     o = cfg.optimization
     steps_per_epoch = len(train[1]) // o.batch_size
@@ -49,16 +49,16 @@ def fit_best_top1(train: Cached, val: Cached, cfg: ProbeConfig, num_classes: int
     points = grid_points(o)
     torch.manual_seed(cfg.meta.seed)
     probes = [build_probe(cfg.probe.type, embed_dim, num_heads, num_classes, cfg.probe.num_probe_blocks,
-                          cfg.probe.use_proj).to(device) for _ in points]
-    grid = ProbeGrid(probes, points, o, steps_per_epoch)
+                          cfg.probe.use_proj).to(accelerator.device) for _ in points]
+    grid = ProbeGrid(probes, points, o, steps_per_epoch, accelerator)
     off = MetricLog(Path("."), enabled=False)  # nothing is written
     for epoch in range(o.num_epochs):
-        train_epoch(grid, None, None, train, cfg, epoch, steps_per_epoch, device, None, off)
-    return max(s["top1"] for s in evaluate(grid, None, None, val, cfg, device, None))
+        train_epoch(grid, None, None, train, cfg, epoch, steps_per_epoch, accelerator.device, None, off)
+    return max(s["top1"] for s in evaluate(grid, None, None, val, cfg, accelerator.device, None))
 
 
 def extra_readouts(cached: Tuple[Cached, Cached], cfg: ProbeConfig, num_classes: int, embed_dim: int,
-                   num_heads: int, device) -> Dict[str, float]:
+                   num_heads: int, accelerator) -> Dict[str, float]:
     """{"linear_top1", "low_shot_top1"} as `cfg.probe` asks (see the module docstring)."""
     train, val = cached
     out = {}
@@ -67,7 +67,7 @@ def extra_readouts(cached: Tuple[Cached, Cached], cfg: ProbeConfig, num_classes:
         lin.probe.type = "linear"
         lin.optimization.lr_grid = list(cfg.probe.linear_lr_grid)
         lin.optimization.lr = lin.optimization.start_lr = max(lin.optimization.lr_grid)
-        out["linear_top1"] = fit_best_top1(train, val, lin, num_classes, embed_dim, num_heads, device)
+        out["linear_top1"] = fit_best_top1(train, val, lin, num_classes, embed_dim, num_heads, accelerator)
         logger.info("linear readout on pooled tokens: val top-1 %.2f%%", out["linear_top1"])
     if cfg.probe.low_shot > 0:
         few = copy.deepcopy(cfg)
@@ -75,6 +75,6 @@ def extra_readouts(cached: Tuple[Cached, Cached], cfg: ProbeConfig, num_classes:
         bs = few.optimization.batch_size = min(cfg.optimization.batch_size, len(sub[1]))
         full_steps = cfg.optimization.num_epochs * (len(train[1]) // cfg.optimization.batch_size)
         few.optimization.num_epochs = max(1, round(full_steps / (len(sub[1]) // bs)))
-        out["low_shot_top1"] = fit_best_top1(sub, val, few, num_classes, embed_dim, num_heads, device)
+        out["low_shot_top1"] = fit_best_top1(sub, val, few, num_classes, embed_dim, num_heads, accelerator)
         logger.info("%d-shot %s probe: val top-1 %.2f%%", cfg.probe.low_shot, cfg.probe.type, out["low_shot_top1"])
     return out

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 
 
 def vicreg_terms(z: torch.Tensor, var_target: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """VICReg on features `[N, D]`: (mean hinge relu(var_target - std per channel), off-diagonal covariance
-    squared / D)."""
-    z = z.float() - z.float().mean(0)
+    """VICReg on features `[..., D]` (flattened to `[N, D]`): (mean hinge relu(var_target - std per channel),
+    off-diagonal covariance squared / D)."""
+    z = z.reshape(-1, z.shape[-1]).float()
+    z = z - z.mean(0)
     std = torch.sqrt(z.var(dim=0) + 1e-4)
     var = F.relu(var_target - std).mean()
     cov = (z.T @ z) / max(1, z.shape[0] - 1)  # [D, D]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.synthetic import DIRECTIONS, _shape_mask
+from data.generated.synthetic import DIRECTIONS, _shape_mask
 
 NUM_PRIMITIVES = len(DIRECTIONS)  # right, left, down, up
 

@@ -1,6 +1,6 @@
 """The motion benchmark: labelled generated videos whose class only motion can tell apart.
 
-Fixed train/val splits of `data.synthetic.MotionVideos` (class = direction x rotation sense x speed;
+Fixed train/val splits of `data.generated.synthetic.MotionVideos` (class = direction x rotation sense x speed;
 shape, colour, position and a distractor are random), drawn from seeds that never overlap the
 pretraining videos' seed. Two controls remove the motion while keeping the appearance:
 
@@ -11,7 +11,7 @@ A probe on either control must sit near chance (1 / num_classes): that is what p
 motion. The splits can be written to disk as mp4 files plus reference-format CSVs (`path label`), so
 that the real-video pipeline and external tools can read the same benchmark.
 
-    python -m data.motion_benchmark OUT_DIR [--num-train N --num-val N --size S --frames T]
+    python -m data.generated.motion_benchmark OUT_DIR [--num-train N --num-val N --size S --frames T]
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from data.synthetic import MotionVideos
+from data.generated.synthetic import MotionVideos
 from data.transforms import to_float_clip
 
 logger = logging.getLogger(__name__)

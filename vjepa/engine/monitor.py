@@ -1,7 +1,12 @@
 """Collapse monitors for JEPA features."""
 from __future__ import annotations
 
+import logging
+from typing import Dict
+
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -22,3 +27,15 @@ def rankme(h: torch.Tensor, max_rows: int = 2048, eps: float = 1e-7) -> float:
     s = torch.linalg.svdvals(x)
     p = s / (s.sum() + eps) + eps
     return torch.exp(-(p * p.log()).sum()).item()
+
+
+def monitor(h: torch.Tensor, name: str, floor: float, step: int, with_rank: bool = True) -> Dict[str, float]:
+    """Collapse monitors of features `[B, S, D]` (a level, a world model's representation): std across
+    steps (and effective rank), with a warning when the std falls below `floor`."""
+    out = {"feature_std": feature_std(h)}
+    if with_rank:
+        out["rankme"] = rankme(h)
+    if out["feature_std"] < floor:
+        logger.warning("step %d: %s feature std %.4f is below %.3f: it may be collapsing", step, name,
+                       out["feature_std"], floor)
+    return out

@@ -28,8 +28,9 @@ def linear_at(step: int, *, total_steps: int, start: float, end: float) -> float
 
 def set_lr_wd(optimizer, lr: float, wd: float) -> None:
     """Write this step's LR into every param group and its weight decay into the groups that take it
-    (those without `wd_exclude`, see `vjepa.pretrain.param_groups`)."""
-    for group in optimizer.param_groups:
+    (those without `wd_exclude`, see `vjepa.engine.optim.param_groups`). `optimizer`: an optimizer, or a
+    list of its param groups (e.g. one probe's, when probes with their own LRs share an optimizer)."""
+    for group in getattr(optimizer, "param_groups", optimizer):
         group["lr"] = lr
         if not group.get("wd_exclude", False):
             group["weight_decay"] = wd

@@ -29,8 +29,14 @@ def make_accelerator(dtype: str = "bfloat16", grad_accum: int = 1) -> Accelerato
 
 
 def resolve_run_dir(folder: Optional[str], task: str, accelerator: Accelerator) -> Path:
-    """The run folder: `folder` when given, else `runs/<task>-<time>` chosen on rank 0 for all ranks."""
-    name = [folder or f"runs/{task}-{time.strftime('%Y%m%d-%H%M%S')}"]
+    """The run folder: `folder` when given, else `runs/<task>-<time>` chosen on rank 0 for all ranks.
+    A given folder needs no collective, so work that only the main process runs (the quickstart's
+    probes) can call this too."""
+    if folder is not None:
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    name = [f"runs/{task}-{time.strftime('%Y%m%d-%H%M%S')}"]
     if accelerator.num_processes > 1:
         broadcast_object_list(name)
     path = Path(name[0])

@@ -3,13 +3,19 @@
 An unknown key is an error naming the valid keys of its section; a value of the wrong type is an error
 naming the key. Keys that reference V-JEPA YAMLs carry but that mean nothing here (launcher settings)
 are dropped with a one-line notice, so reference configs run unchanged.
+
+A job that stopped accepting a key it used to accept and ignore lists it in `RETIRED_KEYS` (dotted key
+-> the value every config written then carried): that value is dropped with a notice, so configs and
+checkpoints written before still load; any other value is an error, since the job never honoured it.
+`RENAMED_KEYS` (old -> new dotted key) carries a value over to a key's new name.
 """
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Type, TypeVar
+from typing import Any, Iterable, Optional, Sequence, Type, TypeVar, get_type_hints
 
 import yaml
 from omegaconf import OmegaConf
@@ -50,6 +56,49 @@ def _drop_ignored(raw: dict, ignored: Iterable[str]) -> dict:
     return raw
 
 
+def _find(node: dict, dotted: str, create: bool = False):
+    """(the dict holding the leaf of `dotted`, the leaf name), or (None, leaf) when a parent is missing."""
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        if create and p not in node:
+            node[p] = {}
+        node = node.get(p) if isinstance(node, dict) else None
+    return (node if isinstance(node, dict) else None), leaf
+
+
+def _retire(cls, node: dict, prefix: str) -> None:
+    for old, new in getattr(cls, "RENAMED_KEYS", {}).items():
+        parent, leaf = _find(node, old)
+        if parent is not None and leaf in parent:
+            value = parent.pop(leaf)
+            target, new_leaf = _find(node, new, create=True)
+            if new_leaf in target:
+                raise ConfigError(f"config keys {prefix + old!r} (old name) and {prefix + new!r} are both set")
+            target[new_leaf] = value
+            logger.info("config: %r is now called %r", prefix + old, prefix + new)
+    for key, old_value in getattr(cls, "RETIRED_KEYS", {}).items():
+        parent, leaf = _find(node, key)
+        if parent is None or leaf not in parent:
+            continue
+        if parent[leaf] != old_value:
+            raise ConfigError(f"config key {prefix + key!r} is not honoured by this job (it used to be accepted "
+                              f"and ignored); remove it")
+        parent.pop(leaf)
+        logger.info("config: dropping %r (written by an older version; this job never used it)", prefix + key)
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        sub = hints.get(f.name)
+        if is_dataclass(sub) and isinstance(node.get(f.name), dict):
+            _retire(sub, node[f.name], f"{prefix}{f.name}.")
+
+
+def upgrade(cls: Type[T], raw: dict) -> dict:
+    """`raw` with the retired and renamed keys of `cls` (and of its nested sections) handled."""
+    raw = copy.deepcopy(raw)
+    _retire(cls, raw, "")
+    return raw
+
+
 def _section_name(e: OmegaConfBaseException) -> str:
     return getattr(e.object_type, "__name__", "config")
 
@@ -79,7 +128,7 @@ def load_config(cls: Type[T], yaml_path: Optional[str | Path] = None, overrides:
     schema = OmegaConf.structured(cls)
     if raw is None:
         raw = read_yaml(yaml_path) if yaml_path else {}
-    raw = _drop_ignored(dict(raw), IGNORED_KEYS)
+    raw = upgrade(cls, _drop_ignored(dict(raw), IGNORED_KEYS))
     for o in overrides:
         if "=" not in o:
             raise ConfigError(f"override {o!r} is not of the form key.sub=value")

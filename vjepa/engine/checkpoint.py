@@ -1,4 +1,5 @@
-"""Checkpoint I/O: atomic saves, safe loads, strict state-dict matching.
+"""Checkpoint I/O: atomic saves, safe loads, strict state-dict matching, and the one save every job uses
+(`save_checkpoint`: refuses non-finite weights and weights that differ across ranks).
 
 A save writes a temp file in the same folder, flushes it to disk, then renames it over the target, so a
 run killed mid-save leaves the previous checkpoint intact. Loads use `weights_only=True`: checkpoints
@@ -10,11 +11,13 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+from vjepa.engine.optim import NonFiniteLoss
 
 logger = logging.getLogger(__name__)
 
@@ -87,3 +90,42 @@ def _to_plain(x):
 
 def _to_tuple(x):
     return tuple(_to_tuple(v) for v in x) if isinstance(x, list) else x
+
+
+def checksum(modules: Sequence[nn.Module]) -> torch.Tensor:
+    """(sum, sum of |.|) over every parameter of `modules`, in float64: `[2]`."""
+    params = [p for m in modules for p in m.parameters()]
+    return torch.stack([sum(p.double().sum() for p in params), sum(p.double().abs().sum() for p in params)])
+
+
+def save_checkpoint(accelerator, path: str | Path, state: dict, *, step: int, finite: Sequence[nn.Module],
+                    replicated: Sequence[nn.Module], across_ranks: bool = True) -> None:
+    """Write `state` (plus the RNG state and every rank's checksum of `replicated`) atomically from the
+    main process, after two checks made on every rank, so every rank stops together:
+
+    - the parameters of `finite` are finite (a finite loss can still come with weights an update just
+      broke: those must never replace a good file);
+    - every rank holds the same `replicated` modules (the EMA targets, which no wrapper keeps in sync):
+      their checksums are gathered, stored as `target_checksums` `[ranks, 2]`, and must agree.
+
+    `across_ranks=False`: no collective; this process checks its own weights and writes if it is the main
+    one (for work that only the main process runs, or that every rank repeats identically).
+    """
+    bad = torch.tensor([float(not all(torch.isfinite(p).all() for m in finite for p in m.parameters()))],
+                       device=accelerator.device)
+    if (accelerator.reduce(bad, reduction="sum") if across_ranks else bad).item() > 0:
+        raise NonFiniteLoss(f"weights are not finite at step {step}; not saving over {path}")
+    sums = checksum(replicated).to(accelerator.device).unsqueeze(0)
+    if not across_ranks:
+        if accelerator.is_main_process:
+            save_atomic({"target_checksums": sums.cpu(), **state, "rng": rng_state()}, path)
+        return
+    sums = accelerator.gather(sums).cpu()  # [ranks, 2]
+    if not torch.allclose(sums, sums[:1].expand_as(sums), rtol=1e-9, atol=0):
+        raise RuntimeError(f"replicated weights (EMA targets) differ across ranks at step {step}: checksums "
+                           f"{sums.tolist()}")
+    accelerator.wait_for_everyone()
+    state = {"target_checksums": sums, **state, "rng": rng_state()}
+    if accelerator.is_main_process:
+        save_atomic(state, path)
+    accelerator.wait_for_everyone()

@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import Mlp
 
-from vjepa import checkpoint as ckpt
+from vjepa.engine import checkpoint as ckpt
+from hjepa.blocks import MaskedBlock
+from vjepa.regularizers import vicreg_terms
 from vjepa.models import ModelConfig, build_encoder
 
 logger = logging.getLogger(__name__)
@@ -133,25 +135,6 @@ def build_frame_encoder(cfg: EncoderConfig, img_size: int) -> nn.Module:
     raise ValueError(f"encoder.type {cfg.type!r} unknown; valid: ['conv', 'vjepa']")
 
 
-class CausalBlock(nn.Module):
-    """Pre-norm transformer block whose attention takes a boolean mask (True = may attend)."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"predictor dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        q, k, v = rearrange(self.qkv(self.norm1(x)), "b n (three h e) -> three b h n e", three=3, h=self.num_heads)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        x = x + self.proj(rearrange(a, "b h n e -> b n (h e)"))
-        return x + self.mlp(self.norm2(x))
-
-
 def block_causal_mask(frames: int, tokens_per_frame: int, device=None) -> torch.Tensor:
     """bool `[n, n]`, n = frames x tokens_per_frame: token i may attend to j iff frame(j) <= frame(i)."""
     f = torch.arange(frames, device=device).repeat_interleave(tokens_per_frame)
@@ -177,7 +160,7 @@ class ACPredictor(nn.Module):
         self.type_embed = nn.Parameter(torch.zeros(1, 1, 2, dim))
         nn.init.trunc_normal_(self.time_embed, std=0.02)
         nn.init.trunc_normal_(self.type_embed, std=0.02)
-        self.blocks = nn.ModuleList(CausalBlock(dim, num_heads) for _ in range(depth))
+        self.blocks = nn.ModuleList(MaskedBlock(dim, num_heads, norm_eps=1e-5) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.out = nn.Linear(dim, repr_dim)
         nn.init.zeros_(self.out.weight)  # start as the identity dynamics z_{t+1} = z_t
@@ -227,17 +210,6 @@ class MacroActionEncoder(nn.Module):
         return torch.tanh(self.net(chunk.flatten(-2)))
 
 
-def variance_covariance(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """VICReg terms on z `[..., D]`: mean hinge relu(1 - std) per channel, and the mean squared
-    off-diagonal covariance."""
-    x = z.reshape(-1, z.shape[-1]).float()
-    x = x - x.mean(0)
-    std = torch.sqrt(x.var(0) + 1e-4)
-    cov = (x.T @ x) / max(1, x.shape[0] - 1)
-    off = cov - torch.diag(torch.diag(cov))
-    return F.relu(1.0 - std).mean(), off.pow(2).sum() / x.shape[-1]
-
-
 class WorldModel(nn.Module):
     """Level 0: frame encoder, block-causal predictor and inverse-dynamics head.
 
@@ -263,6 +235,10 @@ class WorldModel(nn.Module):
         B = frames.shape[0]
         return rearrange(self.encoder(rearrange(frames, "b t c h w -> (b t) c h w")), "(b t) d -> b t d", b=B)
 
+    def forward(self, frames: torch.Tensor, actions: torch.Tensor, w: LossWeights) -> Dict[str, torch.Tensor]:
+        """The training loss (through `forward`, so a DDP wrapper sees the call and syncs gradients)."""
+        return self.loss(frames, actions, w)
+
     def loss(self, frames: torch.Tensor, actions: torch.Tensor, w: LossWeights) -> Dict[str, torch.Tensor]:
         """frames `[B, T+1, C, H, W]`, actions `[B, T, A]` -> dict of scalar losses ("loss" is the total)."""
         if self.frozen_encoder:
@@ -281,7 +257,7 @@ class WorldModel(nn.Module):
             out["rollout"] = (pred - target[:, :k]).abs().mean()
             total = total + w.rollout * out["rollout"]
         if not self.frozen_encoder:
-            var, cov = variance_covariance(z)
+            var, cov = vicreg_terms(z)
             a_hat = self.idm(torch.cat([z[:, :-1], z[:, 1:]], -1))  # [B, T, A]
             out["var"], out["cov"] = var, cov
             out["idm"] = F.mse_loss(a_hat, actions)
@@ -306,6 +282,9 @@ class MacroWorldModel(nn.Module):
         self.stride, self.macro_dim = stride, macro_dim
         self.macro = MacroActionEncoder(stride, action_dim, macro_dim)
         self.predictor = ACPredictor(repr_dim, macro_dim, pred.dim, pred.depth, pred.num_heads, pred.max_frames)
+
+    def forward(self, z: torch.Tensor, chunks: torch.Tensor, w: LossWeights) -> Dict[str, torch.Tensor]:
+        return self.loss(z, chunks, w)
 
     def loss(self, z: torch.Tensor, chunks: torch.Tensor, w: LossWeights) -> Dict[str, torch.Tensor]:
         """z `[B, T+1, D]` level-0 representations `stride` steps apart, chunks `[B, T, stride, A]`."""

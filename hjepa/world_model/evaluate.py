@@ -24,14 +24,14 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from data.collate import derive_seed
-from data.envs import PointMassEnv, geodesic_distance, render, sample_free
-from data.trajectories import TrajectoryWindows, load_or_generate, make_layouts
-from hjepa.planning import (FlatPlanner, HierarchicalConfig, HierarchicalPlanner, PlannerConfig, RandomPolicy,
+from data.seeding import derive_seed
+from data.generated.envs import PointMassEnv, geodesic_distance, render, sample_free
+from data.generated.trajectories import TrajectoryWindows, load_or_generate, make_layouts
+from hjepa.world_model.planning import (FlatPlanner, HierarchicalConfig, HierarchicalPlanner, PlannerConfig, RandomPolicy,
                             check_planner)
-from hjepa.wm_train import load_trained
-from vjepa.config import to_yaml
-from vjepa.runtime import make_accelerator, resolve_run_dir
+from hjepa.world_model.train import load_trained
+from vjepa.engine.config import to_yaml
+from vjepa.engine.runtime import make_accelerator, resolve_run_dir
 
 logger = logging.getLogger(__name__)
 METHODS = ("random", "cem", "mppi", "hierarchical")

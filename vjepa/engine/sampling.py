@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from data.collate import derive_seed
+from data.seeding import derive_seed
 
 SampleKey = Tuple[int, int, int]  # (dataset index, sample seed, micro-step)
 

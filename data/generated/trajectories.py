@@ -1,7 +1,7 @@
 """Trajectory datasets for world-model training: random-walk and noisy-expert point-mass episodes.
 
 Only states and actions are stored (a few MB); frames are rendered on demand from the state, which
-`data.envs.render` does deterministically, so an image dataset of 100k frames never sits on disk.
+`data.generated.envs.render` does deterministically, so an image dataset of 100k frames never sits on disk.
 A dataset is a pure function of its config: the cache file name is a hash of the config, and
 regenerating with the same config gives the same arrays bit for bit.
 
@@ -23,8 +23,8 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from data.collate import derive_seed
-from data.envs import (EnvConfig, bounce, distance_field, expert_actions, make_layout, render, sample_free,
+from data.seeding import derive_seed
+from data.generated.envs import (EnvConfig, bounce, distance_field, expert_actions, make_layout, render, sample_free,
                        step_positions)
 
 logger = logging.getLogger(__name__)
