@@ -242,3 +242,17 @@ def test_monitor_on_user_lists_reads_labelled_videos(tmp_path):
                             num_heads=2)
     scores = monitor.scores(enc)
     assert set(scores) == {"knn_top1", "linear_top1"} and all(v in (0.0, 50.0, 100.0) for v in scores.values())
+
+
+def test_small_dataset_config_loads_and_keeps_the_published_recipe_untouched():
+    from vjepa.engine.config import load_config
+    from vjepa.pretrain import PretrainConfig
+
+    small = load_config(PretrainConfig, "configs/pretrain/small.yaml")
+    assert small.model.model_name == "vit_small" and small.logging.knn_monitor
+    assert [m.spatial_scale for m in small.mask] == [[0.15, 0.15], [0.5, 0.5]]
+    # every new ingredient is off in the published ViT-L recipe
+    vitl = load_config(PretrainConfig, "configs/pretrain/vitl16.yaml")
+    assert (vitl.loss.target_layers, vitl.loss.vicreg_var, vitl.loss.vicreg_cov, vitl.loss.sigreg_coeff) == (1, 0, 0, 0)
+    assert not any(m.pad_to_longest for m in vitl.mask) and not vitl.logging.knn_monitor
+    assert (vitl.data.synthetic.extra_objects, vitl.data.synthetic.pan) == (0, 0.0)
