@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from data.config import DataAugConfig, DataConfig
+from data.errors import MissingDataList, NoUsableVideos
 from data.transforms import ClipOrViews, make_eval_transform, make_train_transform
 from data.video import DecodeError, open_video, resolve_decoder
 
@@ -94,7 +95,7 @@ def load_source(path: str, extensions: Sequence[str]) -> Tuple[List[Sample], Opt
         if path.lower().endswith(tuple(e.lower() for e in extensions)):
             return [(path, 0)], None
         return read_csv_list(path), None
-    raise FileNotFoundError(f"dataset {path!r} is neither a CSV file, a folder nor a media file")
+    raise MissingDataList(f"dataset {path!r} not found (neither a CSV file, a folder nor a media file)")
 
 
 # ---------------------------------------------------------------------------------------- clip sampling
@@ -262,7 +263,7 @@ class ClipDataset(Dataset):
             skipped += sid in self._broken
             failed.append(f"{path} ({reason})")
             if len(failed) >= self.max_consecutive_failures:
-                raise RuntimeError(
+                raise NoUsableVideos(
                     f"{len(failed)} files in a row could not be used (data.max_consecutive_failures="
                     f"{self.max_consecutive_failures}); check the list with `python -m data.check`. "
                     f"Examples: {'; '.join(failed[:5])}"

@@ -30,6 +30,15 @@ from vjepa.models import VIT_SIZES, VisionTransformer
 
 logger = logging.getLogger(__name__)
 
+
+
+class KeyMissing(ckpt.CheckpointMismatch, KeyError):
+    """The checkpoint has no weights under the asked key (`target_encoder`, `encoder`)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 _PREFIXES = ("module.", "backbone.")
 # V-JEPA 2's ViT-g (`vit_giant_xformers`) has 22 heads where V-JEPA's ViT-g has 16; both are 1408 x 40.
 _ROPE_HEADS = {(1408, 40): 22, (1664, 48): 26}
@@ -51,7 +60,7 @@ def read_checkpoint(path: str | Path, key: str = "target_encoder") -> Tuple[Dict
     if "patch_embed.proj.weight" in strip_prefixes(raw):  # a bare encoder state dict
         return strip_prefixes(raw), None
     if key not in raw:
-        raise KeyError(f"{path}: no {key!r} in the checkpoint; top-level keys: {sorted(raw)}")
+        raise KeyMissing(f"{path}: no {key!r} in the checkpoint; top-level keys: {sorted(raw)}")
     return strip_prefixes(raw[key]), raw.get("config") if isinstance(raw.get("config"), dict) else None
 
 
