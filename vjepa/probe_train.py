@@ -8,7 +8,9 @@ of the LR x WD grid trains on those same tokens (their losses are independent, s
 all), as V-JEPA 2's multi-head evaluation. Evaluation averages the softmax over segments x views and
 reports top-1 / top-5 of every probe and the best one. With `optimization.cache_features` the encoder
 runs once per sample for the whole run (exact when the training transform draws nothing random, as on
-the motion benchmark), which makes probing a small model on CPU a matter of seconds.
+the motion benchmark), which makes probing a small model on CPU a matter of seconds. Under `accelerate
+launch` each of N processes encodes, trains and evaluates on 1/N of the data with the results of one
+process (vjepa/probe_dist.py).
 
 Config keys follow the reference `video_classification_frozen` YAMLs (`data`, `optimization`,
 `pretrain` sections); `probe`, `meta` and `logging` are this codebase's additions (vjepa/probe_config.py).
@@ -25,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from data.config import DataConfig
 from data.motion_benchmark import motion_split
@@ -34,6 +36,7 @@ from vjepa.config import to_yaml
 from vjepa.official import load_encoder, random_encoder_like
 from vjepa.probe_config import ProbeConfig, ProbeDataConfig, ProbeOptimizationConfig
 from vjepa.probe import average_softmax, build_probe, join_segments, knn_predict, topk_correct
+from vjepa.probe_dist import Ranks, ShardedBatches
 from vjepa.runtime import MetricLog, make_accelerator, resolve_run_dir
 from vjepa.schedules import cosine_at, lr_at
 
@@ -95,11 +98,11 @@ def _collate(batch):
     return torch.stack(clips), torch.as_tensor(labels, dtype=torch.long)  # [B, S, V, C, T, H, W], [B]
 
 
-def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, epoch: int, num_workers: int) -> DataLoader:
-    g = torch.Generator()
-    g.manual_seed(seed * 100_003 + epoch)  # each epoch's order is a function of (seed, epoch): resumable
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=num_workers,
-                      collate_fn=_collate, drop_last=shuffle)
+def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, epoch: int, num_workers: int,
+                ranks: Ranks = Ranks()) -> DataLoader:
+    """This rank's share of each global batch; each epoch's order is a function of (seed, epoch): resumable."""
+    return DataLoader(ds, batch_sampler=ShardedBatches(len(ds), batch_size, shuffle, seed, epoch, ranks),
+                      num_workers=num_workers, collate_fn=_collate)
 
 
 # ------------------------------------------------------------------------------------------ encoding
@@ -114,13 +117,15 @@ def encode(encoder: nn.Module, clips: torch.Tensor, attend_across_segments: bool
 
 @torch.no_grad()
 def encode_dataset(encoder: nn.Module, ds: Dataset, batch_size: int, attend_across_segments: bool, device,
-                   autocast, num_workers: int = 0, dtype=torch.float16) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Every sample of `ds` once, in order -> (inputs `[M, P, N, D]` stored as `dtype`, labels `[M]`)."""
+                   autocast, num_workers: int = 0, dtype=torch.float16,
+                   ranks: Ranks = Ranks()) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Every sample of `ds` once, in order -> (inputs `[M, P, N, D]` stored as `dtype`, labels `[M]`).
+    With several ranks each encodes its contiguous share and every rank gets the whole result."""
     feats, labels = [], []
-    for clips, y in make_loader(ds, batch_size, False, 0, 0, num_workers):
+    for clips, y in make_loader(Subset(ds, ranks.chunk(len(ds))), batch_size, False, 0, 0, num_workers):
         feats.append(encode(encoder, clips.to(device), attend_across_segments, autocast).to(dtype).cpu())
         labels.append(y)
-    return torch.cat(feats), torch.cat(labels)
+    return ranks.gather_chunks(torch.cat(feats), len(ds)), ranks.gather_chunks(torch.cat(labels), len(ds))
 
 
 # ------------------------------------------------------------------------------------------ probe grid
@@ -140,11 +145,12 @@ class ProbeGrid:
     Args:
         probes: the probe modules. points: their (lr, wd). opt: the optimisation section (schedules).
         steps_per_epoch: optimizer steps per epoch (schedules are functions of the global step).
+        ranks: with several processes, each trains on its share of the batch and gradients are averaged.
     """
 
     def __init__(self, probes: Sequence[nn.Module], points: Sequence[GridPoint], opt: ProbeOptimizationConfig,
-                 steps_per_epoch: int):
-        self.probes, self.points, self.opt = list(probes), list(points), opt
+                 steps_per_epoch: int, ranks: Ranks = Ranks()):
+        self.probes, self.points, self.opt, self.ranks = list(probes), list(points), opt, ranks
         groups = []
         for p, pt in zip(self.probes, self.points):
             decay = [q for n, q in p.named_parameters() if q.ndim > 1 and not n.endswith(".bias")]
@@ -177,12 +183,13 @@ class ProbeGrid:
             p.train()
             losses.append(F.cross_entropy(p(inputs), targets))
         torch.stack(losses).sum().backward()  # probes share no parameters: each gets its own gradient
+        self.ranks.average_grads([q for p in self.probes for q in p.parameters()])  # = the global batch's
         if self.opt.clip_grad:
             for p in self.probes:
                 nn.utils.clip_grad_norm_(p.parameters(), self.opt.clip_grad)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return [l.item() for l in losses]
+        return self.ranks.mean([l.item() for l in losses])
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> List[torch.Tensor]:
@@ -218,8 +225,13 @@ class Scores:
                 c[k] += v
         self.total += len(labels)
 
-    def percent(self) -> List[Dict[str, float]]:
-        return [{k: 100.0 * v / max(1, self.total) for k, v in c.items()} for c in self.counts]
+    def percent(self, ranks: Ranks = Ranks()) -> List[Dict[str, float]]:
+        """Scores over every rank's predictions (counts summed across ranks)."""
+        keys = ("top1", "top5")
+        local = torch.tensor([[c[k] for k in keys] for c in self.counts] + [[self.total, 0]], dtype=torch.float64)
+        summed = ranks.sum(local)
+        total = max(1.0, float(summed[-1, 0]))
+        return [{k: 100.0 * float(v) / total for k, v in zip(keys, row)} for row in summed[:-1]]
 
 
 # ------------------------------------------------------------------------------------------ the job
@@ -274,6 +286,8 @@ def train(cfg: ProbeConfig, dry_run: bool = False) -> Optional[dict]:
     o, d = cfg.optimization, cfg.data
     accelerator = make_accelerator(cfg.meta.dtype if o.use_bfloat16 else "float32")
     device = accelerator.device
+    ranks = Ranks.of(accelerator)
+    ranks.check_batch(o.batch_size)
     torch.manual_seed(cfg.meta.seed)
     frames, crop = clip_geometry(cfg)
     encoder = build_encoder_for(cfg, device, frames, crop)
@@ -287,7 +301,7 @@ def train(cfg: ProbeConfig, dry_run: bool = False) -> Optional[dict]:
     steps_per_epoch = len(train_ds) // o.batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"train split of {len(train_ds)} samples is smaller than one batch ({o.batch_size})")
-    grid = ProbeGrid(probes, points, o, steps_per_epoch)
+    grid = ProbeGrid(probes, points, o, steps_per_epoch, ranks)
     if dry_run:
         n = sum(q.numel() for q in probes[0].parameters())
         print(to_yaml(cfg))
@@ -297,7 +311,8 @@ def train(cfg: ProbeConfig, dry_run: bool = False) -> Optional[dict]:
         return None
 
     run_dir = run_folder(cfg, accelerator)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    if accelerator.is_main_process:
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
     latest = run_dir / "probe-latest.pt"
     start_epoch, history = 0, []
     if cfg.resume_checkpoint and latest.exists():
@@ -313,14 +328,15 @@ def train(cfg: ProbeConfig, dry_run: bool = False) -> Optional[dict]:
     t0 = time.time()
     cached = None
     if o.cache_features:
-        cached = (encode_dataset(encoder, train_ds, o.batch_size, o.attend_across_segments, device, autocast, d.num_workers),
-                  encode_dataset(encoder, val_ds, o.batch_size, o.attend_across_segments, device, autocast, d.num_workers))
+        cached = tuple(encode_dataset(encoder, ds, o.batch_size, o.attend_across_segments, device, autocast,
+                                      d.num_workers, ranks=ranks) for ds in (train_ds, val_ds))
         logger.info("encoded %d train + %d val videos in %.1fs", len(train_ds), len(val_ds), time.time() - t0)
 
     for epoch in range(start_epoch, o.num_epochs):
         losses = train_epoch(grid, encoder, train_ds, cached and cached[0], cfg, epoch, steps_per_epoch, device,
                              autocast, log)
         scores = evaluate(grid, encoder, val_ds, cached and cached[1], cfg, device, autocast)
+        accelerator.wait_for_everyone()  # rank 0 saves below; no rank starts the next epoch before
         best = max(range(len(points)), key=lambda i: scores[i]["top1"])
         history.append({"epoch": epoch + 1, "train_loss": losses, "val": scores})
         log.log((epoch + 1) * steps_per_epoch, {"val_top1_best": scores[best]["top1"], "train_loss_min": min(losses)})
@@ -341,27 +357,23 @@ def train(cfg: ProbeConfig, dry_run: bool = False) -> Optional[dict]:
     return results
 
 
-def _batches(cached, ds, cfg: ProbeConfig, epoch: int, shuffle: bool, encoder, device, autocast):
-    """(inputs `[B, P, M, D]`, labels) batches: from cached (features, labels) or by encoding on the fly."""
+def _batches(cached, ds, cfg: ProbeConfig, epoch: int, shuffle: bool, encoder, device, autocast, ranks: Ranks):
+    """This rank's share of the (inputs `[B, P, M, D]`, labels) batches: from cached (features, labels) or
+    by encoding on the fly. The global batches are the same for any number of ranks."""
     o = cfg.optimization
     if cached is not None:
         x, y = cached
-        g = torch.Generator()
-        g.manual_seed(cfg.meta.seed * 100_003 + epoch)
-        order = torch.randperm(len(y), generator=g) if shuffle else torch.arange(len(y))
-        n = len(y) - len(y) % o.batch_size if shuffle else len(y)
-        for i in range(0, n, o.batch_size):
-            idx = order[i: i + o.batch_size]
+        for idx in ShardedBatches(len(y), o.batch_size, shuffle, cfg.meta.seed, epoch, ranks):
             yield x[idx].to(device).float(), y[idx].to(device)
         return
-    for clips, labels in make_loader(ds, o.batch_size, shuffle, cfg.meta.seed, epoch, cfg.data.num_workers):
+    for clips, labels in make_loader(ds, o.batch_size, shuffle, cfg.meta.seed, epoch, cfg.data.num_workers, ranks):
         yield encode(encoder, clips.to(device), o.attend_across_segments, autocast), labels.to(device)
 
 
 def train_epoch(grid: ProbeGrid, encoder, ds, cached, cfg: ProbeConfig, epoch: int, steps_per_epoch: int, device,
                 autocast, log: MetricLog) -> List[float]:
     sums, n = None, 0
-    for i, (x, y) in enumerate(_batches(cached, ds, cfg, epoch, True, encoder, device, autocast)):
+    for i, (x, y) in enumerate(_batches(cached, ds, cfg, epoch, True, encoder, device, autocast, grid.ranks)):
         step = epoch * steps_per_epoch + i
         losses = grid.train_step(x, y, step)
         sums = losses if sums is None else [a + b for a, b in zip(sums, losses)]
@@ -374,9 +386,9 @@ def train_epoch(grid: ProbeGrid, encoder, ds, cached, cfg: ProbeConfig, epoch: i
 @torch.no_grad()
 def evaluate(grid: ProbeGrid, encoder, ds, cached, cfg: ProbeConfig, device, autocast) -> List[Dict[str, float]]:
     scores = Scores(len(grid.probes))
-    for x, y in _batches(cached, ds, cfg, 0, False, encoder, device, autocast):
+    for x, y in _batches(cached, ds, cfg, 0, False, encoder, device, autocast, grid.ranks):
         scores.add(grid.predict(x), y)
-    return scores.percent()
+    return scores.percent(grid.ranks)
 
 
 def knn_score(cached, num_classes: int, k: int) -> float:
