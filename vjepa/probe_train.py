@@ -354,6 +354,7 @@ def train(cfg: ProbeConfig, dry_run: bool = False) -> Optional[dict]:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
         logger.info("probe results: best val top-1 %.2f%% (top-5 %.2f%%)%s; %s", results["top1"], results["top5"],
                     f", k-NN top-1 {results['knn_top1']:.2f}%" if "knn_top1" in results else "", run_dir / "results.json")
+    accelerator.wait_for_everyone()  # ranks leave together: one exiting while another still runs can abort gloo
     return results
 
 
