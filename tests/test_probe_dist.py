@@ -45,7 +45,9 @@ def run_probe(tmp_path, name, nproc, *extra):
     return results, ckpt.load(tmp_path / name / "probe-latest.pt")
 
 
-@pytest.mark.parametrize("cache", ["true", "false"])
+# cache_features=false (encoding on the fly through the sharded DataLoader) passes the same way; it is
+# marked slow to keep the default suite near 2 minutes on 2 cores (run it with `pytest -m slow`).
+@pytest.mark.parametrize("cache", ["true", pytest.param("false", marks=pytest.mark.slow)])
 def test_two_process_probing_matches_one_process(tmp_path, cache):
     two, state2 = run_probe(tmp_path, "two", 2, f"optimization.cache_features={cache}")
     one, state1 = run_probe(tmp_path, "one", 1, f"optimization.cache_features={cache}")
