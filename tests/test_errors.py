@@ -85,3 +85,22 @@ def test_made_by_and_worker_messages():
                              "files in a row could not be used")
     assert one_line(wrapped) == "6 files in a row could not be used"
     assert one_line(ValueError("a\n  b")) == "a; b"
+
+
+def test_no_decodable_video_and_missing_decoder_are_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("JEPA_DEBUG", raising=False)
+    for i in range(3):
+        (tmp_path / f"v{i}.mp4").write_text("not a video")
+    lst = tmp_path / "list.csv"
+    lst.write_text("".join(f"v{i}.mp4 0\n" for i in range(3)))
+    base = ["--config", str(TINY_PRETRAIN), f"data.datasets=[{lst}]", "data.max_consecutive_failures=3"]
+    rc, err = run(capsys, *base, f"logging.folder={tmp_path / 'a'}")
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith("error: 3 files in a row could not be used (data.max_consecutive_failures=3)")
+    import data.video
+
+    monkeypatch.setattr(data.video, "decord_available", lambda: False)  # a machine without decord
+    rc, err = run(capsys, *base, f"logging.folder={tmp_path / 'b'}", "data.decoder=decord")
+    assert rc == 2
+    assert err == ("error: data.decoder=decord but decord is not installed on this machine (pip install decord, "
+                   "x86_64 only); use data.decoder=pyav\n")
