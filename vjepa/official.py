@@ -32,7 +32,6 @@ from vjepa.models import VIT_SIZES, VisionTransformer
 logger = logging.getLogger(__name__)
 
 
-
 class KeyMissing(ckpt.CheckpointMismatch, KeyError):
     """The checkpoint has no weights under the asked key (`target_encoder`, `encoder`)."""
 

@@ -28,16 +28,18 @@ class Ranks:
 
     Args:
         rank: this process's index. world: number of processes.
+        device: where collectives run (NCCL needs CUDA tensors; gloo takes CPU ones). Results come back on
+            the CPU, except gradients, which stay where they are.
     """
 
-    def __init__(self, rank: int = 0, world: int = 1):
-        self.rank, self.world = rank, world
+    def __init__(self, rank: int = 0, world: int = 1, device: torch.device | str = "cpu"):
+        self.rank, self.world, self.device = rank, world, torch.device(device)
 
     @classmethod
     def of(cls, accelerator) -> "Ranks":
         if accelerator.num_processes > 1 and not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError(f"{accelerator.num_processes} processes but no torch.distributed process group")
-        return cls(accelerator.process_index, accelerator.num_processes)
+        return cls(accelerator.process_index, accelerator.num_processes, accelerator.device)
 
     def check_batch(self, batch_size: int) -> None:
         if batch_size % self.world:
@@ -69,26 +71,26 @@ class Ranks:
     def mean(self, values: List[float]) -> List[float]:
         if self.world == 1:
             return values
-        t = torch.tensor(values, dtype=torch.float64)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return (t / self.world).tolist()
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         if self.world > 1:
-            values = values.clone()
+            values = values.to(self.device, copy=True)
             dist.all_reduce(values)
-        return values
+        return values.cpu()
 
     def gather_chunks(self, x: torch.Tensor, n: int) -> torch.Tensor:
         """Each rank's `chunk(n)` rows `[n_r, ...]` -> all `n` rows, in order, on every rank."""
         if self.world == 1:
             return x
         size = math.ceil(n / self.world)
-        padded = torch.zeros(size, *x.shape[1:], dtype=x.dtype)
-        padded[: len(x)] = x
+        padded = torch.zeros(size, *x.shape[1:], dtype=x.dtype, device=self.device)
+        padded[: len(x)] = x.to(self.device)
         parts = [torch.empty_like(padded) for _ in range(self.world)]
         dist.all_gather(parts, padded)
-        return torch.cat([p[: _chunk_len(n, r, self.world)] for r, p in enumerate(parts)])
+        return torch.cat([p[: _chunk_len(n, r, self.world)].cpu() for r, p in enumerate(parts)])
 
 
 def _chunk_len(n: int, rank: int, world: int) -> int:
