@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     except UserError as e:
         if args.debug or os.environ.get("JEPA_DEBUG", "") not in ("", "0"):
             raise
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        print(f"{'config error' if isinstance(e, ConfigError) else 'error'}: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
 

@@ -30,7 +30,7 @@ from data.trajectories import TrajectoryWindows, load_or_generate, make_layouts
 from hjepa.planning import (FlatPlanner, HierarchicalConfig, HierarchicalPlanner, PlannerConfig, RandomPolicy,
                             check_planner)
 from hjepa.wm_train import load_trained
-from vjepa.config import to_yaml
+from vjepa.config import ConfigError, to_yaml
 from vjepa.plots import save_with_help
 from vjepa.runtime import make_accelerator, resolve_run_dir
 
@@ -160,7 +160,7 @@ def run(cfg: PlanConfig, dry_run: bool = False) -> Optional[Path]:
     for p in (cfg.cem, cfg.mppi, cfg.hierarchical.level0, cfg.hierarchical.level1):
         check_planner(p)
     if not cfg.checkpoint:
-        raise ValueError("plan: set checkpoint=<worldmodel run>/wm-latest.pt")
+        raise ConfigError("plan: set checkpoint=<worldmodel run>/wm-latest.pt")
     wm_cfg, wm, macro, bank = load_trained(cfg.checkpoint)
     env_cfg = wm_cfg.data.env
     walls_all = make_layouts(env_cfg, wm_cfg.data.num_layouts, wm_cfg.data.layout_seed)

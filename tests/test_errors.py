@@ -104,3 +104,12 @@ def test_no_decodable_video_and_missing_decoder_are_one_line(tmp_path, monkeypat
     assert rc == 2
     assert err == ("error: data.decoder=decord but decord is not installed on this machine (pip install decord, "
                    "x86_64 only); use data.decoder=pyav\n")
+
+
+def test_config_errors_found_by_a_job_are_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("JEPA_DEBUG", raising=False)
+    rc, err = run(capsys, "--config", str(ROOT / "configs" / "probe" / "motion.yaml"),
+                  f"logging.folder={tmp_path}")
+    assert rc == 2
+    assert err == ("config error: pretrain.checkpoint is not set: give a checkpoint (pretrain.checkpoint=PATH) or "
+                   "pretrain.random_init=true\n")

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from data.config import DataConfig
 from data.motion_benchmark import motion_split
 from vjepa import checkpoint as ckpt
-from vjepa.config import to_yaml
+from vjepa.config import ConfigError, to_yaml
 from vjepa.official import load_encoder, random_encoder_like
 from vjepa.probe_config import ProbeConfig, ProbeDataConfig, ProbeOptimizationConfig
 from vjepa.probe import average_softmax, build_probe, join_segments, knn_predict, topk_correct
@@ -261,7 +261,7 @@ def build_encoder_for(cfg: ProbeConfig, device, frames: int, crop: int) -> nn.Mo
                     num_heads=p.num_heads, img_size=crop)
     if p.checkpoint is None:
         if not p.random_init:
-            raise ValueError("pretrain.checkpoint is not set: give a checkpoint (pretrain.checkpoint=PATH) "
+            raise ConfigError("pretrain.checkpoint is not set: give a checkpoint (pretrain.checkpoint=PATH) "
                              "or pretrain.random_init=true")
         encoder = random_encoder_like(None, seed=p.seed, **geometry)
     else:
