@@ -17,10 +17,10 @@ def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch
         h = target(clip)  # [B, N, D]
         h = F.layer_norm(h, (h.shape[-1],))
     z = encoder(clip, masks_ctx)  # list over mask configs of [B, K_ctx, D]
-    preds = predictor(z, masks_ctx, masks_tgt)  # list of [B, K_tgt, D]
+    h_tgt = [gather_tokens(h, m) for m in masks_tgt]  # list of [B, K_tgt, D]
+    preds = predictor(z, masks_ctx, masks_tgt, targets=h_tgt)  # list of [B, K_tgt, D]; targets: see Predictor
     loss = sum(
-        (p.float() - gather_tokens(h, m).float()).abs().pow(loss_exp).mean() / loss_exp
-        for p, m in zip(preds, masks_tgt)
+        (p.float() - t.float()).abs().pow(loss_exp).mean() / loss_exp for p, t in zip(preds, h_tgt)
     ) / len(preds)
     if reg_coeff > 0:
         std = torch.stack([torch.sqrt(p.float().var(dim=1) + 1e-4).mean() for p in preds]).mean()
