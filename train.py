@@ -1,11 +1,15 @@
 """The one entry point.
 
     python train.py                                   # built-in CPU quickstart (configs/quickstart.yaml)
-    python train.py --config configs/pretrain/vitl16.yaml [key.sub=value ...] [--dry-run]
+    python train.py --config configs/pretrain/vitl16.yaml [key.sub=value ...] [--dry-run] [--debug]
     accelerate launch --multi_gpu --num_processes 8 train.py --config ...
 
 The config's `task` key picks the job; each job owns its config dataclass and its train function.
 Reference V-JEPA configs (`app: vjepa`) run as `task: pretrain`.
+
+Expected mistakes (a config error, a missing checkpoint or data list, a checkpoint that is not the
+model's, no decodable video, an option this machine cannot run) end in one line on stderr and exit code
+2; `--debug` (or JEPA_DEBUG=1) adds the traceback. Anything else is a bug and shows its traceback.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import sys
 from pathlib import Path
 
 from vjepa.engine.config import ConfigError, load_config, read_yaml
+from vjepa.errors import UserError, one_line
 
 logger = logging.getLogger("train")
 
@@ -50,6 +55,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config", type=Path, default=None, help=f"YAML config (default: {QUICKSTART.name})")
     parser.add_argument("--dry-run", action="store_true", help="build everything, print the resolved config, "
                         "parameter counts and mask statistics, and exit")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of expected errors too "
+                        "(same as JEPA_DEBUG=1)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optimization.lr=3e-4")
     args = parser.parse_args(argv)
 
@@ -67,7 +74,13 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    getattr(module, fn_name)(cfg, dry_run=args.dry_run)
+    try:
+        getattr(module, fn_name)(cfg, dry_run=args.dry_run)
+    except UserError as e:
+        if args.debug or os.environ.get("JEPA_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"{'config error' if isinstance(e, ConfigError) else 'error'}: {one_line(e)}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -32,6 +32,7 @@ def collate_samples(samples: Sequence[dict]) -> Dict[str, torch.Tensor]:
         "clip": torch.stack(clips),  # [B, C, T, H, W]
         "label": torch.as_tensor(labels, dtype=torch.long),  # [B]
         "skipped": torch.as_tensor(sum(int(s.get("skipped", 0)) for s in samples)),
+        "padded": torch.as_tensor(sum(int(s.get("padded", 0)) for s in samples)),  # clips of too-short videos
     }
 
 

@@ -89,7 +89,8 @@ class DataAugConfig:
         horizontal_flip: flip a clip with probability 0.5.
         auto_augment: RandAugment (timm) per clip, as the probe recipes use.
         reprob: random-erasing probability (timm), probe recipes.
-        motion_shift: reference key for a crop that drifts over time; not implemented, must stay false.
+        motion_shift: the crop box moves linearly from one random draw (first frame) to another (last
+            frame), as the reference's `random_resized_crop_with_shift`.
         mean / std: normalisation (ImageNet statistics, as the reference).
     """
 

@@ -2,7 +2,10 @@
 
 `build_video_dataset(data, aug, train)` is the entry point. A sample is a dict
 `{"clip": float [C, T, H, W] (or a list of num_clips * num_views of them, clip-major),
-  "label": int, "skipped": int}`, where `skipped` counts the broken files skipped to produce it.
+  "label": int, "skipped": int, "padded": int}`, where `skipped` counts the broken files (and, with
+`filter_short_videos`, the videos shorter than one clip) skipped to produce it, and `padded` how many of
+its clips repeat their last frame because the video is shorter than one clip (the training default, as
+the reference).
 
 Exact resume: every random draw in `__getitem__` (temporal position, crop, flip, replacement sample, the
 sample within a weighted dataset) comes from torch's global RNG or python `random`, which the loader
@@ -21,6 +24,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from data.config import DataAugConfig, DataConfig
+from data.errors import MissingDataList, NoUsableVideos
 from data.transforms import ClipOrViews, make_eval_transform, make_train_transform
 from data.video import DecodeError, open_video, resolve_decoder
 
@@ -31,6 +35,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", "
 DATASET_TYPES = ("VideoDataset", "ImageDataset")
 
 Sample = Tuple[str, int]  # (path, label)
+
+
+class TooShort(DecodeError):
+    """A video shorter than one clip, with `data.filter_short_videos` on: skipped and counted as skipped."""
 Transform = Callable[[torch.Tensor], ClipOrViews]
 
 
@@ -94,7 +102,7 @@ def load_source(path: str, extensions: Sequence[str]) -> Tuple[List[Sample], Opt
         if path.lower().endswith(tuple(e.lower() for e in extensions)):
             return [(path, 0)], None
         return read_csv_list(path), None
-    raise FileNotFoundError(f"dataset {path!r} is neither a CSV file, a folder nor a media file")
+    raise MissingDataList(f"dataset {path!r} not found (neither a CSV file, a folder nor a media file)")
 
 
 # ---------------------------------------------------------------------------------------- clip sampling
@@ -118,6 +126,11 @@ def frame_step(
     return sampling_rate
 
 
+def clip_span(num_frames: int, step: int) -> int:
+    """Frames of the video that one clip of `num_frames` frames, `step` apart, covers."""
+    return (num_frames - 1) * step + 1
+
+
 def clip_indices(video_frames: int, num_frames: int, step: int, num_clips: int, random: bool) -> List[List[int]]:
     """Frame indices of `num_clips` clips of `num_frames` frames, `step` apart.
 
@@ -126,7 +139,7 @@ def clip_indices(video_frames: int, num_frames: int, step: int, num_clips: int, 
     uniform (eval): one centred clip, or clips evenly spaced from the first to the last frame
     (PySlowFast's multi-clip test protocol). A video shorter than a clip repeats its last frame.
     """
-    span = (num_frames - 1) * step + 1  # frames covered by one clip
+    span = clip_span(num_frames, step)
     room = max(video_frames - span, 0)  # latest start that fits
     segment = video_frames // num_clips
     clips = []
@@ -226,6 +239,7 @@ class ClipDataset(Dataset):
         # warned about once and not reopened. Filled in __getitem__; holds no randomness.
         self._broken: Dict[int, str] = {}
         self._filtered: Set[int] = set()
+        self._padded = 0  # clips of the last `load` that repeat their last frame (set by load)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -253,16 +267,18 @@ class ClipDataset(Dataset):
                     clips = self.load(path)
                 except DecodeError as e:
                     reason = self._broken[sid] = e.reason
-                    logger.warning("skipping broken file %s: %s", path, e.reason)
+                    logger.warning("skipping %s %s: %s", "short video" if isinstance(e, TooShort) else "broken file",
+                                   path, e.reason)
                 else:
                     if clips is not None:
-                        return {"clip": self._transform(clips), "label": label, "skipped": skipped}
+                        return {"clip": self._transform(clips), "label": label, "skipped": skipped,
+                                "padded": self._padded}
                     self._filtered.add(sid)
                     reason = "filtered by duration"
             skipped += sid in self._broken
             failed.append(f"{path} ({reason})")
             if len(failed) >= self.max_consecutive_failures:
-                raise RuntimeError(
+                raise NoUsableVideos(
                     f"{len(failed)} files in a row could not be used (data.max_consecutive_failures="
                     f"{self.max_consecutive_failures}); check the list with `python -m data.check`. "
                     f"Examples: {'; '.join(failed[:5])}"
@@ -283,7 +299,8 @@ class VideoDataset(ClipDataset):
     Args:
         decoder: `auto`, `decord` or `pyav`.
         sampling_rate / fps / clip_duration: frame step (see `frame_step`).
-        filter_short_videos: skip videos shorter than one clip instead of padding them.
+        filter_short_videos: skip videos shorter than one clip (counted in `skipped`) instead of padding
+            them with their last frame.
         min_duration / max_duration: skip videos outside this duration range (seconds).
         decoder_threads: decoder threads per video (0 = 1 inside DataLoader workers, else the backend's
             default of one per core).
@@ -331,8 +348,10 @@ class VideoDataset(ClipDataset):
             ):
                 return None
             step = frame_step(video_fps, self.sampling_rate, self.fps, self.clip_duration, self.num_frames)
-            if self.filter_short_videos and n < (self.num_frames - 1) * step + 1:
-                return None
+            span = clip_span(self.num_frames, step)
+            if self.filter_short_videos and n < span:
+                raise TooShort(path, f"shorter than one clip ({n} frames, a clip spans {span})")
+            self._padded = self.num_clips if n < span else 0
             clips = clip_indices(n, self.num_frames, step, self.num_clips, self.random_clips)
             frames = reader.get_frames([i for c in clips for i in c])  # [num_clips * T, H, W, C], one pass
         return list(frames.split(self.num_frames))

@@ -4,7 +4,8 @@ Randomness comes from torch's global RNG (and, inside RandAugment / random erasi
 the loader seeds both per sample, so a resumed run sees the same augmentations. Geometry runs on uint8
 (torch's antialiased uint8 resize is ~4x faster than float), normalisation last.
 
-Train: random resized crop -> horizontal flip -> [RandAugment] -> normalise -> [random erasing].
+Train: random resized crop (or, with motion_shift, a crop box that moves from a first to a last draw
+over the clip) -> horizontal flip -> [RandAugment] -> normalise -> [random erasing].
 Eval: short-side resize + centre crop, or `num_views` crops along the long side (V-JEPA eval protocol).
 """
 from __future__ import annotations
@@ -104,6 +105,18 @@ def random_resized_crop_params(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def shifted_crop(clip: torch.Tensor, scale: Sequence[float], ratio: Sequence[float], size: int) -> torch.Tensor:
+    """Random resized crop whose box moves over time (the reference's `motion_shift`): one box is drawn
+    for the first frame and one for the last, and frame i uses their linear interpolation (rounded down
+    to whole pixels, as the reference), resized to `size`. uint8 `[T, H, W, C]` -> `[T, size, size, C]`."""
+    t, h, w, _ = clip.shape
+    first = random_resized_crop_params(h, w, scale, ratio)
+    last = random_resized_crop_params(h, w, scale, ratio)
+    boxes = torch.stack([torch.linspace(a, b, t) for a, b in zip(first, last)], 1).int()  # [T, 4] top left h w
+    return torch.cat([resize_clip(clip[i: i + 1, top: top + ch, left: left + cw], size, size)
+                      for i, (top, left, ch, cw) in enumerate(boxes.tolist())])
+
+
 class ClipRandAugment:
     """timm RandAugment with one draw per clip: every frame replays the same python/numpy random state.
 
@@ -172,6 +185,7 @@ class TrainTransform:
         mean / std: normalisation.
         rand_augment: RandAugment (probe recipes).
         reprob: random-erasing probability (probe recipes); 0 = off.
+        motion_shift: the crop box drifts linearly from a first to a last random draw (`shifted_crop`).
     """
 
     def __init__(
@@ -184,8 +198,10 @@ class TrainTransform:
         std: Sequence[float] = (0.229, 0.224, 0.225),
         rand_augment: bool = False,
         reprob: float = 0.0,
+        motion_shift: bool = False,
     ):
         self.crop_size = crop_size
+        self.motion_shift = motion_shift
         self.scale, self.ratio = tuple(scale), tuple(ratio)
         self.horizontal_flip = horizontal_flip
         self.mean, self.std = tuple(mean), tuple(std)
@@ -194,8 +210,11 @@ class TrainTransform:
 
     def __call__(self, clip: torch.Tensor) -> torch.Tensor:
         _, h, w, _ = clip.shape
-        top, left, ch, cw = random_resized_crop_params(h, w, self.scale, self.ratio)
-        clip = resize_clip(clip[:, top : top + ch, left : left + cw], self.crop_size, self.crop_size)
+        if self.motion_shift:
+            clip = shifted_crop(clip, self.scale, self.ratio, self.crop_size)
+        else:
+            top, left, ch, cw = random_resized_crop_params(h, w, self.scale, self.ratio)
+            clip = resize_clip(clip[:, top : top + ch, left : left + cw], self.crop_size, self.crop_size)
         if self.horizontal_flip and torch.rand(1).item() < 0.5:
             clip = clip.flip(2)  # W axis of [T, H, W, C]
         if self.rand_augment is not None:
@@ -239,8 +258,6 @@ class EvalTransform:
 
 
 def make_train_transform(aug: DataAugConfig, crop_size: int) -> TrainTransform:
-    if aug.motion_shift:
-        raise NotImplementedError("data_aug.motion_shift is not implemented; set it to false")
     return TrainTransform(
         crop_size=crop_size,
         scale=aug.random_resize_scale,
@@ -250,6 +267,7 @@ def make_train_transform(aug: DataAugConfig, crop_size: int) -> TrainTransform:
         std=aug.std,
         rand_augment=aug.auto_augment,
         reprob=aug.reprob,
+        motion_shift=aug.motion_shift,
     )
 
 

@@ -25,6 +25,8 @@ import av
 import numpy as np
 import torch
 
+from data.errors import UnsupportedOption
+
 logger = logging.getLogger(__name__)
 
 DECODERS = ("auto", "decord", "pyav")
@@ -73,7 +75,8 @@ def resolve_decoder(decoder: str) -> str:
     if decoder == "auto":
         return "pyav"
     if decoder == "decord" and not decord_available():
-        raise ImportError("decoder='decord' but decord is not installed (pip install decord, x86_64 only)")
+        raise UnsupportedOption("data.decoder=decord but decord is not installed on this machine (pip install decord, "
+                                "x86_64 only); use data.decoder=pyav")
     return decoder
 
 

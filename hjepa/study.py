@@ -343,7 +343,7 @@ def _report(cfg: HorizonStudyConfig, probe_acc, curves, H: int, sp: List[int]) -
 
 
 def _plots(run_dir: Path, probe_acc, curves, H: int, views) -> None:
-    from vjepa.plots import _pyplot
+    from vjepa.plots import _pyplot, save_with_help
 
     plt = _pyplot()
     hs = np.arange(1, H + 1)
@@ -361,9 +361,10 @@ def _plots(run_dir: Path, probe_acc, curves, H: int, views) -> None:
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(run_dir / "horizon.png", dpi=100)
-    plt.close(fig)
+    save_with_help(fig, run_dir / "horizon.png", "Accuracy of the label h windows ahead, predicted from each "
+                   "level's features (higher is better; 1 - cos: lower is better). Curves fall with h; a level "
+                   "that stays above the flat baseline for larger h predicts further ahead. Dashed: the best "
+                   "any predictor can do.")
     names = list(views)
     fig, ax = plt.subplots(figsize=(7, 3.8))
     x = np.arange(len(names))
@@ -374,6 +375,6 @@ def _plots(run_dir: Path, probe_acc, curves, H: int, views) -> None:
     ax.set_ylim(0, 1)
     ax.legend()
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(run_dir / "probes.png", dpi=100)
-    plt.close(fig)
+    save_with_help(fig, run_dir / "probes.png", "Held-out probe accuracy on each view's features. Higher levels "
+                   "should keep the slow label (long time scale)\nat least as well as level 0, which should hold "
+                   "the fast one; a bar at chance means that information is gone.")

@@ -209,6 +209,8 @@ def train(cfg: HJEPAConfig, dry_run: bool = False) -> Optional[Path]:
         from vjepa.plots import plot_metric_curves
 
         shown = ["loss"] + [f"L{k}/feature_std" for k in range(len(cfg.levels) + 1)]
-        plot_metric_curves(run_dir / "metrics.csv", run_dir / "loss.png", shown)
+        plot_metric_curves(run_dir / "metrics.csv", run_dir / "loss.png", shown,
+                           "Healthy: loss falls, then flattens; every level's feature_std stays well above 0 (a "
+                           "level whose std falls towards 0 is collapsing).")
         logger.info("done: %d steps, checkpoint %s", step, latest)
     return run_dir

@@ -83,3 +83,10 @@ if __name__ == "__main__":
             print(f"{name}: rank {rank} stopped: {e}", flush=True)
         finally:
             undo()
+    # Ranks leave together and close the group: rank 0 hosts the store, and a rank still tearing down
+    # gloo when it goes can abort ("terminate called without an active exception", exit -6).
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

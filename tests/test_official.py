@@ -175,3 +175,17 @@ def test_rope_rotation_matches_vjepa2():
 
     x, pos = torch.randn(2, 3, 5, 8), torch.arange(5).expand(2, 3, 5)
     assert torch.allclose(rope_rotate(x, pos), reference_vjepa2_rotate(x, pos), atol=1e-6)
+
+
+def test_package_level_load_encoder_and_its_docstring_example_runs():
+    import doctest
+
+    import vjepa
+    from vjepa import official
+
+    assert vjepa.load_encoder is official.load_encoder
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for test in doctest.DocTestFinder().find(vjepa.load_encoder, "load_encoder", globs={}):
+        runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.attempted >= 8 and result.failed == 0

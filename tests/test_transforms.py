@@ -157,6 +157,25 @@ def test_random_erasing_erases_the_same_region_on_every_frame() -> None:
             assert torch.equal(changed[i], changed[0])
 
 
-def test_motion_shift_is_refused() -> None:
-    with pytest.raises(NotImplementedError):
-        make_train_transform(DataAugConfig(motion_shift=True), crop_size=32)
+def test_motion_shift_moves_the_crop_box_linearly_over_the_clip() -> None:
+    from data.transforms import random_resized_crop_params, resize_clip
+
+    still = texture_clip()[:1].repeat(6, 1, 1, 1)  # 6 identical frames [T, H, W, C]
+    aug = DataAugConfig(motion_shift=True, horizontal_flip=False)
+    tf = make_train_transform(aug, crop_size=32)
+    moved = 0
+    for seed in range(6):
+        torch.manual_seed(seed)
+        x = unnormalize(tf(still))  # [C, T, 32, 32]
+        torch.manual_seed(seed)  # replay the two box draws
+        a = random_resized_crop_params(48, 80, aug.random_resize_scale, aug.random_resize_aspect_ratio)
+        b = random_resized_crop_params(48, 80, aug.random_resize_scale, aug.random_resize_aspect_ratio)
+        for i in range(6):
+            top, left, h, w = (int(u + (v - u) * i / 5) for u, v in zip(a, b))  # linear, truncated
+            want = resize_clip(still[i: i + 1, top: top + h, left: left + w], 32, 32)[0].permute(2, 0, 1)
+            assert torch.allclose(x[:, i], want.float(), atol=0.51), (seed, i)
+        moved += a != b and not torch.allclose(x[:, 0], x[:, -1], atol=2)
+    assert moved >= 5  # a static clip now moves
+    torch.manual_seed(0)  # without motion_shift the same clip stays still
+    y = unnormalize(make_train_transform(DataAugConfig(horizontal_flip=False), crop_size=32)(still))
+    assert torch.allclose(y[:, 0], y[:, -1], atol=0.51)

@@ -216,32 +216,49 @@ class VisionTransformer(nn.Module):
         return _run_blocks(self.blocks, x, coords if self.use_rope else None, False, keep_last=k)
 
 
+# Forward-diffusion steps of the reference predictor without mask tokens: beta grows linearly 0.5 -> 1.0
+# over 1000 steps and alpha_t = prod_{s <= t} (1 - beta_s), so alpha_0 = 0.5 and alpha_t < 2^-(t+1).
+DIFFUSION_ALPHAS = torch.cumprod(1.0 - (0.5 + 0.5 * torch.arange(1000, dtype=torch.float64) / 1000), 0)
+
+
+def diffuse(x: torch.Tensor) -> torch.Tensor:
+    """x `[B, K, d]` -> sqrt(alpha_t) layer_norm(x) + sqrt(1 - alpha_t) noise, t drawn per sample from
+    torch's RNG (the reference's `diffusion`, its default beta range)."""
+    t = torch.randint(0, len(DIFFUSION_ALPHAS), (x.shape[0],))
+    alpha = DIFFUSION_ALPHAS[t].to(x.device, x.dtype).view(-1, 1, 1)
+    x = F.layer_norm(x, (x.shape[-1],))
+    return alpha.sqrt() * x + (1.0 - alpha).sqrt() * torch.randn_like(x)
+
+
 class Predictor(nn.Module):
     """Narrow ViT that predicts target-token features from context tokens (V-JEPA predictor).
 
     Context tokens are projected D -> d and get the predictor's own positions; each target position
     becomes a learnable mask token (one per mask config) plus its position; all attend jointly, and the
-    outputs at target positions are projected back d -> D.
+    outputs at target positions are projected back d -> D. Without mask tokens (`use_mask_tokens=False`,
+    the reference's other mode) a target query is the target's own feature projected D -> d and noised
+    by `diffuse` (almost always to pure noise: alpha_t falls below 1e-3 by t = 10), plus its position.
 
     Args:
         grid: (t, h, w) token grid of the clip. embed_dim: encoder width D. pred_embed_dim: width d.
         depth, num_heads, mlp_ratio: predictor transformer shape.
         num_mask_tokens: one learnable query token per mask config.
         zero_init_mask_tokens: start the mask tokens at zero (reference default) instead of trunc-normal.
+        use_mask_tokens: False = no mask tokens; queries from noised target features (`forward`'s targets).
     """
 
     def __init__(self, grid: tuple[int, int, int], embed_dim: int = 768, pred_embed_dim: int = 384,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  drop_path_rate: float = 0.0, init_std: float = 0.02, num_mask_tokens: int = 2,
                  zero_init_mask_tokens: bool = True, uniform_power: bool = False, use_rope: bool = False,
-                 use_activation_checkpointing: bool = False):
+                 use_activation_checkpointing: bool = False, use_mask_tokens: bool = True):
         super().__init__()
         self.grid = tuple(grid)
         self.use_rope = use_rope
         self.use_activation_checkpointing = use_activation_checkpointing
         self.predictor_embed = nn.Linear(embed_dim, pred_embed_dim)
         self.mask_tokens = nn.ParameterList(
-            nn.Parameter(torch.zeros(1, 1, pred_embed_dim)) for _ in range(num_mask_tokens)
+            nn.Parameter(torch.zeros(1, 1, pred_embed_dim)) for _ in range(num_mask_tokens if use_mask_tokens else 0)
         )
         if not use_rope:
             table = sincos_3d(pred_embed_dim, *self.grid, uniform_power=uniform_power).unsqueeze(0)
@@ -260,24 +277,32 @@ class Predictor(nn.Module):
                 trunc_normal_(t, std=init_std)
 
     def forward(self, z: Union[torch.Tensor, Sequence[torch.Tensor]], masks_ctx: Masks, masks_tgt: Masks,
-                mask_index: int = 0, valid_ctx: Masks = None, valid_tgt: Masks = None):
+                mask_index: int = 0, targets: Union[torch.Tensor, Sequence[torch.Tensor], None] = None,
+                valid_ctx: Masks = None, valid_tgt: Masks = None):
         """z `[B, K_ctx, D]` at `masks_ctx [B, K_ctx]` -> predictions `[B, K_tgt, D]` at `masks_tgt`.
 
         Lists of (z, masks_ctx, masks_tgt) run once per mask config, mask config i using mask token i.
+        `targets` (`[B, K_tgt, D]` or a list of them): the target features, read only without mask tokens.
         `valid_ctx` / `valid_tgt` (bool, like the masks; None = no padding) mark real tokens of padded masks.
         """
+        if len(self.mask_tokens) == 0 and targets is None:
+            raise ValueError("a predictor without mask tokens (model.use_mask_tokens=false) needs the targets")
         if not isinstance(z, torch.Tensor):
             n = len(z)
+            tgts = targets if targets is not None else [None] * n
             valid_ctx = [None] * n if valid_ctx is None else valid_ctx
             valid_tgt = [None] * n if valid_tgt is None else valid_tgt
-            return [self._predict(zi, mc, mt, i, vc, vt)
-                    for i, (zi, mc, mt, vc, vt) in enumerate(zip(z, masks_ctx, masks_tgt, valid_ctx, valid_tgt))]
-        return self._predict(z, masks_ctx, masks_tgt, mask_index, valid_ctx, valid_tgt)
+            return [self._predict(zi, mc, mt, i, ti, vc, vt) for i, (zi, mc, mt, ti, vc, vt)
+                    in enumerate(zip(z, masks_ctx, masks_tgt, tgts, valid_ctx, valid_tgt))]
+        return self._predict(z, masks_ctx, masks_tgt, mask_index, targets, valid_ctx, valid_tgt)
 
-    def _predict(self, z, masks_ctx, masks_tgt, mask_index, valid_ctx=None, valid_tgt=None):
+    def _predict(self, z, masks_ctx, masks_tgt, mask_index, targets=None, valid_ctx=None, valid_tgt=None):
         B, K_ctx, _ = z.shape
         x = self.predictor_embed(z)  # [B, K_ctx, d]
-        query = self.mask_tokens[mask_index].to(x.dtype).expand(B, masks_tgt.shape[1], -1)  # [B, K_tgt, d]
+        if len(self.mask_tokens):
+            query = self.mask_tokens[mask_index].to(x.dtype).expand(B, masks_tgt.shape[1], -1)  # [B, K_tgt, d]
+        else:
+            query = diffuse(self.predictor_embed(targets.to(x.dtype)))  # [B, K_tgt, d]
         coords = None
         if self.use_rope:
             all_coords = grid_coords(self.grid, z.device).unsqueeze(0).expand(B, -1, -1)  # [B, N, 3]
@@ -304,7 +329,8 @@ class ModelConfig:
         model_name: a `VIT_SIZES` key (`vit_large` = ViT-L/16 for the published recipe).
         pred_depth / pred_embed_dim / pred_num_heads: predictor shape (heads default to the encoder's).
         uniform_power: equal t/h/w shares of the sin-cos table. use_rope: 3D RoPE instead (V-JEPA 2).
-        use_mask_tokens: reference key; the predictor always queries with learnable mask tokens here.
+        use_mask_tokens: query targets with learnable mask tokens (true, the published recipe) or with the
+            targets' own features noised to (nearly) pure noise (false, see `Predictor`).
         zero_init_mask_tokens: mask tokens start at zero.
         use_activation_checkpointing: trade compute for memory (large sizes on GPU).
     """
@@ -339,11 +365,9 @@ def build_encoder(cfg: ModelConfig, *, img_size: int, num_frames: int, patch_siz
 
 
 def build_predictor(cfg: ModelConfig, encoder: VisionTransformer, num_mask_tokens: int) -> Predictor:
-    if not cfg.use_mask_tokens:
-        raise ValueError("model.use_mask_tokens=false is not supported: the predictor queries with mask tokens")
     return Predictor(
         grid=encoder.grid, embed_dim=encoder.embed_dim, pred_embed_dim=cfg.pred_embed_dim, depth=cfg.pred_depth,
         num_heads=cfg.pred_num_heads or encoder.num_heads, num_mask_tokens=num_mask_tokens,
         zero_init_mask_tokens=cfg.zero_init_mask_tokens, uniform_power=cfg.uniform_power, use_rope=cfg.use_rope,
-        use_activation_checkpointing=cfg.use_activation_checkpointing,
+        use_activation_checkpointing=cfg.use_activation_checkpointing, use_mask_tokens=cfg.use_mask_tokens,
     )

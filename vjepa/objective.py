@@ -65,11 +65,12 @@ def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch
     valid_tgt = batch.get("valid_tgt") or [None] * len(masks_tgt)
     h = jepa_targets(target, clip, cfg.target_layers)
     z = encoder(clip, masks_ctx, valid_ctx)  # list over mask configs of [B, K_ctx, D]
-    preds = predictor(z, masks_ctx, masks_tgt, valid_ctx=valid_ctx, valid_tgt=valid_tgt)  # list of [B, K_tgt, D]
+    h_tgt = [gather_tokens(h, m) for m in masks_tgt]  # list of [B, K_tgt, D]
+    # targets feed the predictor's queries only without mask tokens (model.use_mask_tokens=false)
+    preds = predictor(z, masks_ctx, masks_tgt, targets=h_tgt, valid_ctx=valid_ctx, valid_tgt=valid_tgt)
     p = cfg.loss_exp
     loss = sum(
-        _masked_mean((pr.float() - gather_tokens(h, m).float()).abs().pow(p), v) / p
-        for pr, m, v in zip(preds, masks_tgt, valid_tgt)
+        _masked_mean((pr.float() - ht.float()).abs().pow(p), v) / p for pr, ht, v in zip(preds, h_tgt, valid_tgt)
     ) / len(preds)
     extra = {}
     if cfg.reg_coeff > 0:

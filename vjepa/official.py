@@ -26,9 +26,18 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 
 from vjepa.engine import checkpoint as ckpt
+from vjepa.hf import is_hf_folder, read_hf_folder
 from vjepa.models import VIT_SIZES, VisionTransformer
 
 logger = logging.getLogger(__name__)
+
+
+class KeyMissing(ckpt.CheckpointMismatch, KeyError):
+    """The checkpoint has no weights under the asked key (`target_encoder`, `encoder`)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
 
 _PREFIXES = ("module.", "backbone.")
 # V-JEPA 2's ViT-g (`vit_giant_xformers`) has 22 heads where V-JEPA's ViT-g has 16; both are 1408 x 40.
@@ -51,7 +60,7 @@ def read_checkpoint(path: str | Path, key: str = "target_encoder") -> Tuple[Dict
     if "patch_embed.proj.weight" in strip_prefixes(raw):  # a bare encoder state dict
         return strip_prefixes(raw), None
     if key not in raw:
-        raise KeyError(f"{path}: no {key!r} in the checkpoint; top-level keys: {sorted(raw)}")
+        raise KeyMissing(f"{path}: no {key!r} in the checkpoint; top-level keys: {sorted(raw)}")
     return strip_prefixes(raw[key]), raw.get("config") if isinstance(raw.get("config"), dict) else None
 
 
@@ -130,26 +139,62 @@ def _table_grid(n: int, p: int, tub: int, frames: Optional[int], size_px: Option
                                   f"tubelet {tub} explains; pass num_frames and img_size")
 
 
+def _state_and_geometry(path: str | Path, key: str, **given) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """(encoder state dict, `VisionTransformer` kwargs) of a checkpoint file or a Hugging Face folder."""
+    if not is_hf_folder(path):
+        state, config = read_checkpoint(path, key)
+        return state, infer_geometry(state, config, **given)
+    state, kwargs = read_hf_folder(path, img_size=given["img_size"], num_frames=given["num_frames"])
+    size = VIT_SIZES.get(given["model_name"]) if given["model_name"] else None
+    if given["model_name"] and size is None:
+        raise ValueError(f"unknown model_name {given['model_name']!r}; valid: {sorted(VIT_SIZES)}")
+    checks = [("patch_size", given["patch_size"], kwargs["patch_size"]),
+              ("tubelet_size", given["tubelet_size"], kwargs["tubelet_size"]),
+              ("num_heads", given["num_heads"], kwargs["num_heads"]),
+              ("use_rope", given["use_rope"], True),
+              ("model_name width x depth", size and (size.embed_dim, size.depth), (kwargs["embed_dim"], kwargs["depth"]))]
+    for what, want, found in checks:
+        if want is not None and want != found:
+            raise ckpt.CheckpointMismatch(f"{what}={want} but the Hugging Face model {path} has {found}")
+    return state, kwargs
+
+
 def load_encoder(path: str | Path, key: str = "target_encoder", *, model_name: Optional[str] = None,
                  img_size: Optional[int] = None, num_frames: Optional[int] = None, patch_size: Optional[int] = None,
                  tubelet_size: Optional[int] = None, num_heads: Optional[int] = None,
                  uniform_power: Optional[bool] = None, use_rope: Optional[bool] = None) -> VisionTransformer:
-    """A ready, frozen encoder (eval mode, no gradients) from a checkpoint file.
+    """A ready, frozen encoder (eval mode, no gradients) from a checkpoint file or a Hugging Face folder.
 
     Args:
-        path: this project's checkpoint, an official V-JEPA / V-JEPA 2 one, or a bare encoder state dict.
-        key: which weights (`target_encoder`, the EMA encoder the papers evaluate, or `encoder`).
+        path: this project's checkpoint, an official V-JEPA / V-JEPA 2 one, a bare encoder state dict, or
+            a Hugging Face V-JEPA 2 folder (`config.json` + `model.safetensors`, see `vjepa.hf`).
+        key: which weights (`target_encoder`, the EMA encoder the papers evaluate, or `encoder`); a
+            Hugging Face folder holds one encoder and ignores it.
         model_name ... use_rope: geometry the weights cannot tell or that you want checked (see
             `infer_geometry`); a value that contradicts the weights raises.
+
+    Example (a checkpoint written on the spot; `vit_micro` is 96 wide and 4 deep):
+
+    >>> import os, tempfile, torch, vjepa
+    >>> from vjepa.models import VisionTransformer
+    >>> net = VisionTransformer(img_size=32, num_frames=4, patch_size=16, embed_dim=96, depth=4, num_heads=3)
+    >>> path = os.path.join(tempfile.mkdtemp(), "jepa-latest.pt")
+    >>> torch.save({"target_encoder": net.state_dict()}, path)
+    >>> encoder = vjepa.load_encoder(path, num_frames=4)
+    >>> clip = torch.randn(2, 3, 4, 32, 32)                      # [B, C, T, H, W]
+    >>> tokens = encoder(clip)                                  # [B, N, D], N = 2 x 2 x 2 tokens
+    >>> tokens.shape, encoder.num_heads
+    (torch.Size([2, 8, 96]), 3)
+    >>> torch.allclose(tokens, net.eval()(clip), atol=1e-6)
+    True
     """
-    state, config = read_checkpoint(path, key)
-    kwargs = infer_geometry(state, config, model_name=model_name, img_size=img_size, num_frames=num_frames,
-                            patch_size=patch_size, tubelet_size=tubelet_size, num_heads=num_heads,
-                            uniform_power=uniform_power, use_rope=use_rope)
+    state, kwargs = _state_and_geometry(path, key, model_name=model_name, img_size=img_size,
+                                        num_frames=num_frames, patch_size=patch_size, tubelet_size=tubelet_size,
+                                        num_heads=num_heads, uniform_power=uniform_power, use_rope=use_rope)
     with torch.device("meta"):  # no point initialising weights that are overwritten
         encoder = VisionTransformer(**kwargs)
     encoder = encoder.to_empty(device="cpu")
-    ckpt.load_state_strict(encoder, state, f"{Path(path).name}[{key}]")
+    ckpt.load_state_strict(encoder, state, Path(path).name if is_hf_folder(path) else f"{Path(path).name}[{key}]")
     logger.info("loaded %s[%s]: D=%d depth=%d heads=%d grid %s %s", path, key, kwargs["embed_dim"], kwargs["depth"],
                 kwargs["num_heads"], encoder.grid, "RoPE" if kwargs["use_rope"] else "sin-cos table")
     return encoder.eval().requires_grad_(False)
@@ -163,10 +208,9 @@ def random_encoder_like(path: Optional[str | Path], seed: int = 0, key: str = "t
     """A randomly initialised encoder (reference init, seeded) of the geometry of the checkpoint at `path`,
     or, with `path=None`, of `model_name` and the given clip geometry: the random-init baseline."""
     if path is not None:
-        state, config = read_checkpoint(path, key)
-        kwargs = infer_geometry(state, config, model_name=model_name, img_size=img_size, num_frames=num_frames,
-                                patch_size=patch_size, tubelet_size=tubelet_size, num_heads=num_heads,
-                                uniform_power=uniform_power, use_rope=use_rope)
+        _, kwargs = _state_and_geometry(path, key, model_name=model_name, img_size=img_size,
+                                        num_frames=num_frames, patch_size=patch_size, tubelet_size=tubelet_size,
+                                        num_heads=num_heads, uniform_power=uniform_power, use_rope=use_rope)
     else:
         if model_name is None:
             raise ValueError("a random encoder without a checkpoint needs model_name")

@@ -1,4 +1,5 @@
-"""PNG figures written into run folders (matplotlib, Agg backend)."""
+"""PNG figures written into run folders (matplotlib, Agg backend). Each carries one grey line under it
+that says how to read it (`save_with_help`)."""
 from __future__ import annotations
 
 import csv
@@ -17,7 +18,24 @@ def _pyplot():
     return plt
 
 
-def plot_metric_curves(metrics_csv: Path, out_png: Path, keys: Sequence[str] = ("loss",)) -> None:
+# How to read the curves of a pretraining run's loss.png.
+PRETRAIN_LOSS_HELP = ("Healthy: loss falls fast, then slowly (it need not reach 0: the EMA targets move); feature_std "
+                      "stays well above 0 (a fall towards 0 is collapse); lr warms up, then decays.")
+
+
+def save_with_help(fig, out_png: Path, help_text: str, dpi: int = 100, bottom: float = 0.0) -> None:
+    """Lay out `fig` leaving room for one line of reading help at the bottom (plus `bottom`, a fraction of
+    the height for a figure-level legend), write it and close it."""
+    lines = 1 + help_text.count("\n")
+    room = min(0.3, (0.12 * lines + 0.06) / fig.get_figheight())  # ~9 pt per line
+    fig.tight_layout(rect=(0, room + bottom, 1, 1))
+    fig.text(0.5, 0.01, help_text, ha="center", va="bottom", fontsize=7, color="dimgray")
+    fig.savefig(out_png, dpi=dpi)
+    _pyplot().close(fig)
+
+
+def plot_metric_curves(metrics_csv: Path, out_png: Path, keys: Sequence[str] = ("loss",),
+                       help_text: str = PRETRAIN_LOSS_HELP) -> None:
     with open(metrics_csv) as f:
         rows = list(csv.DictReader(f))
     plt = _pyplot()
@@ -29,9 +47,7 @@ def plot_metric_curves(metrics_csv: Path, out_png: Path, keys: Sequence[str] = (
         ax.set_xlabel("step")
         ax.set_title(key)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    save_with_help(fig, out_png, help_text)
 
 
 def plot_masks(clip: torch.Tensor, masks_ctx: Sequence[torch.Tensor], masks_tgt: Sequence[torch.Tensor],
@@ -45,7 +61,8 @@ def plot_masks(clip: torch.Tensor, masks_ctx: Sequence[torch.Tensor], masks_tgt:
     frames = (clip.float().cpu() * s + m).clamp(0, 1)[:, ::tubelet_size]  # [C, t, H, W]
     cols = list(range(t))[:: max(1, t // max_cols)][:max_cols]
     plt = _pyplot()
-    fig, axes = plt.subplots(len(masks_ctx), len(cols), figsize=(1.6 * len(cols), 1.7 * len(masks_ctx)), squeeze=False)
+    fig, axes = plt.subplots(len(masks_ctx), len(cols), figsize=(max(7.5, 1.6 * len(cols)), 1.7 * len(masks_ctx) + 0.6),
+                             squeeze=False)  # wide and tall enough for the legend and the reading help
     for row, (mc, mt) in enumerate(zip(masks_ctx, masks_tgt)):
         state = torch.zeros(t * h * w)  # 0 dropped, 1 context, 2 target
         state[mc.cpu()] = 1
@@ -63,6 +80,12 @@ def plot_masks(clip: torch.Tensor, masks_ctx: Sequence[torch.Tensor], masks_tgt:
             if row == 0:
                 ax.set_title(f"t={ti}", fontsize=8)
         axes[row][0].set_ylabel(f"mask {row}\nctx {len(mc)} / tgt {len(mt)}", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    from matplotlib.patches import Patch
+
+    fig.legend(handles=[Patch(facecolor="white", edgecolor="black", label="context (pixels unchanged)"),
+                        Patch(facecolor=(1.0, 0.1, 0.1, 0.5), edgecolor="black", label="target (red tint)"),
+                        Patch(facecolor=(0.6, 0.6, 0.6), edgecolor="black", label="dropped context (greyed)")],
+               loc="lower center", ncol=3, fontsize=7, frameon=False, bbox_to_anchor=(0.5, 0.07))
+    save_with_help(fig, out_png, "Rows: mask configs; columns: token time steps. The encoder sees the context, the "
+                   "predictor fills in the red targets;\ngrey tokens are context dropped to give every clip of the "
+                   "batch the same length. A V-JEPA target block covers the same place at every time step.", bottom=0.08)

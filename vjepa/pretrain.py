@@ -181,6 +181,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
                                    mean=cfg.data_aug.mean, std=cfg.data_aug.std)
     batches = iter(loader)
     tick, tick_step, last, skipped = time.time(), step, {}, 0
+    padded, start_step = 0, step  # padded: clips of videos shorter than one clip, reported once at the end
     if knn is not None and step == 0:  # the random-init reference the monitor's curve starts from
         log.log(0, knn.scores(target, accelerator.device))
 
@@ -195,6 +196,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
             if step == 0 and main:
                 _save_mask_figure(cfg, batch, grid, run_dir)
             skipped += int(batch["skipped"])
+            padded += int(batch["padded"])
             batch["clip"] = batch["clip"].to(accelerator.device, non_blocking=True)
             batch["masks_ctx"] = [x.to(accelerator.device) for x in batch["masks_ctx"]]
             batch["masks_tgt"] = [x.to(accelerator.device) for x in batch["masks_tgt"]]
@@ -233,6 +235,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
 
     pbar.close()
     log.close()
+    _report_padding(accelerator, padded, (step - start_step) * clips_per_step)
     if main:
         from vjepa.plots import plot_metric_curves
 
@@ -240,6 +243,15 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
         plot_metric_curves(run_dir / "metrics.csv", run_dir / "loss.png", curves)
         logger.info("done: %d steps, final loss %.4f, checkpoint %s", step, float(last.get("loss", float("nan"))), latest)
     return run_dir
+
+
+def _report_padding(accelerator, padded: int, clips: int) -> None:
+    """One log line: how many of the run's clips came from videos shorter than one clip (summed over ranks)."""
+    total = int(accelerator.reduce(torch.tensor(padded, device=accelerator.device), reduction="sum"))
+    if total and accelerator.is_main_process:
+        logger.warning("%d of %d clips (%.1f%%) came from videos shorter than one clip and were padded by repeating "
+                       "their last frame; data.filter_short_videos=true skips such videos, and `python -m "
+                       "data.check LIST --config CONFIG` lists them", total, clips, 100.0 * total / max(1, clips))
 
 
 def _save_mask_figure(cfg: PretrainConfig, batch: dict, grid, run_dir: Path) -> None:

@@ -8,7 +8,9 @@ of the LR x WD grid trains on those same tokens (their losses are independent, s
 all), as V-JEPA 2's multi-head evaluation. Evaluation averages the softmax over segments x views and
 reports top-1 / top-5 of every probe and the best one. With `optimization.cache_features` the encoder
 runs once per sample for the whole run (exact when the training transform draws nothing random, as on
-the motion benchmark), which makes probing a small model on CPU a matter of seconds.
+the motion benchmark), which makes probing a small model on CPU a matter of seconds. Under `accelerate
+launch` each of N processes encodes, trains and evaluates on 1/N of the data with the results of one
+process (vjepa/probe_dist.py).
 
 Config keys follow the reference `video_classification_frozen` YAMLs (`data`, `optimization`,
 `pretrain` sections); `probe`, `meta` and `logging` are this codebase's additions (vjepa/probe_config.py).
@@ -26,19 +28,20 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from data.config import DataConfig
 from data.generated.motion_benchmark import motion_split
 from vjepa.engine import checkpoint as ckpt
 from vjepa.engine.checkpoint import save_checkpoint
-from vjepa.engine.config import to_yaml
+from vjepa.engine.config import ConfigError, to_yaml
 from vjepa.engine.optim import optimizer_step, param_groups
 from vjepa.engine.runtime import MetricLog, make_accelerator, resolve_run_dir
 from vjepa.engine.schedules import cosine_at, lr_at, set_lr_wd
 from vjepa.official import load_encoder, random_encoder_like
 from vjepa.probe_config import ProbeConfig, ProbeDataConfig, ProbeOptimizationConfig
 from vjepa.probe import average_softmax, build_probe, join_segments, knn_predict, topk_correct
+from vjepa.probe_dist import Ranks, ShardedBatches
 
 logger = logging.getLogger(__name__)
 
@@ -98,11 +101,11 @@ def _collate(batch):
     return torch.stack(clips), torch.as_tensor(labels, dtype=torch.long)  # [B, S, V, C, T, H, W], [B]
 
 
-def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, epoch: int, num_workers: int) -> DataLoader:
-    g = torch.Generator()
-    g.manual_seed(seed * 100_003 + epoch)  # each epoch's order is a function of (seed, epoch): resumable
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=num_workers,
-                      collate_fn=_collate, drop_last=shuffle)
+def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, epoch: int, num_workers: int,
+                ranks: Ranks = Ranks()) -> DataLoader:
+    """This rank's share of each global batch; each epoch's order is a function of (seed, epoch): resumable."""
+    return DataLoader(ds, batch_sampler=ShardedBatches(len(ds), batch_size, shuffle, seed, epoch, ranks),
+                      num_workers=num_workers, collate_fn=_collate)
 
 
 # ------------------------------------------------------------------------------------------ encoding
@@ -117,13 +120,15 @@ def encode(encoder: nn.Module, clips: torch.Tensor, attend_across_segments: bool
 
 @torch.no_grad()
 def encode_dataset(encoder: nn.Module, ds: Dataset, batch_size: int, attend_across_segments: bool, device,
-                   autocast, num_workers: int = 0, dtype=torch.float16) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Every sample of `ds` once, in order -> (inputs `[M, P, N, D]` stored as `dtype`, labels `[M]`)."""
+                   autocast, num_workers: int = 0, dtype=torch.float16,
+                   ranks: Ranks = Ranks()) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Every sample of `ds` once, in order -> (inputs `[M, P, N, D]` stored as `dtype`, labels `[M]`).
+    With several ranks each encodes its contiguous share and every rank gets the whole result."""
     feats, labels = [], []
-    for clips, y in make_loader(ds, batch_size, False, 0, 0, num_workers):
+    for clips, y in make_loader(Subset(ds, ranks.chunk(len(ds))), batch_size, False, 0, 0, num_workers):
         feats.append(encode(encoder, clips.to(device), attend_across_segments, autocast).to(dtype).cpu())
         labels.append(y)
-    return torch.cat(feats), torch.cat(labels)
+    return ranks.gather_chunks(torch.cat(feats), len(ds)), ranks.gather_chunks(torch.cat(labels), len(ds))
 
 
 # ------------------------------------------------------------------------------------------ probe grid
@@ -144,11 +149,14 @@ class ProbeGrid:
         probes: the probe modules. points: their (lr, wd). opt: the optimisation section (schedules).
         steps_per_epoch: optimizer steps per epoch (schedules are functions of the global step).
         accelerator: the run's Accelerator (the engine's step runs under its autocast).
+        ranks: the processes sharing the work: each trains on its share of every global batch and the
+            probes' gradients are averaged across them before clipping and the update (default: this
+            process alone).
     """
 
     def __init__(self, probes: Sequence[nn.Module], points: Sequence[GridPoint], opt: ProbeOptimizationConfig,
-                 steps_per_epoch: int, accelerator):
-        self.probes, self.points, self.opt = list(probes), list(points), opt
+                 steps_per_epoch: int, accelerator, ranks: Ranks = Ranks()):
+        self.probes, self.points, self.opt, self.ranks = list(probes), list(points), opt, ranks
         self.accelerator = accelerator
         groups = []
         for p, pt in zip(self.probes, self.points):
@@ -183,12 +191,14 @@ class ProbeGrid:
         self.set_schedules(step)
         B, P = x.shape[:2]
         inputs, targets = x.flatten(0, 1), y.repeat_interleave(P)  # [B*P, M, D], [B*P]
-        # Every rank trains the same probes on the same batches (and the quickstart runs probes on the
-        # main process only), so the NaN check needs no collective.
+        # With one process (or the quickstart's probes, which only the main process runs) the NaN check
+        # needs no collective; sharded over ranks, every rank sees a different loss, so all check the mean.
+        params = [q for p in self.probes for q in p.parameters()]
         out = optimizer_step(self.accelerator, self.optimizer, partial(self.objective, inputs, targets), self.probes,
                              step, self.opt.clip_grad, {str(i): p for i, p in enumerate(self.probes)},
-                             across_ranks=False)
-        return out["losses"].tolist()
+                             across_ranks=self.ranks.world > 1,
+                             sync_grads=partial(self.ranks.average_grads, params))  # = the global batch's
+        return self.ranks.mean(out["losses"].tolist())
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> List[torch.Tensor]:
@@ -224,8 +234,13 @@ class Scores:
                 c[k] += v
         self.total += len(labels)
 
-    def percent(self) -> List[Dict[str, float]]:
-        return [{k: 100.0 * v / max(1, self.total) for k, v in c.items()} for c in self.counts]
+    def percent(self, ranks: Ranks = Ranks()) -> List[Dict[str, float]]:
+        """Scores over every rank's predictions (counts summed across ranks)."""
+        keys = ("top1", "top5")
+        local = torch.tensor([[c[k] for k in keys] for c in self.counts] + [[self.total, 0]], dtype=torch.float64)
+        summed = ranks.sum(local)
+        total = max(1.0, float(summed[-1, 0]))
+        return [{k: 100.0 * float(v) / total for k, v in zip(keys, row)} for row in summed[:-1]]
 
 
 # ------------------------------------------------------------------------------------------ the job
@@ -255,7 +270,7 @@ def build_encoder_for(cfg: ProbeConfig, device, frames: int, crop: int) -> nn.Mo
                     num_heads=p.num_heads, img_size=crop)
     if p.checkpoint is None:
         if not p.random_init:
-            raise ValueError("pretrain.checkpoint is not set: give a checkpoint (pretrain.checkpoint=PATH) "
+            raise ConfigError("pretrain.checkpoint is not set: give a checkpoint (pretrain.checkpoint=PATH) "
                              "or pretrain.random_init=true")
         encoder = random_encoder_like(None, seed=p.seed, **geometry)
     else:
@@ -274,12 +289,17 @@ def run_folder(cfg: ProbeConfig, accelerator) -> Path:
     return resolve_run_dir(folder, "probe", accelerator)
 
 
-def train(cfg: ProbeConfig, dry_run: bool = False) -> Optional[dict]:
+def train(cfg: ProbeConfig, dry_run: bool = False, ranks: Optional[Ranks] = None) -> Optional[dict]:
     """Train the probe grid on a frozen encoder and evaluate it; returns the results dict (also written
-    to `results.json` in the run folder)."""
+    to `results.json` in the run folder).
+
+    `ranks`: the processes that run this job. None: every process of the launch, each doing its share;
+    `Ranks()`: this process alone, with no collective (the quickstart probes on the main process only)."""
     o, d = cfg.optimization, cfg.data
     accelerator = make_accelerator(cfg.meta.dtype if o.use_bfloat16 else "float32")
     device = accelerator.device
+    ranks = Ranks.of(accelerator) if ranks is None else ranks
+    ranks.check_batch(o.batch_size)
     torch.manual_seed(cfg.meta.seed)
     frames, crop = clip_geometry(cfg)
     encoder = build_encoder_for(cfg, device, frames, crop)
@@ -293,7 +313,7 @@ def train(cfg: ProbeConfig, dry_run: bool = False) -> Optional[dict]:
     steps_per_epoch = len(train_ds) // o.batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"train split of {len(train_ds)} samples is smaller than one batch ({o.batch_size})")
-    grid = ProbeGrid(probes, points, o, steps_per_epoch, accelerator)
+    grid = ProbeGrid(probes, points, o, steps_per_epoch, accelerator, ranks)
     if dry_run:
         n = sum(q.numel() for q in probes[0].parameters())
         print(to_yaml(cfg))
@@ -303,7 +323,8 @@ def train(cfg: ProbeConfig, dry_run: bool = False) -> Optional[dict]:
         return None
 
     run_dir = run_folder(cfg, accelerator)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    if accelerator.is_main_process:
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
     latest = run_dir / "probe-latest.pt"
     start_epoch, history = 0, []
     if cfg.resume_checkpoint and latest.exists():
@@ -319,21 +340,22 @@ def train(cfg: ProbeConfig, dry_run: bool = False) -> Optional[dict]:
     t0 = time.time()
     cached = None
     if o.cache_features:
-        cached = (encode_dataset(encoder, train_ds, o.batch_size, o.attend_across_segments, device, autocast, d.num_workers),
-                  encode_dataset(encoder, val_ds, o.batch_size, o.attend_across_segments, device, autocast, d.num_workers))
+        cached = tuple(encode_dataset(encoder, ds, o.batch_size, o.attend_across_segments, device, autocast,
+                                      d.num_workers, ranks=ranks) for ds in (train_ds, val_ds))
         logger.info("encoded %d train + %d val videos in %.1fs", len(train_ds), len(val_ds), time.time() - t0)
 
     for epoch in range(start_epoch, o.num_epochs):
         losses = train_epoch(grid, encoder, train_ds, cached and cached[0], cfg, epoch, steps_per_epoch, device,
                              autocast, log)
         scores = evaluate(grid, encoder, val_ds, cached and cached[1], cfg, device, autocast)
+        ranks.barrier()  # rank 0 saves below; no rank starts the next epoch before
         best = max(range(len(points)), key=lambda i: scores[i]["top1"])
         history.append({"epoch": epoch + 1, "train_loss": losses, "val": scores})
         log.log((epoch + 1) * steps_per_epoch, {"val_top1_best": scores[best]["top1"], "train_loss_min": min(losses)})
         logger.info("epoch %d/%d: best probe (lr %.1e, wd %.1e) val top-1 %.2f%% top-5 %.2f%%", epoch + 1,
                     o.num_epochs, points[best].lr, points[best].wd, scores[best]["top1"], scores[best]["top5"])
         save_checkpoint(accelerator, latest, {"grid": grid.state_dict(), "epoch": epoch + 1, "history": json.dumps(history)},
-                        step=epoch + 1, finite=probes, replicated=probes, across_ranks=False)
+                        step=epoch + 1, finite=probes, replicated=probes, across_ranks=ranks.world > 1)
 
     results = summarize(history, points, cfg)
     if cached is not None and cfg.probe.knn_k > 0:
@@ -350,30 +372,27 @@ def train(cfg: ProbeConfig, dry_run: bool = False) -> Optional[dict]:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
         logger.info("probe results: best val top-1 %.2f%% (top-5 %.2f%%)%s; %s", results["top1"], results["top5"],
                     f", k-NN top-1 {results['knn_top1']:.2f}%" if "knn_top1" in results else "", run_dir / "results.json")
+    ranks.barrier()  # ranks leave together: one exiting while another still runs can abort gloo
     return results
 
 
-def _batches(cached, ds, cfg: ProbeConfig, epoch: int, shuffle: bool, encoder, device, autocast):
-    """(inputs `[B, P, M, D]`, labels) batches: from cached (features, labels) or by encoding on the fly."""
+def _batches(cached, ds, cfg: ProbeConfig, epoch: int, shuffle: bool, encoder, device, autocast, ranks: Ranks):
+    """This rank's share of the (inputs `[B, P, M, D]`, labels) batches: from cached (features, labels) or
+    by encoding on the fly. The global batches are the same for any number of ranks."""
     o = cfg.optimization
     if cached is not None:
         x, y = cached
-        g = torch.Generator()
-        g.manual_seed(cfg.meta.seed * 100_003 + epoch)
-        order = torch.randperm(len(y), generator=g) if shuffle else torch.arange(len(y))
-        n = len(y) - len(y) % o.batch_size if shuffle else len(y)
-        for i in range(0, n, o.batch_size):
-            idx = order[i: i + o.batch_size]
+        for idx in ShardedBatches(len(y), o.batch_size, shuffle, cfg.meta.seed, epoch, ranks):
             yield x[idx].to(device).float(), y[idx].to(device)
         return
-    for clips, labels in make_loader(ds, o.batch_size, shuffle, cfg.meta.seed, epoch, cfg.data.num_workers):
+    for clips, labels in make_loader(ds, o.batch_size, shuffle, cfg.meta.seed, epoch, cfg.data.num_workers, ranks):
         yield encode(encoder, clips.to(device), o.attend_across_segments, autocast), labels.to(device)
 
 
 def train_epoch(grid: ProbeGrid, encoder, ds, cached, cfg: ProbeConfig, epoch: int, steps_per_epoch: int, device,
                 autocast, log: MetricLog) -> List[float]:
     sums, n = None, 0
-    for i, (x, y) in enumerate(_batches(cached, ds, cfg, epoch, True, encoder, device, autocast)):
+    for i, (x, y) in enumerate(_batches(cached, ds, cfg, epoch, True, encoder, device, autocast, grid.ranks)):
         step = epoch * steps_per_epoch + i
         losses = grid.train_step(x, y, step)
         sums = losses if sums is None else [a + b for a, b in zip(sums, losses)]
@@ -386,9 +405,9 @@ def train_epoch(grid: ProbeGrid, encoder, ds, cached, cfg: ProbeConfig, epoch: i
 @torch.no_grad()
 def evaluate(grid: ProbeGrid, encoder, ds, cached, cfg: ProbeConfig, device, autocast) -> List[Dict[str, float]]:
     scores = Scores(len(grid.probes))
-    for x, y in _batches(cached, ds, cfg, 0, False, encoder, device, autocast):
+    for x, y in _batches(cached, ds, cfg, 0, False, encoder, device, autocast, grid.ranks):
         scores.add(grid.predict(x), y)
-    return scores.percent()
+    return scores.percent(grid.ranks)
 
 
 def knn_score(cached, num_classes: int, k: int) -> float:

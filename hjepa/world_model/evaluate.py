@@ -30,8 +30,9 @@ from data.generated.trajectories import TrajectoryWindows, load_or_generate, mak
 from hjepa.world_model.planning import (FlatPlanner, HierarchicalConfig, HierarchicalPlanner, PlannerConfig, RandomPolicy,
                             check_planner)
 from hjepa.world_model.train import load_trained
-from vjepa.engine.config import to_yaml
+from vjepa.engine.config import ConfigError, to_yaml
 from vjepa.engine.runtime import make_accelerator, resolve_run_dir
+from vjepa.plots import save_with_help
 
 logger = logging.getLogger(__name__)
 METHODS = ("random", "cem", "mppi", "hierarchical")
@@ -159,7 +160,7 @@ def run(cfg: PlanConfig, dry_run: bool = False) -> Optional[Path]:
     for p in (cfg.cem, cfg.mppi, cfg.hierarchical.level0, cfg.hierarchical.level1):
         check_planner(p)
     if not cfg.checkpoint:
-        raise ValueError("plan: set checkpoint=<worldmodel run>/wm-latest.pt")
+        raise ConfigError("plan: set checkpoint=<worldmodel run>/wm-latest.pt")
     wm_cfg, wm, macro, bank = load_trained(cfg.checkpoint)
     env_cfg = wm_cfg.data.env
     walls_all = make_layouts(env_cfg, wm_cfg.data.num_layouts, wm_cfg.data.layout_seed)
@@ -266,9 +267,8 @@ def plot_success(results, bins, methods, out_png: Path) -> None:
     ax.set_ylim(-3, 103)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
+    save_with_help(fig, out_png, "Success falls with distance. A planner that keeps its success in the far\nbins "
+                   "plans long horizons; bars: ± 1 s.e. over tasks and seeds.", dpi=110)
 
 
 def plot_episodes(episodes, tasks, walls_all, probe, cfg: PlanConfig, out_png: Path) -> None:
@@ -304,7 +304,6 @@ def plot_episodes(episodes, tasks, walls_all, probe, cfg: PlanConfig, out_png: P
                 ax.set_title(m, fontsize=9)
             ax.set_xlabel(("success" if ep["success"][i] else "failure") + f", d={tasks['dist'][i]:.2f}", fontsize=7)
     handles, labels = axes[0][-1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, bbox_to_anchor=(0.5, 0.045))
+    save_with_help(fig, out_png, "Longest-distance tasks, start o, goal *. A good plan heads for the door\nand its "
+                   "executed path ends at the goal; a path that hugs a wall is stuck.", bottom=0.04)

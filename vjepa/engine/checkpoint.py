@@ -17,13 +17,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from data.errors import UserError
+from vjepa.engine.errors import MissingCheckpoint
 from vjepa.engine.optim import NonFiniteLoss
 
 logger = logging.getLogger(__name__)
 
 
-class CheckpointMismatch(RuntimeError):
-    pass
+class CheckpointMismatch(UserError, RuntimeError):
+    """A checkpoint that is not the model's (wrong keys or shapes): a user error, shown as one line."""
 
 
 def save_atomic(obj: dict, path: str | Path) -> None:
@@ -40,7 +42,7 @@ def save_atomic(obj: dict, path: str | Path) -> None:
 def load(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingCheckpoint(path)
     return torch.load(path, map_location=map_location, weights_only=True)
 
 

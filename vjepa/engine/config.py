@@ -21,6 +21,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from data.errors import UserError
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -29,8 +31,8 @@ T = TypeVar("T")
 IGNORED_KEYS = ("app", "nodes", "tasks_per_node", "meta.use_sdpa", "meta.skip_batches")
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UserError, ValueError):
+    """A config that cannot run as written: train.py prints `config error: ...` (one line, exit 2)."""
 
 
 def read_yaml(path: str | Path) -> dict:

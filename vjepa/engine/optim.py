@@ -59,13 +59,15 @@ def _params(p: Params) -> Iterable[nn.Parameter]:
 
 def optimizer_step(accelerator, optimizer, objective: Objective, modules: Sequence[nn.Module], step: int,
                    clip_grad: Optional[float] = None, clip: Optional[Mapping[str, Params]] = None,
-                   across_ranks: bool = True) -> Dict[str, object]:
+                   across_ranks: bool = True, sync_grads: Optional[Callable[[], None]] = None) -> Dict[str, object]:
     """One micro-batch of `objective` (a callable returning `(loss, aux)`; `aux` holds extra loss terms
     and tensors the job monitors) -> `aux` plus `loss` (the cross-rank mean, a 0-d tensor) and, on update
     steps with clipping, `grad_norm_<name>` per entry of `clip` (each clipped to `clip_grad` on its own).
 
     `modules`: the prepared modules whose gradients accumulate (`accelerator.accumulate`).
     `across_ranks`: see `check_finite`.
+    `sync_grads`: called on update steps after backward and before clipping, for modules no wrapper keeps
+    in sync (the probe job averages its probes' gradients across ranks here).
     """
     with accelerator.accumulate(*modules):
         with accelerator.autocast():
@@ -74,6 +76,8 @@ def optimizer_step(accelerator, optimizer, objective: Objective, modules: Sequen
         accelerator.backward(loss)
         out = dict(aux)
         out["loss"] = mean_loss
+        if accelerator.sync_gradients and sync_grads is not None:
+            sync_grads()
         if accelerator.sync_gradients and clip_grad:
             for name, params in (clip or {}).items():
                 norm = accelerator.clip_grad_norm_(_params(params), clip_grad)

@@ -1,0 +1,115 @@
+"""Expected user mistakes end in one line on stderr and exit code 2; --debug / JEPA_DEBUG shows the
+traceback; anything else keeps its traceback."""
+import pytest
+import torch
+
+import train as entry
+from conftest import ROOT, TINY_PRETRAIN
+from data.errors import NoUsableVideos, one_line
+from vjepa.errors import MissingCheckpoint, made_by
+from vjepa.models import VisionTransformer
+
+PLAN = str(ROOT / "configs" / "plan" / "two_rooms.yaml")
+
+
+def run(capsys, *argv):
+    rc = entry.main(list(argv))
+    return rc, capsys.readouterr().err
+
+
+def test_missing_checkpoint_names_the_command_that_writes_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no runs/ here: the world model was never trained
+    monkeypatch.delenv("JEPA_DEBUG", raising=False)
+    rc, err = run(capsys, "--config", PLAN)
+    assert rc == 2
+    assert err == ("error: checkpoint not found: runs/worldmodel-two_rooms/wm-latest.pt; it is written by "
+                   "python train.py --config configs/worldmodel/two_rooms.yaml\n")
+
+
+def test_missing_data_list_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("JEPA_DEBUG", raising=False)
+    missing = tmp_path / "train.csv"
+    rc, err = run(capsys, "--config", str(TINY_PRETRAIN), f"logging.folder={tmp_path / 'run'}",
+                  f"data.datasets=[{missing}]")
+    assert rc == 2
+    assert err == f"error: dataset '{missing}' not found (neither a CSV file, a folder nor a media file)\n"
+
+
+def test_wrong_checkpoint_for_the_model_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("JEPA_DEBUG", raising=False)
+    ck = tmp_path / "micro.pt"
+    enc = VisionTransformer(img_size=16, num_frames=4, patch_size=8, tubelet_size=2, embed_dim=96, depth=4,
+                            num_heads=3)
+    torch.save({"target_encoder": enc.state_dict()}, ck)
+    probe = str(ROOT / "configs" / "probe" / "motion.yaml")
+    rc, err = run(capsys, "--config", probe, f"pretrain.checkpoint={ck}", "pretrain.model_name=vit_base",
+                  f"logging.folder={tmp_path / 'run'}")
+    assert rc == 2
+    assert err == "error: model_name vit_base is 768 wide and 12 deep, the checkpoint 96 and 4\n"
+    # a checkpoint without the asked weights
+    rc, err = run(capsys, "--config", probe, f"pretrain.checkpoint={ck}", "pretrain.checkpoint_key=encoder",
+                  f"logging.folder={tmp_path / 'run'}")
+    assert rc == 2
+    assert err == f"error: {ck}: no 'encoder' in the checkpoint; top-level keys: ['target_encoder']\n"
+
+
+def test_debug_flag_and_env_show_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("JEPA_DEBUG", raising=False)
+    with pytest.raises(MissingCheckpoint):
+        entry.main(["--debug", "--config", PLAN])
+    monkeypatch.setenv("JEPA_DEBUG", "1")
+    with pytest.raises(MissingCheckpoint):
+        entry.main(["--config", PLAN])
+
+
+def test_unexpected_errors_keep_their_traceback(tmp_path, monkeypatch):
+    import hjepa.world_model.evaluate
+
+    def bug(cfg, dry_run=False):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(hjepa.world_model.evaluate, "run", bug)
+    monkeypatch.delenv("JEPA_DEBUG", raising=False)
+    with pytest.raises(ZeroDivisionError):
+        entry.main(["--config", PLAN])
+
+
+def test_made_by_and_worker_messages():
+    assert made_by("runs/vitl16/jepa-latest.pt") == "python train.py --config configs/pretrain/vitl16.yaml"
+    assert made_by("elsewhere/wm-latest.pt").startswith("a world-model run")
+    assert made_by("elsewhere/weights.bin") is None
+    # DataLoader workers re-raise with the worker's traceback in the message: keep the original line
+    wrapped = NoUsableVideos("Caught NoUsableVideos in DataLoader worker process 0.\nOriginal Traceback (most "
+                             "recent call last):\n  File \"x.py\", line 1, in f\ndata.errors.NoUsableVideos: 6 "
+                             "files in a row could not be used")
+    assert one_line(wrapped) == "6 files in a row could not be used"
+    assert one_line(ValueError("a\n  b")) == "a; b"
+
+
+def test_no_decodable_video_and_missing_decoder_are_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("JEPA_DEBUG", raising=False)
+    for i in range(3):
+        (tmp_path / f"v{i}.mp4").write_text("not a video")
+    lst = tmp_path / "list.csv"
+    lst.write_text("".join(f"v{i}.mp4 0\n" for i in range(3)))
+    base = ["--config", str(TINY_PRETRAIN), f"data.datasets=[{lst}]", "data.max_consecutive_failures=3"]
+    rc, err = run(capsys, *base, f"logging.folder={tmp_path / 'a'}")
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith("error: 3 files in a row could not be used (data.max_consecutive_failures=3)")
+    import data.video
+
+    monkeypatch.setattr(data.video, "decord_available", lambda: False)  # a machine without decord
+    rc, err = run(capsys, *base, f"logging.folder={tmp_path / 'b'}", "data.decoder=decord")
+    assert rc == 2
+    assert err == ("error: data.decoder=decord but decord is not installed on this machine (pip install decord, "
+                   "x86_64 only); use data.decoder=pyav\n")
+
+
+def test_config_errors_found_by_a_job_are_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("JEPA_DEBUG", raising=False)
+    rc, err = run(capsys, "--config", str(ROOT / "configs" / "probe" / "motion.yaml"),
+                  f"logging.folder={tmp_path}")
+    assert rc == 2
+    assert err == ("config error: pretrain.checkpoint is not set: give a checkpoint (pretrain.checkpoint=PATH) or "
+                   "pretrain.random_init=true\n")
