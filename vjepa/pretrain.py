@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 import torch.nn as nn
@@ -161,12 +161,16 @@ def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch
 
 
 def train_step(accelerator, encoder, predictor, target, optimizer, batch, loss_cfg: LossConfig,
-               clip_grad: Optional[float], step: int) -> dict:
+               clip_grad: Optional[float], step: int, objective: Optional[Callable] = None) -> dict:
     """One micro-batch: forward, NaN check (all ranks agree), backward, and on the last micro-batch of an
-    accumulation window grad clipping and the optimizer step."""
+    accumulation window grad clipping and the optimizer step. `objective(encoder, predictor, target, batch)`
+    replaces `jepa_loss` in I-JEPA mode."""
     with accelerator.accumulate(encoder, predictor):
         with accelerator.autocast():
-            loss, h = jepa_loss(encoder, predictor, target, batch, loss_cfg.loss_exp, loss_cfg.reg_coeff)
+            if objective is not None:
+                loss, h = objective(encoder, predictor, target, batch)
+            else:
+                loss, h = jepa_loss(encoder, predictor, target, batch, loss_cfg.loss_exp, loss_cfg.reg_coeff)
         mean_loss = accelerator.reduce(loss.detach(), reduction="mean")
         if not torch.isfinite(mean_loss):
             raise NonFiniteLoss(f"loss became {mean_loss.item()} at step {step}; stopping before the update. "
@@ -212,16 +216,19 @@ def describe(cfg: PretrainConfig, encoder, predictor, collator: MaskCollator) ->
 
 def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     opt = cfg.optimization
+    image_mode = None
+    if cfg.task == "ijepa":  # I-JEPA mode: its models, masks, images and objective (vjepa/ijepa.py)
+        from vjepa import ijepa as image_mode
     accelerator = make_accelerator(cfg.meta.dtype, opt.grad_accum_steps)
     main = accelerator.is_main_process
     torch.manual_seed(cfg.meta.seed)  # identical initial weights on every rank
-    encoder, predictor, target = build_models(cfg)
+    encoder, predictor, target = (image_mode.build_models if image_mode else build_models)(cfg)
     grid = encoder.grid
-    collator = MaskCollator(cfg.mask, grid, cfg.meta.seed)
+    collator = image_mode.build_collator(cfg, grid) if image_mode else MaskCollator(cfg.mask, grid, cfg.meta.seed)
     optimizer = torch.optim.AdamW(param_groups(encoder, predictor), lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
     if dry_run:
         if main:
-            print(describe(cfg, encoder, predictor, collator))
+            print((image_mode.describe if image_mode else describe)(cfg, encoder, predictor, collator))
         return None
 
     run_dir = resolve_run_dir(cfg.logging.folder, "pretrain", accelerator)
@@ -242,7 +249,11 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     encoder, predictor, optimizer = accelerator.prepare(encoder, predictor, optimizer)
     target.to(accelerator.device)
     d = cfg.data
-    dataset = build_dataset(d, cfg.data_aug, train=True)
+    if image_mode:
+        dataset = image_mode.build_dataset(cfg, accelerator.num_processes)
+    else:
+        dataset = build_dataset(d, cfg.data_aug, train=True)
+    objective = image_mode.objective(cfg) if image_mode else None  # None: jepa_loss
     loader = build_loader(dataset, collator, d.batch_size, rank=accelerator.process_index,
                           world_size=accelerator.num_processes, seed=cfg.meta.seed,
                           start_step=step * opt.grad_accum_steps, num_workers=d.num_workers,
@@ -261,7 +272,8 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     log.truncate_after(step)
     if main:
         logger.info("pretraining %s for %d steps (%d epochs x %d) on %d process(es), run folder %s",
-                    cfg.model.model_name, total, opt.epochs, opt.ipe, accelerator.num_processes, run_dir)
+                    cfg.meta.model_name if image_mode else cfg.model.model_name, total, opt.epochs, opt.ipe,
+                    accelerator.num_processes, run_dir)
     pbar = tqdm(total=total, initial=step, disable=not (main and cfg.logging.progress_bar), dynamic_ncols=True)
     clips_per_step = d.batch_size * accelerator.num_processes * opt.grad_accum_steps
     knn = None
@@ -281,13 +293,14 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
 
         for _ in range(opt.grad_accum_steps):
             batch = next(batches)
-            if step == 0 and main:
+            if step == 0 and main and not image_mode:
                 _save_mask_figure(cfg, batch, grid, run_dir)
             skipped += int(batch["skipped"])
             batch["clip"] = batch["clip"].to(accelerator.device, non_blocking=True)
             batch["masks_ctx"] = [x.to(accelerator.device) for x in batch["masks_ctx"]]
             batch["masks_tgt"] = [x.to(accelerator.device) for x in batch["masks_tgt"]]
-            last = train_step(accelerator, encoder, predictor, target, optimizer, batch, cfg.loss, opt.clip_grad, step)
+            last = train_step(accelerator, encoder, predictor, target, optimizer, batch, cfg.loss, opt.clip_grad, step,
+                              objective)
         ema_update(target, accelerator.unwrap_model(encoder), m)
         step += 1
         pbar.update(1)
