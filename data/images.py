@@ -170,6 +170,8 @@ def build_image_dataset(cfg: ImageDataConfig, train: bool = True) -> Dataset:
     """The images `cfg` names, with I-JEPA's train augmentation (or eval resizing)."""
     transform = ImageTransform(cfg, train)
     if cfg.builtin is not None:
+        if cfg.datasets or cfg.root_path or cfg.image_folder:
+            raise ValueError("data.builtin and data.datasets / root_path / image_folder are exclusive: pick one")
         if cfg.builtin != "digits":
             raise ValueError(f"data.builtin must be 'digits' or null, got {cfg.builtin!r}")
         return DigitsImages(cfg.crop_size, "train" if train else "val", transform)

@@ -135,6 +135,8 @@ def test_digits_split_is_fixed_and_disjoint():
     ds = DigitsImages(24, "val", ImageTransform(ImageDataConfig(crop_size=24), train=False))
     s = ds[0]
     assert len(ds) == len(va) and s["clip"].shape == (3, 24, 24) and 0 <= s["label"] < 10
+    with pytest.raises(ValueError, match="exclusive"):
+        build_image_dataset(ImageDataConfig(builtin="digits", datasets=["/somewhere"]))
 
 
 # ---------------------------------------------------------------------------------------- reference configs
@@ -235,8 +237,9 @@ def test_official_ijepa_checkpoint_loads_strictly_with_the_reference_features(tm
 
     torch.manual_seed(0)
     ref = _RefViT().eval()
-    for p in ref.parameters():  # random weights everywhere, norms and biases included
-        p.data.normal_(0, 0.2) if p.requires_grad else None
+    for p in ref.parameters():  # random weights everywhere, norms and biases included (not the fixed table)
+        if p.requires_grad:
+            p.data.normal_(0, 0.2)
     prefixed = {f"module.{k}": v for k, v in ref.state_dict().items()}
     path = tmp_path / "IN1K-vit.h.14-300e.pth.tar"
     torch.save({"encoder": prefixed, "predictor": {"module.mask_token": torch.zeros(1, 1, 8)},

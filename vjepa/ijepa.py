@@ -44,7 +44,7 @@ class IJEPAMetaConfig:
         model_name: encoder size (`vjepa.models.VIT_SIZES`). pred_depth / pred_emb_dim: predictor shape.
         pred_num_heads: predictor heads (None = the encoder's, as the reference).
         use_bfloat16: bf16 autocast on GPU (CPU runs fp32). copy_data: reference cluster option; must be false.
-        seed, load_checkpoint, read_checkpoint, save_every_freq (epochs), eval_freq, max_steps: as V-JEPA's `meta`.
+        seed, load_checkpoint, read_checkpoint, save_every_freq (epochs), max_steps: as V-JEPA's `meta`.
     """
 
     model_name: str = "vit_base"
@@ -59,7 +59,6 @@ class IJEPAMetaConfig:
     load_checkpoint: bool = False
     read_checkpoint: Optional[str] = None
     save_every_freq: int = 50
-    eval_freq: int = 100
     max_steps: Optional[int] = None
 
     @property
