@@ -174,10 +174,7 @@ class VisionTransformer(nn.Module):
         `masks`: an index tensor `[B, K]` keeps those K tokens -> `[B, K, D]`; a list of them runs the
         blocks once per mask and returns a list (one forward call, so DDP sees a single use).
         """
-        if x.ndim == 4:  # image: repeat over one tubelet
-            x = x.unsqueeze(2).repeat(1, 1, self.tubelet_size, 1, 1)
-        grid = self.grid_of(x)
-        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)  # [B, N, D]
+        x, grid = self.patchify(x)  # [B, N, D], (t, h, w)
         if not self.use_rope:
             x = x + resize_pos_embed(self.pos_embed, self.grid, grid).to(x.dtype)
         coords = grid_coords(grid, x.device).unsqueeze(0).expand(x.shape[0], -1, -1)  # [B, N, 3]
@@ -186,6 +183,13 @@ class VisionTransformer(nn.Module):
         if isinstance(masks, torch.Tensor):
             return self._encode(gather_tokens(x, masks), gather_tokens(coords, masks))
         return [self._encode(gather_tokens(x, m), gather_tokens(coords, m)) for m in masks]
+
+    def patchify(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """Pixels -> (patch tokens `[B, N, D]`, their (t, h, w) grid). An image is one repeated tubelet."""
+        if x.ndim == 4:  # image: repeat over one tubelet
+            x = x.unsqueeze(2).repeat(1, 1, self.tubelet_size, 1, 1)
+        grid = self.grid_of(x)
+        return self.patch_embed.proj(x).flatten(2).transpose(1, 2), grid
 
     def _encode(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         x = _run_blocks(self.blocks, x, coords if self.use_rope else None, self.use_activation_checkpointing)

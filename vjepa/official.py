@@ -14,6 +14,9 @@ RoPE or table (is `pos_embed` there), and the token grid of the table. What they
 and how the table's N splits into t x h x w) comes from the keyword arguments, this project's saved
 config, or the reference sizes. A stored table fixes the grid the encoder is built for; clips of another
 size still work, as in the reference, through the table's trilinear resize in `forward`.
+
+Official I-JEPA checkpoints (same three keys, inner keys under `module.`) hold image encoders: a 4-D
+patch kernel and a 2-D table; they load as `vjepa.image_vit.ImageViT` (geometry from `image_geometry`).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 
 from vjepa.engine import checkpoint as ckpt
+from vjepa.image_vit import ImageViT, image_geometry
 from vjepa.models import VIT_SIZES, VisionTransformer
 
 logger = logging.getLogger(__name__)
@@ -130,6 +134,11 @@ def _table_grid(n: int, p: int, tub: int, frames: Optional[int], size_px: Option
                                   f"tubelet {tub} explains; pass num_frames and img_size")
 
 
+def is_image_encoder(state: Mapping[str, torch.Tensor]) -> bool:
+    w = state.get("patch_embed.proj.weight")
+    return w is not None and w.ndim == 4
+
+
 def load_encoder(path: str | Path, key: str = "target_encoder", *, model_name: Optional[str] = None,
                  img_size: Optional[int] = None, num_frames: Optional[int] = None, patch_size: Optional[int] = None,
                  tubelet_size: Optional[int] = None, num_heads: Optional[int] = None,
@@ -137,21 +146,28 @@ def load_encoder(path: str | Path, key: str = "target_encoder", *, model_name: O
     """A ready, frozen encoder (eval mode, no gradients) from a checkpoint file.
 
     Args:
-        path: this project's checkpoint, an official V-JEPA / V-JEPA 2 one, or a bare encoder state dict.
+        path: this project's checkpoint (V-JEPA or I-JEPA), an official V-JEPA / V-JEPA 2 / I-JEPA one, or a
+            bare encoder state dict. Image encoders (a 4-D patch kernel) load as `ImageViT`.
         key: which weights (`target_encoder`, the EMA encoder the papers evaluate, or `encoder`).
         model_name ... use_rope: geometry the weights cannot tell or that you want checked (see
             `infer_geometry`); a value that contradicts the weights raises.
     """
     state, config = read_checkpoint(path, key)
-    kwargs = infer_geometry(state, config, model_name=model_name, img_size=img_size, num_frames=num_frames,
-                            patch_size=patch_size, tubelet_size=tubelet_size, num_heads=num_heads,
-                            uniform_power=uniform_power, use_rope=use_rope)
+    if is_image_encoder(state):  # I-JEPA: Conv2d patches and a 2-D table (vjepa/image_vit.py)
+        if use_rope or (tubelet_size or 1) != 1 or (num_frames or 1) != 1:
+            raise ckpt.CheckpointMismatch(f"{path} holds an image encoder: no RoPE, frames or tubelets")
+        cls, kwargs = ImageViT, image_geometry(state, model_name=model_name, img_size=img_size, patch_size=patch_size,
+                                               num_heads=num_heads)
+    else:
+        cls, kwargs = VisionTransformer, infer_geometry(
+            state, config, model_name=model_name, img_size=img_size, num_frames=num_frames, patch_size=patch_size,
+            tubelet_size=tubelet_size, num_heads=num_heads, uniform_power=uniform_power, use_rope=use_rope)
     with torch.device("meta"):  # no point initialising weights that are overwritten
-        encoder = VisionTransformer(**kwargs)
+        encoder = cls(**kwargs)
     encoder = encoder.to_empty(device="cpu")
     ckpt.load_state_strict(encoder, state, f"{Path(path).name}[{key}]")
     logger.info("loaded %s[%s]: D=%d depth=%d heads=%d grid %s %s", path, key, kwargs["embed_dim"], kwargs["depth"],
-                kwargs["num_heads"], encoder.grid, "RoPE" if kwargs["use_rope"] else "sin-cos table")
+                kwargs["num_heads"], encoder.grid, "RoPE" if kwargs.get("use_rope") else "sin-cos table")
     return encoder.eval().requires_grad_(False)
 
 
