@@ -5,7 +5,8 @@
     accelerate launch --multi_gpu --num_processes 8 train.py --config ...
 
 The config's `task` key picks the job; each job owns its config dataclass and its train function.
-Reference V-JEPA configs (`app: vjepa`) run as `task: pretrain`.
+Reference V-JEPA configs (`app: vjepa`) run as `task: pretrain`; reference I-JEPA configs (recognised by
+`mask.enc_mask_scale` / `meta.pred_depth`) as `task: ijepa`.
 
 Expected mistakes (a config error, a missing checkpoint or data list, a checkpoint that is not the
 model's, no decodable video, an option this machine cannot run) end in one line on stderr and exit code
@@ -30,6 +31,8 @@ QUICKSTART = Path(__file__).resolve().parent / "configs" / "quickstart.yaml"
 # task -> (module, config class, train function)
 TASKS = {
     "pretrain": ("vjepa.pretrain", "PretrainConfig", "train"),
+    "ijepa": ("vjepa.ijepa", "IJEPAConfig", "train"),
+    "ijepa_quickstart": ("vjepa.ijepa_quickstart", "IJEPAQuickstartConfig", "run"),
     "quickstart": ("vjepa.quickstart", "QuickstartConfig", "run"),
     "probe": ("vjepa.probe_train", "ProbeConfig", "train"),
     "hjepa": ("hjepa.train", "HJEPAConfig", "train"),
@@ -45,6 +48,9 @@ def pick_task(raw: dict, overrides: list[str]) -> str:
             return o.split("=", 1)[1]
     if "task" in raw:
         return raw["task"]
+    mask, meta = raw.get("mask"), raw.get("meta")
+    if (isinstance(mask, dict) and "enc_mask_scale" in mask) or (isinstance(meta, dict) and "pred_depth" in meta):
+        return "ijepa"  # reference I-JEPA configs (facebookresearch/ijepa): no task or app key
     if "eval_name" in raw:  # reference eval configs (video_classification_frozen, image_classification_frozen)
         return "probe"
     return "pretrain"  # reference pretraining configs say `app: vjepa`

@@ -27,12 +27,16 @@ class Job:
     stop_at: str  # a `meta.max_steps` inside the run
     nan_call: int  # objective call made NaN on rank 1 ...
     good_step: object  # ... and the `step(s)` of the last checkpoint before it
+    loop: str = ""  # where `save_checkpoint` is looked up when not in `module` (a mode of another job's loop)
 
 
 JOBS = {
     "pretrain": Job(TESTS / "tiny_pretrain.yaml", "vjepa.pretrain", "jepa-latest.pt",
                     ("encoder", "predictor", "target_encoder"), (("metrics.csv", "loss"),),
                     lambda b: [f"data.batch_size={b}"], "meta.max_steps=2", 5, 3),
+    "ijepa": Job(TESTS / "tiny_ijepa.yaml", "vjepa.ijepa", "jepa-latest.pt",
+                 ("encoder", "predictor", "target_encoder"), (("metrics.csv", "loss"),),
+                 lambda b: [f"data.batch_size={b}"], "meta.max_steps=2", 5, 3, loop="vjepa.pretrain"),
     "hjepa": Job(TESTS / "tiny_hjepa.yaml", "hjepa.train", "hjepa-latest.pt", ("model",), (("metrics.csv", "loss"),),
                  lambda b: [f"batch_size={b}"], "meta.max_steps=2", 5, 3),
     "worldmodel": Job(TESTS / "tiny_worldmodel.yaml", "hjepa.world_model.train", "wm-latest.pt", ("model", "macro"),

@@ -94,7 +94,7 @@ def test_ranks_read_disjoint_slices_of_the_global_batch():
 @pytest.mark.parametrize("name", sorted(JOBS))
 def test_stop_kill_and_resume_is_exact(tmp_path, monkeypatch, name):
     job = JOBS[name]
-    module = importlib.import_module(job.module)
+    module = importlib.import_module(job.loop or job.module)
     args = ["--config", str(job.config)]
     assert main([*args, f"logging.folder={tmp_path / 'whole'}"]) == 0
 

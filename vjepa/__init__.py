@@ -1,4 +1,4 @@
-"""V-JEPA: video ViT encoder, predictor, pretraining and frozen-encoder evaluation."""
+"""V-JEPA: video ViT encoder, predictor, pretraining and frozen-encoder evaluation; I-JEPA on images."""
 
 __all__ = ["load_encoder"]
 

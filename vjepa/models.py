@@ -196,14 +196,18 @@ class VisionTransformer(nn.Module):
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Clip (or image) -> (tokens `[B, N, D]` with positions added, their grid coordinates `[B, N, 3]`)."""
-        if x.ndim == 4:  # image: repeat over one tubelet
-            x = x.unsqueeze(2).repeat(1, 1, self.tubelet_size, 1, 1)
-        grid = self.grid_of(x)
-        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)  # [B, N, D]
+        x, grid = self.patchify(x)  # [B, N, D], (t, h, w)
         if not self.use_rope:
             x = x + resize_pos_embed(self.pos_embed, self.grid, grid).to(x.dtype)
         coords = grid_coords(grid, x.device).unsqueeze(0).expand(x.shape[0], -1, -1)  # [B, N, 3]
         return x, coords
+
+    def patchify(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """Pixels -> (patch tokens `[B, N, D]`, their (t, h, w) grid). An image is one repeated tubelet."""
+        if x.ndim == 4:  # image: repeat over one tubelet
+            x = x.unsqueeze(2).repeat(1, 1, self.tubelet_size, 1, 1)
+        grid = self.grid_of(x)
+        return self.patch_embed.proj(x).flatten(2).transpose(1, 2), grid
 
     def _encode(self, x: torch.Tensor, coords: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = _run_blocks(self.blocks, x, coords if self.use_rope else None, self.use_activation_checkpointing, valid)

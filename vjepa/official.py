@@ -14,6 +14,9 @@ RoPE or table (is `pos_embed` there), and the token grid of the table. What they
 and how the table's N splits into t x h x w) comes from the keyword arguments, this project's saved
 config, or the reference sizes. A stored table fixes the grid the encoder is built for; clips of another
 size still work, as in the reference, through the table's trilinear resize in `forward`.
+
+Official I-JEPA checkpoints (same three keys, inner keys under `module.`) hold image encoders: a 4-D
+patch kernel and a 2-D table; they load as `vjepa.image_vit.ImageViT` (geometry from `image_geometry`).
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import torch
 
 from vjepa.engine import checkpoint as ckpt
 from vjepa.hf import is_hf_folder, read_hf_folder
+from vjepa.image_vit import ImageViT, image_geometry
 from vjepa.models import VIT_SIZES, VisionTransformer
 
 logger = logging.getLogger(__name__)
@@ -139,11 +143,22 @@ def _table_grid(n: int, p: int, tub: int, frames: Optional[int], size_px: Option
                                   f"tubelet {tub} explains; pass num_frames and img_size")
 
 
-def _state_and_geometry(path: str | Path, key: str, **given) -> Tuple[Dict[str, torch.Tensor], dict]:
-    """(encoder state dict, `VisionTransformer` kwargs) of a checkpoint file or a Hugging Face folder."""
+def is_image_encoder(state: Mapping[str, torch.Tensor]) -> bool:
+    w = state.get("patch_embed.proj.weight")
+    return w is not None and w.ndim == 4
+
+
+def _state_and_geometry(path: str | Path, key: str, **given) -> Tuple[Dict[str, torch.Tensor], type, dict]:
+    """(encoder state dict, encoder class, its kwargs) of a checkpoint file or a Hugging Face folder. Image
+    encoders (a 4-D patch kernel, I-JEPA) are `ImageViT`s."""
     if not is_hf_folder(path):
         state, config = read_checkpoint(path, key)
-        return state, infer_geometry(state, config, **given)
+        if is_image_encoder(state):  # I-JEPA: Conv2d patches and a 2-D table (vjepa/image_vit.py)
+            if given["use_rope"] or (given["tubelet_size"] or 1) != 1 or (given["num_frames"] or 1) != 1:
+                raise ckpt.CheckpointMismatch(f"{path} holds an image encoder: no RoPE, frames or tubelets")
+            return state, ImageViT, image_geometry(state, model_name=given["model_name"], img_size=given["img_size"],
+                                                   patch_size=given["patch_size"], num_heads=given["num_heads"])
+        return state, VisionTransformer, infer_geometry(state, config, **given)
     state, kwargs = read_hf_folder(path, img_size=given["img_size"], num_frames=given["num_frames"])
     size = VIT_SIZES.get(given["model_name"]) if given["model_name"] else None
     if given["model_name"] and size is None:
@@ -156,7 +171,7 @@ def _state_and_geometry(path: str | Path, key: str, **given) -> Tuple[Dict[str, 
     for what, want, found in checks:
         if want is not None and want != found:
             raise ckpt.CheckpointMismatch(f"{what}={want} but the Hugging Face model {path} has {found}")
-    return state, kwargs
+    return state, VisionTransformer, kwargs
 
 
 def load_encoder(path: str | Path, key: str = "target_encoder", *, model_name: Optional[str] = None,
@@ -166,8 +181,9 @@ def load_encoder(path: str | Path, key: str = "target_encoder", *, model_name: O
     """A ready, frozen encoder (eval mode, no gradients) from a checkpoint file or a Hugging Face folder.
 
     Args:
-        path: this project's checkpoint, an official V-JEPA / V-JEPA 2 one, a bare encoder state dict, or
-            a Hugging Face V-JEPA 2 folder (`config.json` + `model.safetensors`, see `vjepa.hf`).
+        path: this project's checkpoint (V-JEPA or I-JEPA), an official V-JEPA / V-JEPA 2 / I-JEPA one, a
+            bare encoder state dict, or a Hugging Face V-JEPA 2 folder (`config.json` + `model.safetensors`,
+            see `vjepa.hf`). Image encoders (a 4-D patch kernel) load as `ImageViT`.
         key: which weights (`target_encoder`, the EMA encoder the papers evaluate, or `encoder`); a
             Hugging Face folder holds one encoder and ignores it.
         model_name ... use_rope: geometry the weights cannot tell or that you want checked (see
@@ -188,15 +204,15 @@ def load_encoder(path: str | Path, key: str = "target_encoder", *, model_name: O
     >>> torch.allclose(tokens, net.eval()(clip), atol=1e-6)
     True
     """
-    state, kwargs = _state_and_geometry(path, key, model_name=model_name, img_size=img_size,
-                                        num_frames=num_frames, patch_size=patch_size, tubelet_size=tubelet_size,
-                                        num_heads=num_heads, uniform_power=uniform_power, use_rope=use_rope)
+    state, cls, kwargs = _state_and_geometry(path, key, model_name=model_name, img_size=img_size,
+                                             num_frames=num_frames, patch_size=patch_size, tubelet_size=tubelet_size,
+                                             num_heads=num_heads, uniform_power=uniform_power, use_rope=use_rope)
     with torch.device("meta"):  # no point initialising weights that are overwritten
-        encoder = VisionTransformer(**kwargs)
+        encoder = cls(**kwargs)
     encoder = encoder.to_empty(device="cpu")
     ckpt.load_state_strict(encoder, state, Path(path).name if is_hf_folder(path) else f"{Path(path).name}[{key}]")
     logger.info("loaded %s[%s]: D=%d depth=%d heads=%d grid %s %s", path, key, kwargs["embed_dim"], kwargs["depth"],
-                kwargs["num_heads"], encoder.grid, "RoPE" if kwargs["use_rope"] else "sin-cos table")
+                kwargs["num_heads"], encoder.grid, "RoPE" if kwargs.get("use_rope") else "sin-cos table")
     return encoder.eval().requires_grad_(False)
 
 
@@ -208,12 +224,13 @@ def random_encoder_like(path: Optional[str | Path], seed: int = 0, key: str = "t
     """A randomly initialised encoder (reference init, seeded) of the geometry of the checkpoint at `path`,
     or, with `path=None`, of `model_name` and the given clip geometry: the random-init baseline."""
     if path is not None:
-        _, kwargs = _state_and_geometry(path, key, model_name=model_name, img_size=img_size,
+        _, cls, kwargs = _state_and_geometry(path, key, model_name=model_name, img_size=img_size,
                                         num_frames=num_frames, patch_size=patch_size, tubelet_size=tubelet_size,
                                         num_heads=num_heads, uniform_power=uniform_power, use_rope=use_rope)
     else:
         if model_name is None:
             raise ValueError("a random encoder without a checkpoint needs model_name")
+        cls = VisionTransformer
         size = VIT_SIZES[model_name]
         kwargs = dict(img_size=img_size or 224, num_frames=num_frames or 16, patch_size=patch_size or 16,
                       tubelet_size=tubelet_size or 2, embed_dim=size.embed_dim, depth=size.depth,
@@ -221,5 +238,5 @@ def random_encoder_like(path: Optional[str | Path], seed: int = 0, key: str = "t
                       uniform_power=True if uniform_power is None else uniform_power)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder = VisionTransformer(**kwargs)
+        encoder = cls(**kwargs)
     return encoder.eval().requires_grad_(False)

@@ -3,11 +3,16 @@
 Per step: targets = layer_norm(EMA target encoder(full clip)) at the target indices (no gradient);
 the encoder sees only context tokens; the predictor fills in the targets; loss = mean |pred - tgt|^p / p
 averaged over mask configs; AdamW step; EMA update of the target from the (unwrapped) encoder.
+
+The loop has modes: a mode is a module that supplies `build_models`, `build_collator`,
+`build_train_dataset`, `objective` and `describe` for its config (`pick_mode`). V-JEPA is this module;
+I-JEPA (`task: ijepa`, images) is vjepa/ijepa.py. Schedules, checkpoints, resume and logging are shared.
 """
 from __future__ import annotations
 
 import copy
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -95,6 +100,23 @@ def build_models(cfg: PretrainConfig):
     return encoder, predictor, target
 
 
+def build_collator(cfg: PretrainConfig, grid) -> MaskCollator:
+    return MaskCollator(cfg.mask, grid, cfg.meta.seed)
+
+
+def build_train_dataset(cfg: PretrainConfig, world_size: int):
+    return build_dataset(cfg.data, cfg.data_aug, train=True)
+
+
+def pick_mode(cfg):
+    """The module supplying the models, masks, data, objective and description of `cfg`'s mode."""
+    if cfg.task == "ijepa":
+        from vjepa import ijepa
+
+        return ijepa
+    return sys.modules[__name__]
+
+
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
@@ -116,16 +138,18 @@ def describe(cfg: PretrainConfig, encoder, predictor, collator: MaskCollator) ->
 
 def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     opt = cfg.optimization
+    mode = pick_mode(cfg)
+    video = mode is sys.modules[__name__]  # V-JEPA only: the k-NN monitor and the mask figure
     accelerator = make_accelerator(cfg.meta.dtype, opt.grad_accum_steps)
     main = accelerator.is_main_process
     torch.manual_seed(cfg.meta.seed)  # identical initial weights on every rank
-    encoder, predictor, target = build_models(cfg)
+    encoder, predictor, target = mode.build_models(cfg)
     grid = encoder.grid
-    collator = MaskCollator(cfg.mask, grid, cfg.meta.seed)
+    collator = mode.build_collator(cfg, grid)
     optimizer = torch.optim.AdamW(param_groups(encoder, predictor), lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
     if dry_run:
         if main:
-            print(describe(cfg, encoder, predictor, collator))
+            print(mode.describe(cfg, encoder, predictor, collator))
         return None
 
     run_dir = resolve_run_dir(cfg.logging.folder, "pretrain", accelerator)
@@ -146,7 +170,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     encoder, predictor, optimizer = accelerator.prepare(encoder, predictor, optimizer)
     target.to(accelerator.device)
     d = cfg.data
-    dataset = build_dataset(d, cfg.data_aug, train=True)
+    dataset = mode.build_train_dataset(cfg, accelerator.num_processes)
     loader = build_loader(dataset, collator, d.batch_size, rank=accelerator.process_index,
                           world_size=accelerator.num_processes, seed=cfg.meta.seed,
                           start_step=step * opt.grad_accum_steps, num_workers=d.num_workers,
@@ -164,13 +188,14 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     log.truncate_after(step)
     if main:
         logger.info("pretraining %s for %d steps (%d epochs x %d) on %d process(es), run folder %s",
-                    cfg.model.model_name, total, opt.epochs, opt.ipe, accelerator.num_processes, run_dir)
+                    cfg.model.model_name if video else cfg.meta.model_name, total, opt.epochs, opt.ipe,
+                    accelerator.num_processes, run_dir)
     pbar = tqdm(total=total, initial=step, disable=not (main and cfg.logging.progress_bar), dynamic_ncols=True)
     clips_per_step = d.batch_size * accelerator.num_processes * opt.grad_accum_steps
     knn = None
-    if (cfg.logging.monitor_train is None) != (cfg.logging.monitor_val is None):
+    if video and (cfg.logging.monitor_train is None) != (cfg.logging.monitor_val is None):
         raise ValueError("logging.monitor_train and logging.monitor_val go together (labelled lists)")
-    if cfg.logging.knn_monitor and main:
+    if video and cfg.logging.knn_monitor and main:
         from vjepa.knn_monitor import ListMonitor, MotionKNNMonitor
 
         if cfg.logging.monitor_train is not None:
@@ -193,18 +218,19 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
 
         for _ in range(opt.grad_accum_steps):
             batch = next(batches)
-            if step == 0 and main:
+            if step == 0 and main and video:
                 _save_mask_figure(cfg, batch, grid, run_dir)
             skipped += int(batch["skipped"])
-            padded += int(batch["padded"])
+            padded += int(batch.get("padded", 0))  # image batches carry no count
             batch["clip"] = batch["clip"].to(accelerator.device, non_blocking=True)
             batch["masks_ctx"] = [x.to(accelerator.device) for x in batch["masks_ctx"]]
             batch["masks_tgt"] = [x.to(accelerator.device) for x in batch["masks_tgt"]]
             for key in ("valid_ctx", "valid_tgt"):
                 if key in batch:  # padded masks (data.masks.MaskConfig.pad_to_longest)
                     batch[key] = [x.to(accelerator.device) for x in batch[key]]
-            last = optimizer_step(accelerator, optimizer, partial(objective, encoder, predictor, target, batch, cfg.loss),
-                                  (encoder, predictor), step, opt.clip_grad, {"enc": encoder, "pred": predictor})
+            objective_now = partial(mode.objective, encoder, predictor, target, batch, cfg.loss)
+            last = optimizer_step(accelerator, optimizer, objective_now, (encoder, predictor), step, opt.clip_grad,
+                                  {"enc": encoder, "pred": predictor})
         ema_update(target, accelerator.unwrap_model(encoder), m)
         step += 1
         pbar.update(1)

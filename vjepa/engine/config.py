@@ -27,8 +27,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Reference keys with no meaning here: SLURM launch layout and the app selector (the `task` key picks
-# the job here), and `use_sdpa` (attention always goes through scaled_dot_product_attention).
-IGNORED_KEYS = ("app", "nodes", "tasks_per_node", "meta.use_sdpa", "meta.skip_batches")
+# the job here), `use_sdpa` (attention always goes through scaled_dot_product_attention), and I-JEPA's
+# `copy_data` (a cluster's copy of the dataset to local disk; what a run computes is the same).
+IGNORED_KEYS = ("app", "nodes", "tasks_per_node", "meta.use_sdpa", "meta.skip_batches", "meta.copy_data")
 
 
 class ConfigError(UserError, ValueError):
