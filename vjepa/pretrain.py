@@ -31,6 +31,7 @@ from vjepa.engine.runtime import MetricLog, checkpoint_paths, make_accelerator, 
 from vjepa.engine.sampling import build_loader
 from vjepa.engine.schedules import cosine_at, linear_at, lr_at, set_lr_wd
 from vjepa.engine.sections import EpochMetaConfig, LoggingConfig, OptimizationConfig, check_logging
+from vjepa.engine.speed import build_adamw, compile_modules, keep_fused_flag, make_finite_watch
 from vjepa.models import ModelConfig, build_encoder, build_predictor
 from vjepa.objective import jepa_loss
 
@@ -40,9 +41,15 @@ logger = logging.getLogger(__name__)
 @dataclass
 class PretrainOptimizationConfig(OptimizationConfig):
     """The shared `optimization:` section (vjepa/engine/sections.py) plus ema: the EMA momentum of the
-    target encoder goes linearly from ema[0] to ema[1]. clip_grad applies to encoder and predictor each."""
+    target encoder goes linearly from ema[0] to ema[1]. clip_grad applies to encoder and predictor each.
+    fused_adamw: one fused AdamW kernel per step (null = on CUDA, off on CPU; vjepa/engine/speed.py).
+    check_finite_every: read the loss's finiteness on the host every this many steps and before every save
+    (1 = every step, stopping before the update; null = 1 on CPU, logging.log_every on GPU, so the GPU
+    never waits for a step it has queued)."""
 
     ema: List[float] = field(default_factory=lambda: [0.998, 1.0])
+    fused_adamw: Optional[bool] = None
+    check_finite_every: Optional[int] = None
 
 
 @dataclass
@@ -56,9 +63,11 @@ class LossConfig:
 
 @dataclass
 class PretrainMetaConfig(EpochMetaConfig):
-    """The shared `meta:` section plus eval_freq: the k-NN monitor's period in steps (`logging.knn_monitor`)."""
+    """The shared `meta:` section plus eval_freq: the k-NN monitor's period in steps (`logging.knn_monitor`),
+    and compile: `torch.compile` encoder, predictor and target (null = on CUDA, off on CPU)."""
 
     eval_freq: int = 100
+    compile: Optional[bool] = None
 
 
 @dataclass
@@ -124,7 +133,8 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     encoder, predictor, target = build_models(cfg)
     grid = encoder.grid
     collator = MaskCollator(cfg.mask, grid, cfg.meta.seed)
-    optimizer = torch.optim.AdamW(param_groups(encoder, predictor), lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
+    optimizer = build_adamw(param_groups(encoder, predictor), accelerator.device, opt.fused_adamw, lr=opt.lr,
+                            betas=opt.betas, eps=opt.eps)
     if dry_run:
         if main:
             print(describe(cfg, encoder, predictor, collator))
@@ -139,12 +149,14 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
         ckpt.load_state_strict(encoder, state["encoder"], "encoder")
         ckpt.load_state_strict(predictor, state["predictor"], "predictor")
         ckpt.load_state_strict(target, state["target_encoder"], "target_encoder")
-        optimizer.load_state_dict(state["opt"])
+        keep_fused_flag(optimizer, state["opt"])
         step, rng = state["step"], state["rng"]
         logger.info("resumed from %s at step %d", resume_from, step)
     if main:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
 
+    compile_modules((encoder, predictor, target), ("encoder", "predictor", "target"), accelerator.device,
+                    cfg.meta.compile)
     encoder, predictor, optimizer = accelerator.prepare(encoder, predictor, optimizer)
     target.to(accelerator.device)
     d = cfg.data
@@ -175,6 +187,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
 
         knn = MotionKNNMonitor(d.num_frames, d.crop_size, num_speeds=d.synthetic.num_speeds,
                                mean=cfg.data_aug.mean, std=cfg.data_aug.std)
+    watch = make_finite_watch(opt.check_finite_every, cfg.logging.log_every, accelerator.device)
     batches = iter(loader)
     tick, tick_step, last, skipped = time.time(), step, {}, 0
 
@@ -193,10 +206,13 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
             batch["masks_ctx"] = [x.to(accelerator.device) for x in batch["masks_ctx"]]
             batch["masks_tgt"] = [x.to(accelerator.device) for x in batch["masks_tgt"]]
             last = optimizer_step(accelerator, optimizer, partial(objective, encoder, predictor, target, batch, cfg.loss),
-                                  (encoder, predictor), step, opt.clip_grad, {"enc": encoder, "pred": predictor})
+                                  (encoder, predictor), step, opt.clip_grad, {"enc": encoder, "pred": predictor},
+                                  watch=watch)
         ema_update(target, accelerator.unwrap_model(encoder), m)
         step += 1
         pbar.update(1)
+        if watch is not None and (watch.due(step) or step == stop):
+            watch.check(step)
 
         if step % cfg.logging.log_every == 0 or step == stop:
             elapsed, tick = time.time() - tick, time.time()
@@ -220,7 +236,8 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
                      "target_encoder": target.state_dict(), "opt": optimizer.state_dict(), "step": step,
                      "config": to_dict(cfg)}
             save_checkpoint(accelerator, latest, state, step=step, replicated=[target],
-                            finite=[accelerator.unwrap_model(encoder), accelerator.unwrap_model(predictor), target])
+                            finite=[accelerator.unwrap_model(encoder), accelerator.unwrap_model(predictor), target],
+                            watch=watch)
 
     pbar.close()
     log.close()
