@@ -29,13 +29,29 @@ ClipOrViews = Union[torch.Tensor, List[torch.Tensor]]
 
 def to_float_clip(clip: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 `[T, H, W, C]` -> normalised, contiguous float `[C, T, H, W]`."""
+    return normalize_clip(to_uint8_clip(clip), mean, std)
+
+
+def to_uint8_clip(clip: torch.Tensor) -> torch.Tensor:
+    """uint8 `[T, H, W, C]` -> contiguous uint8 `[C, T, H, W]`: what loader workers send when the trainer
+    normalises on its device (`normalize_clip`), a quarter of the bytes of the float clip."""
     if clip.dtype != torch.uint8 or clip.ndim != 4:
         raise ValueError(f"expected a uint8 clip [T, H, W, C], got {tuple(clip.shape)} {clip.dtype}")
-    x = clip.permute(3, 0, 1, 2).contiguous().float()  # [C, T, H, W]
+    return clip.permute(3, 0, 1, 2).contiguous()  # [C, T, H, W]
+
+
+def normalize_clip(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 `[..., C, T, H, W]` (one clip or a batch, on any device) -> normalised float32, the same
+    values bit for bit wherever it runs; a float input is returned as it is (already normalised)."""
+    if x.is_floating_point():
+        return x
+    if x.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 or normalised float clips, got {x.dtype}")
+    x = x.float()
     # (x / 255 - mean) / std as one multiply-add: 5x faster than the three-pass form on CPU.
     s = torch.as_tensor(std, dtype=x.dtype)
-    scale = (1.0 / (255.0 * s)).view(-1, 1, 1, 1)
-    shift = (-torch.as_tensor(mean, dtype=x.dtype) / s).view(-1, 1, 1, 1)
+    scale = (1.0 / (255.0 * s)).view(-1, 1, 1, 1).to(x.device)
+    shift = (-torch.as_tensor(mean, dtype=x.dtype) / s).view(-1, 1, 1, 1).to(x.device)
     return x.mul_(scale).add_(shift)
 
 
@@ -172,6 +188,8 @@ class TrainTransform:
         mean / std: normalisation.
         rand_augment: RandAugment (probe recipes).
         reprob: random-erasing probability (probe recipes); 0 = off.
+        uint8: return the uint8 clip `[C, T, crop, crop]` unnormalised (`normalize_clip` later, on the
+            trainer's device); random erasing draws noise in normalised space, so it needs uint8=False.
     """
 
     def __init__(
@@ -184,8 +202,11 @@ class TrainTransform:
         std: Sequence[float] = (0.229, 0.224, 0.225),
         rand_augment: bool = False,
         reprob: float = 0.0,
+        uint8: bool = False,
     ):
-        self.crop_size = crop_size
+        if uint8 and reprob > 0:
+            raise ValueError("random erasing (reprob > 0) works on normalised clips; it needs uint8=False")
+        self.crop_size, self.uint8 = crop_size, uint8
         self.scale, self.ratio = tuple(scale), tuple(ratio)
         self.horizontal_flip = horizontal_flip
         self.mean, self.std = tuple(mean), tuple(std)
@@ -200,6 +221,8 @@ class TrainTransform:
             clip = clip.flip(2)  # W axis of [T, H, W, C]
         if self.rand_augment is not None:
             clip = self.rand_augment(clip)
+        if self.uint8:
+            return to_uint8_clip(clip)  # [C, T, S, S]
         x = to_float_clip(clip, self.mean, self.std)  # [C, T, S, S]
         if self.erase is not None:
             x = self.erase(x)
@@ -238,7 +261,7 @@ class EvalTransform:
         return [to_float_clip(v, self.mean, self.std) for v in views]
 
 
-def make_train_transform(aug: DataAugConfig, crop_size: int) -> TrainTransform:
+def make_train_transform(aug: DataAugConfig, crop_size: int, uint8: bool = False) -> TrainTransform:
     if aug.motion_shift:
         raise NotImplementedError("data_aug.motion_shift is not implemented; set it to false")
     return TrainTransform(
@@ -250,6 +273,7 @@ def make_train_transform(aug: DataAugConfig, crop_size: int) -> TrainTransform:
         std=aug.std,
         rand_augment=aug.auto_augment,
         reprob=aug.reprob,
+        uint8=uint8,
     )
 
 

@@ -161,3 +161,38 @@ def test_compiled_pretraining_gives_the_eager_losses(tmp_path):
     torch.testing.assert_close(torch.tensor(curves["true"]), torch.tensor(curves["false"]), rtol=0, atol=1e-4)
     a, b = ckpt.load(tmp_path / "true" / "jepa-latest.pt"), ckpt.load(tmp_path / "false" / "jepa-latest.pt")
     assert a["encoder"].keys() == b["encoder"].keys()
+
+
+def test_uint8_clips_normalised_on_the_device_equal_the_workers_float_clips_bit_for_bit():
+    from data.transforms import TrainTransform, normalize_clip, to_float_clip, to_uint8_clip
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    g = torch.Generator().manual_seed(0)
+    clips = [torch.randint(0, 256, (4, 20, 24, 3), dtype=torch.uint8, generator=g) for _ in range(3)]
+    batch = torch.stack([to_uint8_clip(c) for c in clips])  # [B, C, T, H, W] uint8: what collate stacks
+    assert batch.dtype == torch.uint8 and batch.shape == (3, 3, 4, 20, 24)
+    assert torch.equal(normalize_clip(batch, mean, std), torch.stack([to_float_clip(c, mean, std) for c in clips]))
+    x = torch.randn(2, 3)
+    assert normalize_clip(x, mean, std) is x  # float clips pass through (already normalised)
+    with pytest.raises(ValueError, match="uint8"):
+        normalize_clip(torch.zeros(3, 1, 2, 2, dtype=torch.int32), mean, std)
+    out = {}
+    for uint8 in (False, True):  # the same random crop and flip either way
+        torch.manual_seed(3)
+        out[uint8] = TrainTransform(16, mean=mean, std=std, uint8=uint8)(clips[0])
+    assert out[True].dtype == torch.uint8 and torch.equal(normalize_clip(out[True], mean, std), out[False])
+    with pytest.raises(ValueError, match="random erasing"):
+        TrainTransform(16, reprob=0.25, uint8=True)
+
+
+def test_pretraining_datasets_send_uint8_and_evaluation_refuses_it():
+    from data.build import build_dataset
+    from data.config import DataAugConfig, DataConfig
+
+    data = DataConfig(num_frames=4, crop_size=16)
+    data.synthetic.num_videos = 4
+    clip = build_dataset(data, DataAugConfig(), train=True, uint8=True)[0]["clip"]
+    assert clip.dtype == torch.uint8 and clip.shape == (3, 4, 16, 16)
+    assert build_dataset(data, DataAugConfig(), train=True)[0]["clip"].dtype == torch.float32
+    with pytest.raises(ValueError, match="only built for training"):
+        build_dataset(data, DataAugConfig(), train=False, uint8=True)

@@ -22,6 +22,7 @@ from data.build import build_dataset
 from data.collate import MaskCollator
 from data.config import DataAugConfig, DataConfig
 from data.masks import MaskConfig, long_range_mask, short_range_mask
+from data.transforms import normalize_clip
 from vjepa.engine import checkpoint as ckpt
 from vjepa.engine.checkpoint import save_checkpoint
 from vjepa.engine.config import to_dict, to_yaml
@@ -159,8 +160,10 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
                     cfg.meta.compile)
     encoder, predictor, optimizer = accelerator.prepare(encoder, predictor, optimizer)
     target.to(accelerator.device)
-    d = cfg.data
-    dataset = build_dataset(d, cfg.data_aug, train=True)
+    d, aug = cfg.data, cfg.data_aug
+    # Workers send uint8 clips (a quarter of the bytes), normalised here on the device; random erasing
+    # draws its noise in normalised space, so with it the workers keep sending float clips.
+    dataset = build_dataset(d, aug, train=True, uint8=aug.reprob == 0)
     loader = build_loader(dataset, collator, d.batch_size, rank=accelerator.process_index,
                           world_size=accelerator.num_processes, seed=cfg.meta.seed,
                           start_step=step * opt.grad_accum_steps, num_workers=d.num_workers,
@@ -202,7 +205,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
             if step == 0 and main:
                 _save_mask_figure(cfg, batch, grid, run_dir)
             skipped += int(batch["skipped"])
-            batch["clip"] = batch["clip"].to(accelerator.device, non_blocking=True)
+            batch["clip"] = normalize_clip(batch["clip"].to(accelerator.device, non_blocking=True), aug.mean, aug.std)
             batch["masks_ctx"] = [x.to(accelerator.device) for x in batch["masks_ctx"]]
             batch["masks_tgt"] = [x.to(accelerator.device) for x in batch["masks_tgt"]]
             last = optimizer_step(accelerator, optimizer, partial(objective, encoder, predictor, target, batch, cfg.loss),
@@ -252,6 +255,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
 def _save_mask_figure(cfg: PretrainConfig, batch: dict, grid, run_dir: Path) -> None:
     from vjepa.plots import plot_masks
 
-    plot_masks(batch["clip"][0], [m[0] for m in batch["masks_ctx"]], [m[0] for m in batch["masks_tgt"]], grid,
+    clip = normalize_clip(batch["clip"][0], cfg.data_aug.mean, cfg.data_aug.std)  # uint8 from the workers
+    plot_masks(clip, [m[0] for m in batch["masks_ctx"]], [m[0] for m in batch["masks_tgt"]], grid,
                cfg.data.patch_size,
                cfg.data.tubelet_size, cfg.data_aug.mean, cfg.data_aug.std, run_dir / "masks.png")
