@@ -116,7 +116,7 @@ def _setup(size: str, batch: int, frames: int, crop: int):
 
 
 def run_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmup: int, rounds: int,
-           compile_too: bool, peak_tflops) -> dict:
+           compile_too: bool, peak_tflops, json_path=None) -> dict:
     """Alternated timings of the step variants (see the module docstring) on one model and batch."""
     from functools import partial
 
@@ -165,6 +165,7 @@ def run_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmup: in
         if cuda:
             torch.cuda.synchronize()
         t_compile[name] = time.perf_counter() - t0
+        print(f"warm-up of '{name}': {t_compile[name]:.1f} s", file=sys.stderr, flush=True)
     times = {name: [] for name in variants}
     for _ in range(rounds):
         for name, (model, opt, deferred) in variants.items():
@@ -188,10 +189,40 @@ def run_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmup: in
                      "speedup": statistics.median(ratios), "speedup_min": min(ratios), "speedup_max": max(ratios),
                      "tflops": flops / med / 1e12, "warmup_s": t_compile[name]})
     name = torch.cuda.get_device_name() if cuda else f"CPU x{torch.get_num_threads()} threads"
-    return {"size": size, "batch": batch, "frames": frames, "crop": crop, "device": name, "rows": rows,
+    result = {"size": size, "batch": batch, "frames": frames, "crop": crop, "device": name, "rows": rows,
             "gflop_per_step": flops / 1e9, "peak_tflops": peak_tflops or (detect_peak(name) if cuda else None),
             "compile": "on" if "compiled" in models else f"off: {why_not}", "rounds": rounds, "steps": steps,
             "precision": "bf16" if cuda else "fp32"}
+    print_ab(result)
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=1))
+    if cuda:  # after the table is out, so a failure here costs only this line
+        print_syncs(step, variants, base, dev)
+    return result
+
+
+def print_syncs(step, variants: dict, base: str, dev) -> None:
+    """Host synchronisations in one step of today's and of the all-options variant, counted by CUDA's
+    sync debug mode (a warning per synchronising call): the deferred step should show none."""
+    import warnings
+
+    from vjepa.engine.optim import FiniteWatch
+
+    counts = {}
+    for name in (base, "all"):
+        model, opt, deferred = variants[name]
+        watch = FiniteWatch(dev, 10**9) if deferred else None
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                step(model, opt, watch)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts[name] = sum("synchroniz" in str(w.message) for w in caught)
+    print("host synchronisations per step (CUDA sync debug mode): "
+          + ", ".join(f"{k}: {v}" for k, v in counts.items()), file=sys.stderr, flush=True)
 
 
 def print_ab(r: dict) -> None:
@@ -227,11 +258,8 @@ def main() -> None:
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.ab:
-        r = run_ab(args.sizes[0], args.batch, args.frames, args.crop, args.steps, args.warmup, args.rounds,
-                   not args.no_compile, args.peak_tflops)
-        print_ab(r)
-        if args.json:
-            Path(args.json).write_text(json.dumps(r, indent=1))
+        run_ab(args.sizes[0], args.batch, args.frames, args.crop, args.steps, args.warmup, args.rounds,
+               not args.no_compile, args.peak_tflops, args.json)
         return
     if args.one:
         print(json.dumps(run_one(args.one, args.batch, args.frames, args.crop, args.steps, args.warmup)))
@@ -243,10 +271,10 @@ def main() -> None:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     print(f"\nV-JEPA train step, {args.frames}x{args.crop}px clips, both published mask configs, device: {rows[0]['device']}, {rows[0]['precision']}\n")
+    peak = args.peak_tflops or (detect_peak(rows[0]["device"]) if "CPU" not in rows[0]["device"] else None)
     head = "| model | params (M) | batch | s/step | clips/s | peak mem (GiB) | GFLOP/step | TFLOP/s |" + (" MFU |" if peak else "")
     print(head)
     print("|" + "|".join(["---"] * (head.count("|") - 1)) + "|")
-    peak = args.peak_tflops or (detect_peak(rows[0]["device"]) if "CPU" not in rows[0]["device"] else None)
     for r in rows:
         tflops = r["gflop_per_step"] / r["s_per_step"] / 1e3
         line = (f"| {r['size']} | {r['params_m']:.1f} | {r['batch']} | {r['s_per_step']:.3f} | {r['clips_per_s']:.2f} | "

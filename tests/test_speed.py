@@ -196,3 +196,18 @@ def test_pretraining_datasets_send_uint8_and_evaluation_refuses_it():
     assert build_dataset(data, DataAugConfig(), train=True)[0]["clip"].dtype == torch.float32
     with pytest.raises(ValueError, match="only built for training"):
         build_dataset(data, DataAugConfig(), train=False, uint8=True)
+
+
+def test_train_step_benchmark_knows_the_dense_peaks_of_the_cards_it_names():
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("train_step_bench", ROOT / "benchmarks" / "train_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.detect_peak("NVIDIA H100 80GB HBM3") == 989.0
+    assert bench.detect_peak("NVIDIA H100 PCIe") == 756.0
+    assert bench.detect_peak("NVIDIA H200") == 989.0
+    assert bench.detect_peak("NVIDIA A100-SXM4-80GB") == 312.0
+    assert bench.detect_peak("NVIDIA L4") is None
