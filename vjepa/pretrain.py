@@ -44,9 +44,9 @@ class PretrainOptimizationConfig(OptimizationConfig):
     """The shared `optimization:` section (vjepa/engine/sections.py) plus ema: the EMA momentum of the
     target encoder goes linearly from ema[0] to ema[1]. clip_grad applies to encoder and predictor each.
     fused_adamw: one fused AdamW kernel per step (null = on CUDA, off on CPU; vjepa/engine/speed.py).
-    check_finite_every: read the loss's finiteness on the host every this many steps and before every save
-    (1 = every step, stopping before the update; null = 1 on CPU, logging.log_every on GPU, so the GPU
-    never waits for a step it has queued)."""
+    check_finite_every: read the loss's finiteness on the host every this many steps, on logging steps and
+    before every save (1 = every step, stopping before the update; null = 1 on CPU, logging.log_every on
+    GPU, so the GPU never waits for a step it has queued between logging steps)."""
 
     ema: List[float] = field(default_factory=lambda: [0.998, 1.0])
     fused_adamw: Optional[bool] = None
@@ -214,7 +214,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
         ema_update(target, accelerator.unwrap_model(encoder), m)
         step += 1
         pbar.update(1)
-        if watch is not None and (watch.due(step) or step == stop):
+        if watch is not None and (watch.due(step) or step % cfg.logging.log_every == 0 or step == stop):
             watch.check(step)
 
         if step % cfg.logging.log_every == 0 or step == stop:

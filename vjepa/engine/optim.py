@@ -61,7 +61,8 @@ class FiniteWatch:
 
     Between checks a non-finite loss reaches the weights in memory (they are updated with NaN gradients);
     callers therefore check before every checkpoint save (`save_checkpoint(..., watch=)`), so a saved
-    checkpoint never comes from a step after a non-finite loss.
+    checkpoint never comes from a step after a non-finite loss, and before anything reads the loss or
+    the features (logging), so monitors never see a NaN.
 
     Args:
         device: where the note lives (the loss's device).
@@ -92,7 +93,7 @@ class FiniteWatch:
             prev = "none before" if self.checked_to is None else f"the previous one passed at step {self.checked_to}"
             raise NonFiniteLoss(
                 f"loss became {float(self.bad_value)} at step {first}, found by the deferred check at step {step} "
-                f"({prev}; checks run every {self.every} steps and before every save). The weights in memory are "
+                f"({prev}; checks run every {self.every} steps, on logging steps and before every save). The weights in memory are "
                 "corrupted from that step on; the last checkpoint is untouched.")
         self.checked_to = step
 
