@@ -9,6 +9,7 @@ Eval: short-side resize + centre crop, or `num_views` crops along the long side 
 """
 from __future__ import annotations
 
+import functools
 import math
 import random
 from typing import List, Optional, Sequence, Tuple, Union
@@ -47,12 +48,19 @@ def normalize_clip(x: torch.Tensor, mean: Sequence[float], std: Sequence[float])
         return x
     if x.dtype != torch.uint8:
         raise ValueError(f"expected uint8 or normalised float clips, got {x.dtype}")
-    x = x.float()
-    # (x / 255 - mean) / std as one multiply-add: 5x faster than the three-pass form on CPU.
-    s = torch.as_tensor(std, dtype=x.dtype)
-    scale = (1.0 / (255.0 * s)).view(-1, 1, 1, 1).to(x.device)
-    shift = (-torch.as_tensor(mean, dtype=x.dtype) / s).view(-1, 1, 1, 1).to(x.device)
-    return x.mul_(scale).add_(shift)
+    scale, shift = _affine(tuple(mean), tuple(std), x.device)
+    return x.float().mul_(scale).add_(shift)
+
+
+@functools.lru_cache(maxsize=16)
+def _affine(mean: Tuple[float, ...], std: Tuple[float, ...], device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) `[C, 1, 1, 1]` with (x / 255 - mean) / std = x * scale + shift: one multiply-add, 5x
+    faster than the three-pass form on CPU. Computed once on the CPU in float32 (the same values on every
+    device) and kept per device: a per-step host-to-device copy would make the host wait for the GPU."""
+    s = torch.as_tensor(std, dtype=torch.float32)
+    scale = (1.0 / (255.0 * s)).view(-1, 1, 1, 1)
+    shift = (-torch.as_tensor(mean, dtype=torch.float32) / s).view(-1, 1, 1, 1)
+    return scale.to(device), shift.to(device)
 
 
 def resize_clip(clip: torch.Tensor, height: int, width: int) -> torch.Tensor:

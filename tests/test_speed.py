@@ -172,6 +172,8 @@ def test_uint8_clips_normalised_on_the_device_equal_the_workers_float_clips_bit_
     batch = torch.stack([to_uint8_clip(c) for c in clips])  # [B, C, T, H, W] uint8: what collate stacks
     assert batch.dtype == torch.uint8 and batch.shape == (3, 3, 4, 20, 24)
     assert torch.equal(normalize_clip(batch, mean, std), torch.stack([to_float_clip(c, mean, std) for c in clips]))
+    s = torch.tensor(std).view(3, 1, 1, 1)  # the formula written out, independently of the module's code
+    assert torch.equal(normalize_clip(batch, mean, std), batch.float() * (1.0 / (255.0 * s)) - torch.tensor(mean).view(3, 1, 1, 1) / s)
     x = torch.randn(2, 3)
     assert normalize_clip(x, mean, std) is x  # float clips pass through (already normalised)
     with pytest.raises(ValueError, match="uint8"):
@@ -211,3 +213,14 @@ def test_train_step_benchmark_knows_the_dense_peaks_of_the_cards_it_names():
     assert bench.detect_peak("NVIDIA H200") == 989.0
     assert bench.detect_peak("NVIDIA A100-SXM4-80GB") == 312.0
     assert bench.detect_peak("NVIDIA L4") is None
+
+
+def test_deferred_check_trains_exactly_as_the_per_step_check(tmp_path):
+    from vjepa.pretrain import train
+
+    for mode in ("1", "4"):
+        train(tiny_cfg(tmp_path / mode, f"optimization.check_finite_every={mode}", "optimization.fused_adamw=false"))
+    a, b = ckpt.load(tmp_path / "1" / "jepa-latest.pt"), ckpt.load(tmp_path / "4" / "jepa-latest.pt")
+    assert all(torch.equal(a["encoder"][k], b["encoder"][k]) for k in a["encoder"])
+    assert (tmp_path / "1" / "metrics.csv").read_text().splitlines()[1].split(",")[:2] == \
+        (tmp_path / "4" / "metrics.csv").read_text().splitlines()[1].split(",")[:2]

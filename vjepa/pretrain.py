@@ -206,8 +206,8 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
                 _save_mask_figure(cfg, batch, grid, run_dir)
             skipped += int(batch["skipped"])
             batch["clip"] = normalize_clip(batch["clip"].to(accelerator.device, non_blocking=True), aug.mean, aug.std)
-            batch["masks_ctx"] = [x.to(accelerator.device) for x in batch["masks_ctx"]]
-            batch["masks_tgt"] = [x.to(accelerator.device) for x in batch["masks_tgt"]]
+            batch["masks_ctx"] = [x.to(accelerator.device, non_blocking=True) for x in batch["masks_ctx"]]
+            batch["masks_tgt"] = [x.to(accelerator.device, non_blocking=True) for x in batch["masks_tgt"]]
             last = optimizer_step(accelerator, optimizer, partial(objective, encoder, predictor, target, batch, cfg.loss),
                                   (encoder, predictor), step, opt.clip_grad, {"enc": encoder, "pred": predictor},
                                   watch=watch)
