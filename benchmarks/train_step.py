@@ -2,22 +2,42 @@
 
     python benchmarks/train_step.py                                    # CPU: vit_tiny, vit_small, vit_base
     python benchmarks/train_step.py --sizes vit_large --batch 24 --peak-tflops 989   # one H100, bf16
+    python benchmarks/train_step.py --ab --sizes vit_large --batch 24                 # speed-ups as ratios
 
 Each size runs in its own subprocess so peak memory is that size's alone. A step is the real
 `vjepa.pretrain.train_step` (target forward, context encoder + predictor for both published mask
 configs, backward, clipping, AdamW, EMA) on random clips; FLOPs are counted by torch's FlopCounterMode
-on one step, so MFU = counted FLOPs / step time / the card's peak.
+on one step, so MFU = counted FLOPs / step time / the card's peak (`--peak-tflops`, or the dense bf16
+peak of an H100/H200/A100 recognised by name).
+
+`--ab` measures each speed-up as a ratio within one run, on one model and one batch: today's step
+(eager, foreach AdamW, the finiteness check read every step) against the same step with one option
+changed (compiled models, fused AdamW, the deferred check), and with all three. The variants take turns,
+`--rounds` times `--steps` steps each, so drift in the machine's load hits all of them alike; ratios
+are medians over rounds, with their min-max spread.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Dense bf16 peaks (TFLOP/s, no sparsity) from the vendors' data sheets; the first name found in the
+# device name wins, so the PCIe H100 comes before the generic H100 (SXM).
+PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H200", 989.0), ("H100", 989.0), ("A100", 312.0))
+
+
+def detect_peak(device_name: str):
+    return next((peak for key, peak in PEAK_TFLOPS if key in device_name), None)
 
 
 def run_one(size: str, batch: int, frames: int, crop: int, steps: int, warmup: int) -> dict:
@@ -73,6 +93,155 @@ def run_one(size: str, batch: int, frames: int, crop: int, steps: int, warmup: i
             "precision": "bf16" if cuda else "fp32"}
 
 
+def _setup(size: str, batch: int, frames: int, crop: int):
+    from data.collate import MaskCollator
+    from vjepa.engine.runtime import make_accelerator
+    from vjepa.models import ModelConfig
+    from vjepa.pretrain import PretrainConfig, build_models
+
+    cfg = PretrainConfig()
+    cfg.model = ModelConfig(model_name=size)
+    cfg.data.num_frames, cfg.data.crop_size, cfg.data.batch_size = frames, crop, batch
+    accelerator = make_accelerator("bfloat16")
+    encoder, predictor, target = build_models(cfg)
+    collator = MaskCollator(cfg.mask, encoder.grid, seed=0)
+    encoder, predictor = accelerator.prepare(encoder, predictor)
+    target.to(accelerator.device)
+    clips = torch.randn(batch, 3, frames, crop, crop)
+    data = collator([{"clip": c, "label": 0, "seed": i, "step": 0} for i, c in enumerate(clips)])
+    data["clip"] = data["clip"].to(accelerator.device)
+    data["masks_ctx"] = [m.to(accelerator.device) for m in data["masks_ctx"]]
+    data["masks_tgt"] = [m.to(accelerator.device) for m in data["masks_tgt"]]
+    return accelerator, encoder, predictor, target, data
+
+
+def run_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmup: int, rounds: int,
+           compile_too: bool, peak_tflops, json_path=None) -> dict:
+    """Alternated timings of the step variants (see the module docstring) on one model and batch."""
+    from functools import partial
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vjepa.engine.optim import FiniteWatch, ema_update, optimizer_step, param_groups
+    from vjepa.engine.speed import compile_prerequisites, fused_supported
+    from vjepa.pretrain import LossConfig, objective
+
+    accelerator, encoder, predictor, target, data = _setup(size, batch, frames, crop)
+    dev = accelerator.device
+    cuda = dev.type == "cuda"
+    groups = param_groups(encoder, predictor)
+    optimizers = {"plain": torch.optim.AdamW(groups, lr=1e-5)}
+    if fused_supported(dev):
+        optimizers["fused"] = torch.optim.AdamW(param_groups(encoder, predictor), lr=1e-5, fused=True)
+    models = {"eager": (encoder, predictor, target)}
+    why_not = compile_prerequisites(dev) if compile_too else "left out (--no-compile)"
+    if why_not is None:
+        # separate compiled wrappers over the same parameters, so eager and compiled steps alternate
+        models["compiled"] = tuple(torch.compile(m) for m in (encoder, predictor, target))
+    inner = accelerator.unwrap_model(encoder)
+
+    def step(model: str, opt: str, watch):
+        enc, pred, tgt = models[model]
+        optimizer_step(accelerator, optimizers[opt], partial(objective, enc, pred, tgt, data, LossConfig()),
+                       (encoder, predictor), 0, 10.0, {"enc": encoder, "pred": predictor}, watch=watch)
+        ema_update(target, inner, 0.9999)
+
+    variants = {"today (eager, foreach AdamW, check every step)": ("eager", "plain", False)}
+    if "compiled" in models:
+        variants["compiled"] = ("compiled", "plain", False)
+    if "fused" in optimizers:
+        variants["fused AdamW"] = ("eager", "fused", False)
+    variants["deferred check"] = ("eager", "plain", True)
+    variants["all"] = ("compiled" if "compiled" in models else "eager", "fused" if "fused" in optimizers else "plain",
+                       True)
+    with FlopCounterMode(display=False) as counter:
+        step("eager", "plain", None)
+    flops = counter.get_total_flops()
+    t_compile = {}
+    for name, (model, opt, deferred) in variants.items():  # warm-up, compilation included
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            step(model, opt, FiniteWatch(dev, 10**9) if deferred else None)
+        if cuda:
+            torch.cuda.synchronize()
+        t_compile[name] = time.perf_counter() - t0
+        print(f"warm-up of '{name}': {t_compile[name]:.1f} s", file=sys.stderr, flush=True)
+    times = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, (model, opt, deferred) in variants.items():
+            watch = FiniteWatch(dev, 10**9) if deferred else None
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step(model, opt, watch)
+            if watch is not None:
+                watch.check(0)  # the one sync the deferred variant still pays, once per `steps`
+            if cuda:
+                torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - t0) / steps)
+    base = next(iter(variants))
+    rows = []
+    for name in variants:
+        ratios = [b / t for b, t in zip(times[base], times[name])]
+        med = statistics.median(times[name])
+        rows.append({"variant": name, "s_per_step": med, "s_min": min(times[name]), "s_max": max(times[name]),
+                     "speedup": statistics.median(ratios), "speedup_min": min(ratios), "speedup_max": max(ratios),
+                     "tflops": flops / med / 1e12, "warmup_s": t_compile[name]})
+    name = torch.cuda.get_device_name() if cuda else f"CPU x{torch.get_num_threads()} threads"
+    result = {"size": size, "batch": batch, "frames": frames, "crop": crop, "device": name, "rows": rows,
+            "gflop_per_step": flops / 1e9, "peak_tflops": peak_tflops or (detect_peak(name) if cuda else None),
+            "compile": "on" if "compiled" in models else f"off: {why_not}", "rounds": rounds, "steps": steps,
+            "precision": "bf16" if cuda else "fp32"}
+    print_ab(result)
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=1))
+    if cuda:  # after the table is out, so a failure here costs only this line
+        print_syncs(step, variants, base, dev)
+    return result
+
+
+def print_syncs(step, variants: dict, base: str, dev) -> None:
+    """Host synchronisations in one step of today's and of the all-options variant, counted by CUDA's
+    sync debug mode (a warning per synchronising call): the deferred step should show none."""
+    import warnings
+
+    from vjepa.engine.optim import FiniteWatch
+
+    counts = {}
+    for name in (base, "all"):
+        model, opt, deferred = variants[name]
+        watch = FiniteWatch(dev, 10**9) if deferred else None
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                step(model, opt, watch)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts[name] = sum("synchroniz" in str(w.message) for w in caught)
+    print("host synchronisations per step (CUDA sync debug mode): "
+          + ", ".join(f"{k}: {v}" for k, v in counts.items()), file=sys.stderr, flush=True)
+
+
+def print_ab(r: dict) -> None:
+    print(f"\nV-JEPA train step speed-ups, {r['size']}, batch {r['batch']}, {r['frames']}x{r['crop']}px, "
+          f"{r['device']}, {r['precision']}; {r['rounds']} alternated rounds of {r['steps']} steps; compile "
+          f"{r['compile']}\n")
+    peak = r["peak_tflops"]
+    head = "| variant | s/step (median, min-max) | speed-up vs today (median, min-max) | TFLOP/s | MFU | warm-up s |"
+    print(head)
+    print("|" + "|".join(["---"] * (head.count("|") - 1)) + "|")
+    for x in r["rows"]:
+        mfu = f"{x['tflops'] / peak:.1%}" if peak else "n/a"
+        print(f"| {x['variant']} | {x['s_per_step']:.4f} ({x['s_min']:.4f}-{x['s_max']:.4f}) | "
+              f"{x['speedup']:.3f}x ({x['speedup_min']:.3f}-{x['speedup_max']:.3f}) | {x['tflops']:.3f} | {mfu} | "
+              f"{x['warmup_s']:.1f} |")
+    print(f"\n{r['gflop_per_step']:.1f} GFLOP/step counted; MFU against "
+          + (f"{peak:.0f} TFLOP/s dense peak" if peak else "no known peak (pass --peak-tflops)"))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=["vit_tiny", "vit_small", "vit_base"])
@@ -82,8 +251,16 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--peak-tflops", type=float, default=None, help="card's dense peak for MFU (H100 SXM bf16: 989)")
+    p.add_argument("--ab", action="store_true", help="speed-ups as ratios measured in one run (first size only)")
+    p.add_argument("--rounds", type=int, default=5, help="--ab: alternated rounds per variant")
+    p.add_argument("--no-compile", action="store_true", help="--ab: leave out the compiled variants")
+    p.add_argument("--json", default=None, help="--ab: also write the result here")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.ab:
+        run_ab(args.sizes[0], args.batch, args.frames, args.crop, args.steps, args.warmup, args.rounds,
+               not args.no_compile, args.peak_tflops, args.json)
+        return
     if args.one:
         print(json.dumps(run_one(args.one, args.batch, args.frames, args.crop, args.steps, args.warmup)))
         return
@@ -94,15 +271,16 @@ def main() -> None:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     print(f"\nV-JEPA train step, {args.frames}x{args.crop}px clips, both published mask configs, device: {rows[0]['device']}, {rows[0]['precision']}\n")
-    head = "| model | params (M) | batch | s/step | clips/s | peak mem (GiB) | GFLOP/step | TFLOP/s |" + (" MFU |" if args.peak_tflops else "")
+    peak = args.peak_tflops or (detect_peak(rows[0]["device"]) if "CPU" not in rows[0]["device"] else None)
+    head = "| model | params (M) | batch | s/step | clips/s | peak mem (GiB) | GFLOP/step | TFLOP/s |" + (" MFU |" if peak else "")
     print(head)
     print("|" + "|".join(["---"] * (head.count("|") - 1)) + "|")
     for r in rows:
         tflops = r["gflop_per_step"] / r["s_per_step"] / 1e3
         line = (f"| {r['size']} | {r['params_m']:.1f} | {r['batch']} | {r['s_per_step']:.3f} | {r['clips_per_s']:.2f} | "
                 f"{r['peak_gib']:.2f} | {r['gflop_per_step']:.0f} | {tflops:.2f} |")
-        if args.peak_tflops:
-            line += f" {tflops / args.peak_tflops:.1%} |"
+        if peak:
+            line += f" {tflops / peak:.1%} |"
         print(line)
 
 

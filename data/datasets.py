@@ -389,10 +389,10 @@ def load_image(path: str) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).unsqueeze(0)
 
 
-def build_video_dataset(data: DataConfig, aug: DataAugConfig, train: bool) -> Dataset:
+def build_video_dataset(data: DataConfig, aug: DataAugConfig, train: bool, uint8: bool = False) -> Dataset:
     """The dataset `data` describes (`data.datasets` must be non-empty; the generated motion videos live in
     data/generated/synthetic.py). train=True: random clips and train augmentation; False: uniform clips, eval
-    crops (`data.num_views` views)."""
+    crops (`data.num_views` views). uint8=True (train only): unnormalised uint8 clips (`TrainTransform`)."""
     if not data.datasets:
         raise ValueError("data.datasets is empty: give CSV files or folders (or use the synthetic data)")
     if data.dataset_type not in DATASET_TYPES:
@@ -404,7 +404,7 @@ def build_video_dataset(data: DataConfig, aug: DataAugConfig, train: bool) -> Da
     # Class names only mean something for a single folder dataset; mixed lists share integer labels.
     classes = loaded[0][1] if len(loaded) == 1 else None
     transform = (
-        make_train_transform(aug, data.crop_size)
+        make_train_transform(aug, data.crop_size, uint8=uint8)
         if train
         else make_eval_transform(aug, data.crop_size, num_views=data.num_views)
     )

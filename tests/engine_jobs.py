@@ -87,6 +87,16 @@ if __name__ == "__main__":
             print(f"{name}: rank {rank} stopped: {e}", flush=True)
         finally:
             undo()
+    # Pretraining with the deferred finiteness check (vjepa/engine/speed.py): NaN in step 4 on rank 1,
+    # checks every 4 steps, checkpoints every 3; both ranks must stop at the save after step 6.
+    undo = _poison("vjepa.pretrain", 5)
+    try:
+        main(["--config", str(JOBS["pretrain"].config), *JOBS["pretrain"].batch(2), "optimization.epochs=3",
+              "optimization.check_finite_every=4", "logging.log_every=4", f"logging.folder={out / 'pretrain' / 'nan_deferred'}"])
+    except NonFiniteLoss as e:
+        print(f"pretrain-deferred: rank {rank} stopped: {e}", flush=True)
+    finally:
+        undo()
     # Ranks leave together and close the group: rank 0 hosts the store, and a rank still tearing down
     # gloo when it goes can abort ("terminate called without an active exception", exit -6).
     import torch.distributed as dist

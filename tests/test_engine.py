@@ -132,6 +132,19 @@ def test_nan_on_one_rank_stops_every_rank_and_keeps_the_last_good_checkpoint(two
     assert all(torch.isfinite(v).all() for v in weights(out / name / "nan" / job.checkpoint, job).values())
 
 
+def test_deferred_check_stops_every_rank_at_the_same_save(two_ranks):
+    """optimization.check_finite_every=4 (tests/engine_jobs.py): the NaN of step 4 on rank 1 is found on
+    both ranks by the check before the save after step 6; the step-3 checkpoint stays."""
+    out, stdout = two_ranks
+    for rank in (0, 1):
+        assert (f"pretrain-deferred: rank {rank} stopped: loss became nan at step 4, found by the deferred check "
+                f"at step 6") in stdout, stdout
+    state = ckpt.load(out / "pretrain" / "nan_deferred" / JOBS["pretrain"].checkpoint)
+    assert state["step"] == 3
+    assert all(torch.isfinite(v).all() for v in weights(out / "pretrain" / "nan_deferred" / "jepa-latest.pt",
+                                                         JOBS["pretrain"]).values())
+
+
 def test_a_nan_loss_leaves_weights_and_gradients_untouched():
     accelerator = make_accelerator("float32")
     layer = torch.nn.Linear(3, 1)

@@ -52,6 +52,8 @@ class IJEPAMetaConfig:
         use_bfloat16: bf16 autocast on GPU (CPU runs fp32); the shared section's `dtype` under the reference's name.
         seed, load_checkpoint, read_checkpoint, save_every_freq (epochs), max_steps: as the shared
             `vjepa.engine.sections.EpochMetaConfig`.
+        compile: `torch.compile` encoder, predictor and target (None = on CUDA, off on CPU), as the
+            pretraining job's `meta.compile` (vjepa/engine/speed.py).
     """
 
     model_name: str = "vit_base"
@@ -66,6 +68,7 @@ class IJEPAMetaConfig:
     read_checkpoint: Optional[str] = None
     save_every_freq: int = 50
     max_steps: Optional[int] = None
+    compile: Optional[bool] = None
 
     @property
     def dtype(self) -> str:

@@ -27,6 +27,7 @@ from data.build import build_dataset
 from data.collate import MaskCollator
 from data.config import DataAugConfig, DataConfig
 from data.masks import MaskConfig, long_range_mask, short_range_mask
+from data.transforms import normalize_clip
 from vjepa.engine import checkpoint as ckpt
 from vjepa.engine.checkpoint import save_checkpoint
 from vjepa.engine.config import to_dict, to_yaml
@@ -36,6 +37,7 @@ from vjepa.engine.runtime import MetricLog, checkpoint_paths, make_accelerator, 
 from vjepa.engine.sampling import build_loader
 from vjepa.engine.schedules import cosine_at, linear_at, lr_at, set_lr_wd
 from vjepa.engine.sections import EpochMetaConfig, LoggingConfig, OptimizationConfig, check_logging
+from vjepa.engine.speed import build_adamw, compile_modules, keep_fused_flag, make_finite_watch
 from vjepa.models import ModelConfig, build_encoder, build_predictor
 from vjepa.objective import LossConfig, jepa_loss
 
@@ -45,16 +47,24 @@ logger = logging.getLogger(__name__)
 @dataclass
 class PretrainOptimizationConfig(OptimizationConfig):
     """The shared `optimization:` section (vjepa/engine/sections.py) plus ema: the EMA momentum of the
-    target encoder goes linearly from ema[0] to ema[1]. clip_grad applies to encoder and predictor each."""
+    target encoder goes linearly from ema[0] to ema[1]. clip_grad applies to encoder and predictor each.
+    fused_adamw: one fused AdamW kernel per step (null = on CUDA, off on CPU; vjepa/engine/speed.py).
+    check_finite_every: read the loss's finiteness on the host every this many steps, on logging steps and
+    before every save (1 = every step, stopping before the update; null = 1 on CPU, logging.log_every on
+    GPU, so the GPU never waits for a step it has queued between logging steps)."""
 
     ema: List[float] = field(default_factory=lambda: [0.998, 1.0])
+    fused_adamw: Optional[bool] = None
+    check_finite_every: Optional[int] = None
 
 
 @dataclass
 class PretrainMetaConfig(EpochMetaConfig):
-    """The shared `meta:` section plus eval_freq: the k-NN monitor's period in steps (`logging.knn_monitor`)."""
+    """The shared `meta:` section plus eval_freq: the k-NN monitor's period in steps (`logging.knn_monitor`),
+    and compile: `torch.compile` encoder, predictor and target (null = on CUDA, off on CPU)."""
 
     eval_freq: int = 100
+    compile: Optional[bool] = None
 
 
 @dataclass
@@ -105,7 +115,9 @@ def build_collator(cfg: PretrainConfig, grid) -> MaskCollator:
 
 
 def build_train_dataset(cfg: PretrainConfig, world_size: int):
-    return build_dataset(cfg.data, cfg.data_aug, train=True)
+    # Workers send uint8 clips (a quarter of the bytes), normalised by the loop on the device; random
+    # erasing draws its noise in normalised space, so with it the workers keep sending float clips.
+    return build_dataset(cfg.data, cfg.data_aug, train=True, uint8=cfg.data_aug.reprob == 0)
 
 
 def pick_mode(cfg):
@@ -146,7 +158,8 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     encoder, predictor, target = mode.build_models(cfg)
     grid = encoder.grid
     collator = mode.build_collator(cfg, grid)
-    optimizer = torch.optim.AdamW(param_groups(encoder, predictor), lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
+    optimizer = build_adamw(param_groups(encoder, predictor), accelerator.device, opt.fused_adamw, lr=opt.lr,
+                            betas=opt.betas, eps=opt.eps)
     if dry_run:
         if main:
             print(mode.describe(cfg, encoder, predictor, collator))
@@ -161,15 +174,17 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
         ckpt.load_state_strict(encoder, state["encoder"], "encoder")
         ckpt.load_state_strict(predictor, state["predictor"], "predictor")
         ckpt.load_state_strict(target, state["target_encoder"], "target_encoder")
-        optimizer.load_state_dict(state["opt"])
+        keep_fused_flag(optimizer, state["opt"])
         step, rng = state["step"], state["rng"]
         logger.info("resumed from %s at step %d", resume_from, step)
     if main:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
 
+    compile_modules((encoder, predictor, target), ("encoder", "predictor", "target"), accelerator.device,
+                    cfg.meta.compile)
     encoder, predictor, optimizer = accelerator.prepare(encoder, predictor, optimizer)
     target.to(accelerator.device)
-    d = cfg.data
+    d, aug = cfg.data, cfg.data_aug
     dataset = mode.build_train_dataset(cfg, accelerator.num_processes)
     loader = build_loader(dataset, collator, d.batch_size, rank=accelerator.process_index,
                           world_size=accelerator.num_processes, seed=cfg.meta.seed,
@@ -204,6 +219,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
         else:
             knn = MotionKNNMonitor(d.num_frames, d.crop_size, num_speeds=d.synthetic.num_speeds,
                                    mean=cfg.data_aug.mean, std=cfg.data_aug.std)
+    watch = make_finite_watch(opt.check_finite_every, cfg.logging.log_every, accelerator.device)
     batches = iter(loader)
     tick, tick_step, last, skipped = time.time(), step, {}, 0
     padded, start_step = 0, step  # padded: clips of videos shorter than one clip, reported once at the end
@@ -222,18 +238,22 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
                 _save_mask_figure(cfg, batch, grid, run_dir)
             skipped += int(batch["skipped"])
             padded += int(batch.get("padded", 0))  # image batches carry no count
-            batch["clip"] = batch["clip"].to(accelerator.device, non_blocking=True)
-            batch["masks_ctx"] = [x.to(accelerator.device) for x in batch["masks_ctx"]]
-            batch["masks_tgt"] = [x.to(accelerator.device) for x in batch["masks_tgt"]]
+            # V-JEPA's workers send uint8 clips, normalised here on the device; float clips (I-JEPA's images,
+            # or video with random erasing) pass through unchanged.
+            batch["clip"] = normalize_clip(batch["clip"].to(accelerator.device, non_blocking=True), aug.mean, aug.std)
+            batch["masks_ctx"] = [x.to(accelerator.device, non_blocking=True) for x in batch["masks_ctx"]]
+            batch["masks_tgt"] = [x.to(accelerator.device, non_blocking=True) for x in batch["masks_tgt"]]
             for key in ("valid_ctx", "valid_tgt"):
                 if key in batch:  # padded masks (data.masks.MaskConfig.pad_to_longest)
-                    batch[key] = [x.to(accelerator.device) for x in batch[key]]
+                    batch[key] = [x.to(accelerator.device, non_blocking=True) for x in batch[key]]
             objective_now = partial(mode.objective, encoder, predictor, target, batch, cfg.loss)
             last = optimizer_step(accelerator, optimizer, objective_now, (encoder, predictor), step, opt.clip_grad,
-                                  {"enc": encoder, "pred": predictor})
+                                  {"enc": encoder, "pred": predictor}, watch=watch)
         ema_update(target, accelerator.unwrap_model(encoder), m)
         step += 1
         pbar.update(1)
+        if watch is not None and (watch.due(step) or step % cfg.logging.log_every == 0 or step == stop):
+            watch.check(step)
 
         if step % cfg.logging.log_every == 0 or step == stop:
             elapsed, tick = time.time() - tick, time.time()
@@ -257,7 +277,8 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
                      "target_encoder": target.state_dict(), "opt": optimizer.state_dict(), "step": step,
                      "config": to_dict(cfg)}
             save_checkpoint(accelerator, latest, state, step=step, replicated=[target],
-                            finite=[accelerator.unwrap_model(encoder), accelerator.unwrap_model(predictor), target])
+                            finite=[accelerator.unwrap_model(encoder), accelerator.unwrap_model(predictor), target],
+                            watch=watch)
 
     pbar.close()
     log.close()
@@ -283,6 +304,7 @@ def _report_padding(accelerator, padded: int, clips: int) -> None:
 def _save_mask_figure(cfg: PretrainConfig, batch: dict, grid, run_dir: Path) -> None:
     from vjepa.plots import plot_masks
 
-    plot_masks(batch["clip"][0], [m[0] for m in batch["masks_ctx"]], [m[0] for m in batch["masks_tgt"]], grid,
+    clip = normalize_clip(batch["clip"][0], cfg.data_aug.mean, cfg.data_aug.std)  # uint8 from the workers
+    plot_masks(clip, [m[0] for m in batch["masks_ctx"]], [m[0] for m in batch["masks_tgt"]], grid,
                cfg.data.patch_size,
                cfg.data.tubelet_size, cfg.data_aug.mean, cfg.data_aug.std, run_dir / "masks.png")

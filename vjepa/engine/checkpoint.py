@@ -11,7 +11,7 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from data.errors import UserError
 from vjepa.engine.errors import MissingCheckpoint
-from vjepa.engine.optim import NonFiniteLoss
+from vjepa.engine.optim import FiniteWatch, NonFiniteLoss
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,8 @@ def checksum(modules: Sequence[nn.Module]) -> torch.Tensor:
 
 
 def save_checkpoint(accelerator, path: str | Path, state: dict, *, step: int, finite: Sequence[nn.Module],
-                    replicated: Sequence[nn.Module], across_ranks: bool = True) -> None:
+                    replicated: Sequence[nn.Module], across_ranks: bool = True,
+                    watch: Optional[FiniteWatch] = None) -> None:
     """Write `state` (plus the RNG state and every rank's checksum of `replicated`) atomically from the
     main process, after two checks made on every rank, so every rank stops together:
 
@@ -110,9 +111,13 @@ def save_checkpoint(accelerator, path: str | Path, state: dict, *, step: int, fi
     - every rank holds the same `replicated` modules (the EMA targets, which no wrapper keeps in sync):
       their checksums are gathered, stored as `target_checksums` `[ranks, 2]`, and must agree.
 
+    `watch`: a deferred finiteness check (`FiniteWatch`), run first: a non-finite loss recorded since the
+    last check stops the save (and the run) even when the weights it produced happen to be finite.
     `across_ranks=False`: no collective; this process checks its own weights and writes if it is the main
     one (for work that only the main process runs, or that every rank repeats identically).
     """
+    if watch is not None:
+        watch.check(step)
     bad = torch.tensor([float(not all(torch.isfinite(p).all() for m in finite for p in m.parameters()))],
                        device=accelerator.device)
     if (accelerator.reduce(bad, reduction="sum") if across_ranks else bad).item() > 0:

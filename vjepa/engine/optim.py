@@ -53,13 +53,59 @@ def check_finite(accelerator, loss: torch.Tensor, step: int, across_ranks: bool 
     return mean_loss
 
 
+class FiniteWatch:
+    """The finiteness check without a host sync per step: `record` notes, on the device, the first step
+    whose (cross-rank mean) loss is not finite; `check` reads that note (one sync) and raises
+    `NonFiniteLoss` naming the step. The recorded loss is the mean over ranks, so every rank holds the
+    same note and `check` stops every rank at the same step with no collective of its own.
+
+    Between checks a non-finite loss reaches the weights in memory (they are updated with NaN gradients);
+    callers therefore check before every checkpoint save (`save_checkpoint(..., watch=)`), so a saved
+    checkpoint never comes from a step after a non-finite loss, and before anything reads the loss or
+    the features (logging), so monitors never see a NaN.
+
+    Args:
+        device: where the note lives (the loss's device).
+        every: the caller's checking period in steps (`due`), >= 1.
+    """
+
+    def __init__(self, device: torch.device, every: int):
+        if every < 1:
+            raise ValueError(f"the finiteness check period must be >= 1, got {every}")
+        self.every = every
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)  # step of the first bad loss
+        self.bad_value = torch.zeros((), dtype=torch.float32, device=device)
+        self.checked_to = None  # the last step a check covered
+
+    @torch.no_grad()
+    def record(self, mean_loss: torch.Tensor, step: int) -> None:
+        new = ~torch.isfinite(mean_loss) & (self.first_bad < 0)  # 0-d bool, stays on the device
+        self.bad_value = torch.where(new, mean_loss.float(), self.bad_value)
+        self.first_bad = torch.where(new, torch.full_like(self.first_bad, step), self.first_bad)
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def check(self, step: int) -> None:
+        """Raise `NonFiniteLoss` if a loss recorded up to `step` was not finite (reads the note: one sync)."""
+        first = int(self.first_bad)
+        if first >= 0:
+            prev = "none before" if self.checked_to is None else f"the previous one passed at step {self.checked_to}"
+            raise NonFiniteLoss(
+                f"loss became {float(self.bad_value)} at step {first}, found by the deferred check at step {step} "
+                f"({prev}; checks run every {self.every} steps, on logging steps and before every save). The weights in memory are "
+                "corrupted from that step on; the last checkpoint is untouched.")
+        self.checked_to = step
+
+
 def _params(p: Params) -> Iterable[nn.Parameter]:
     return p.parameters() if isinstance(p, nn.Module) else p
 
 
 def optimizer_step(accelerator, optimizer, objective: Objective, modules: Sequence[nn.Module], step: int,
                    clip_grad: Optional[float] = None, clip: Optional[Mapping[str, Params]] = None,
-                   across_ranks: bool = True, sync_grads: Optional[Callable[[], None]] = None) -> Dict[str, object]:
+                   across_ranks: bool = True, sync_grads: Optional[Callable[[], None]] = None,
+                   watch: Optional["FiniteWatch"] = None) -> Dict[str, object]:
     """One micro-batch of `objective` (a callable returning `(loss, aux)`; `aux` holds extra loss terms
     and tensors the job monitors) -> `aux` plus `loss` (the cross-rank mean, a 0-d tensor) and, on update
     steps with clipping, `grad_norm_<name>` per entry of `clip` (each clipped to `clip_grad` on its own).
@@ -68,11 +114,17 @@ def optimizer_step(accelerator, optimizer, objective: Objective, modules: Sequen
     `across_ranks`: see `check_finite`.
     `sync_grads`: called on update steps after backward and before clipping, for modules no wrapper keeps
     in sync (the probe job averages its probes' gradients across ranks here).
+    `watch`: defer the finiteness check (`FiniteWatch`): the loss is recorded on the device and the step
+    goes on without waiting for it; the caller runs `watch.check` on logging steps and before every save.
     """
     with accelerator.accumulate(*modules):
         with accelerator.autocast():
             loss, aux = objective()
-        mean_loss = check_finite(accelerator, loss, step, across_ranks)
+        if watch is None:
+            mean_loss = check_finite(accelerator, loss, step, across_ranks)
+        else:
+            mean_loss = accelerator.reduce(loss.detach(), reduction="mean") if across_ranks else loss.detach()
+            watch.record(mean_loss, step)
         accelerator.backward(loss)
         out = dict(aux)
         out["loss"] = mean_loss
