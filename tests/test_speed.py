@@ -200,6 +200,23 @@ def test_pretraining_datasets_send_uint8_and_evaluation_refuses_it():
         build_dataset(data, DataAugConfig(), train=False, uint8=True)
 
 
+def test_only_video_pretraining_sends_uint8_images_and_random_erasing_stay_float(tmp_path):
+    """The pretraining modes' datasets: V-JEPA's clips are uint8 (normalised on the device), unless random
+    erasing needs them normalised on the workers; I-JEPA's images are float as before, and the loop's
+    `normalize_clip` hands float input back unchanged."""
+    from conftest import ROOT
+    from data.transforms import normalize_clip
+    from vjepa import ijepa, pretrain
+
+    clip = pretrain.build_train_dataset(tiny_cfg(tmp_path), 1)[0]["clip"]
+    assert clip.dtype == torch.uint8
+    erased = pretrain.build_train_dataset(tiny_cfg(tmp_path, "data_aug.reprob=0.25"), 1)[0]["clip"]
+    assert erased.dtype == torch.float32
+    icfg = load_config(ijepa.IJEPAConfig, ROOT / "tests" / "tiny_ijepa.yaml", [f"logging.folder={tmp_path}"])
+    image = ijepa.build_train_dataset(icfg, 1)[0]["clip"]
+    assert image.dtype == torch.float32 and normalize_clip(image, (0.5,) * 3, (0.2,) * 3) is image
+
+
 def test_train_step_benchmark_knows_the_dense_peaks_of_the_cards_it_names():
     import importlib.util
 
