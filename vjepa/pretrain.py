@@ -184,7 +184,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
                     cfg.meta.compile)
     encoder, predictor, optimizer = accelerator.prepare(encoder, predictor, optimizer)
     target.to(accelerator.device)
-    d, aug = cfg.data, cfg.data_aug
+    d = cfg.data
     dataset = mode.build_train_dataset(cfg, accelerator.num_processes)
     loader = build_loader(dataset, collator, d.batch_size, rank=accelerator.process_index,
                           world_size=accelerator.num_processes, seed=cfg.meta.seed,
@@ -238,9 +238,9 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
                 _save_mask_figure(cfg, batch, grid, run_dir)
             skipped += int(batch["skipped"])
             padded += int(batch.get("padded", 0))  # image batches carry no count
-            # V-JEPA's workers send uint8 clips, normalised here on the device; float clips (I-JEPA's images,
-            # or video with random erasing) pass through unchanged.
-            batch["clip"] = normalize_clip(batch["clip"].to(accelerator.device, non_blocking=True), aug.mean, aug.std)
+            batch["clip"] = batch["clip"].to(accelerator.device, non_blocking=True)
+            if video:  # V-JEPA's workers send uint8 clips (float with random erasing), normalised here
+                batch["clip"] = normalize_clip(batch["clip"], cfg.data_aug.mean, cfg.data_aug.std)
             batch["masks_ctx"] = [x.to(accelerator.device, non_blocking=True) for x in batch["masks_ctx"]]
             batch["masks_tgt"] = [x.to(accelerator.device, non_blocking=True) for x in batch["masks_tgt"]]
             for key in ("valid_ctx", "valid_tgt"):
