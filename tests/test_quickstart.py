@@ -31,6 +31,8 @@ def test_probes_run_in_the_pretraining_precision(tmp_path, dtype, bf16):
         assert (p.data.motion.num_frames, p.data.motion.size) == (16, 64)  # the pretraining clips' geometry
     assert probe_config(cfg, tmp_path, "random_init").pretrain.random_init
     assert probe_config(cfg, tmp_path, "single_frame").data.motion.control == "single_frame"
+    assert probe_config(cfg, tmp_path, "online").pretrain.checkpoint_key == "encoder"
+    assert probe_config(cfg, tmp_path, "pretrained").pretrain.checkpoint_key == "target_encoder"
     with pytest.raises(ValueError, match="unknown quickstart arm"):
         probe_config(cfg, tmp_path, "supervised")
 

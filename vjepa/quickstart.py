@@ -33,6 +33,8 @@ ARMS = {
     "random_init": ("random init (frozen)", True, "none"),
     "single_frame": ("pretrained, single-frame control", False, "single_frame"),
     "shuffled": ("pretrained, shuffled-frames control", False, "shuffled"),
+    # the online (context) encoder instead of its EMA target: where the target is heading
+    "online": ("V-JEPA online encoder (frozen)", False, "none"),
 }
 
 
@@ -68,6 +70,7 @@ def probe_config(cfg: QuickstartConfig, run_dir: Path, arm: str) -> ProbeConfig:
     p.data_aug.mean, p.data_aug.std = cfg.pretrain.data_aug.mean, cfg.pretrain.data_aug.std
     p.pretrain.checkpoint = str(run_dir / f"{cfg.pretrain.logging.write_tag}-latest.pt")
     p.pretrain.random_init = random_init
+    p.pretrain.checkpoint_key = "encoder" if arm == "online" else "target_encoder"
     p.pretrain.seed = cfg.pretrain.meta.seed  # the random arm starts where pretraining started
     p.logging.folder = str(run_dir / f"probe-{arm}")
     # One process holds one Accelerator state: the probes run in the pretraining's precision.
