@@ -45,27 +45,12 @@ def run_one(size: str, batch: int, frames: int, crop: int, steps: int, warmup: i
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    from data.collate import MaskCollator
     from vjepa.engine.optim import ema_update, optimizer_step, param_groups
-    from vjepa.engine.runtime import make_accelerator
-    from vjepa.models import ModelConfig
-    from vjepa.pretrain import LossConfig, PretrainConfig, build_models, objective
+    from vjepa.pretrain import LossConfig, objective
 
-    cfg = PretrainConfig()
-    cfg.model = ModelConfig(model_name=size)
-    cfg.data.num_frames, cfg.data.crop_size, cfg.data.batch_size = frames, crop, batch
-    accelerator = make_accelerator("bfloat16")
-    encoder, predictor, target = build_models(cfg)
-    collator = MaskCollator(cfg.mask, encoder.grid, seed=0)
-    optimizer = torch.optim.AdamW(param_groups(encoder, predictor), lr=1e-4)
+    accelerator, encoder, predictor, target, batch_data = _setup(size, batch, frames, crop)
+    optimizer = accelerator.prepare(torch.optim.AdamW(param_groups(encoder, predictor), lr=1e-4))
     n_params = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
-    encoder, predictor, optimizer = accelerator.prepare(encoder, predictor, optimizer)
-    target.to(accelerator.device)
-    clips = torch.randn(batch, 3, frames, crop, crop)
-    batch_data = collator([{"clip": c, "label": 0, "seed": i, "step": 0} for i, c in enumerate(clips)])
-    batch_data["clip"] = batch_data["clip"].to(accelerator.device)
-    batch_data["masks_ctx"] = [m.to(accelerator.device) for m in batch_data["masks_ctx"]]
-    batch_data["masks_tgt"] = [m.to(accelerator.device) for m in batch_data["masks_tgt"]]
     cuda = accelerator.device.type == "cuda"
 
     def step():

@@ -9,12 +9,10 @@
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
@@ -25,7 +23,7 @@ from vjepa.engine import checkpoint as ckpt
 from vjepa.engine.config import to_yaml
 from vjepa.ijepa import IJEPAConfig, build_models
 from vjepa.ijepa import train as pretrain
-from vjepa.engine.runtime import make_accelerator, resolve_run_dir
+from vjepa.quickstart import pretrain_in_run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -102,12 +100,7 @@ def run(cfg: IJEPAQuickstartConfig, dry_run: bool = False) -> Optional[dict]:
     if dry_run:
         print(to_yaml(cfg))
         return None
-    accelerator = make_accelerator(cfg.pretrain.meta.dtype)
-    run_dir = resolve_run_dir(cfg.folder or cfg.pretrain.logging.folder, "ijepa_quickstart", accelerator)
-    (run_dir / "quickstart.yaml").write_text(to_yaml(cfg))
-    pcfg = copy.deepcopy(cfg.pretrain)
-    pcfg.logging.folder = str(run_dir)
-    pretrain(pcfg)
+    accelerator, run_dir = pretrain_in_run_folder(cfg, "ijepa_quickstart", pretrain)
     t_pretrain = time.time() - t0
     if not accelerator.is_main_process:
         return None

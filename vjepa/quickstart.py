@@ -79,17 +79,24 @@ def probe_config(cfg: QuickstartConfig, run_dir: Path, arm: str) -> ProbeConfig:
     return p
 
 
+def pretrain_in_run_folder(cfg, name: str, pretrain_fn) -> tuple:
+    """A quickstart's first half: its run folder (`cfg.folder`, else `runs/<name>-<time>`) with the resolved
+    quickstart config, and `pretrain_fn(cfg.pretrain)` writing into it. Returns (accelerator, run folder)."""
+    accelerator = make_accelerator(cfg.pretrain.meta.dtype)
+    run_dir = resolve_run_dir(cfg.folder or cfg.pretrain.logging.folder, name, accelerator)
+    (run_dir / "quickstart.yaml").write_text(to_yaml(cfg))
+    pcfg = copy.deepcopy(cfg.pretrain)
+    pcfg.logging.folder = str(run_dir)
+    pretrain_fn(pcfg)
+    return accelerator, run_dir
+
+
 def run(cfg: QuickstartConfig, dry_run: bool = False) -> Optional[dict]:
     t0 = time.time()
     if dry_run:
         print(to_yaml(cfg))
         return None
-    accelerator = make_accelerator(cfg.pretrain.meta.dtype)
-    run_dir = resolve_run_dir(cfg.folder or cfg.pretrain.logging.folder, "quickstart", accelerator)
-    (run_dir / "quickstart.yaml").write_text(to_yaml(cfg))
-    pcfg = copy.deepcopy(cfg.pretrain)
-    pcfg.logging.folder = str(run_dir)
-    pretrain(pcfg)
+    accelerator, run_dir = pretrain_in_run_folder(cfg, "quickstart", pretrain)
     t_pretrain = time.time() - t0
     if not accelerator.is_main_process:
         return None
