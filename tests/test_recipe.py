@@ -256,3 +256,16 @@ def test_small_dataset_config_loads_and_keeps_the_published_recipe_untouched():
     assert (vitl.loss.target_layers, vitl.loss.vicreg_var, vitl.loss.vicreg_cov, vitl.loss.sigreg_coeff) == (1, 0, 0, 0)
     assert not any(m.pad_to_longest for m in vitl.mask) and not vitl.logging.knn_monitor
     assert (vitl.data.synthetic.extra_objects, vitl.data.synthetic.pan) == (0, 0.0)
+
+
+def test_weight_drift_measures_how_far_the_target_lags_the_online_encoder(tmp_path):
+    import importlib.util
+
+    from vjepa.pretrain import train
+
+    spec = importlib.util.spec_from_file_location("weight_drift", "benchmarks/weight_drift.py")
+    wd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wd)
+    train(tiny_cfg(tmp_path, "optimization.epochs=1", "optimization.ipe=3", "optimization.ema=[0.9,0.9]"))
+    d = wd.drift(str(tmp_path / "jepa-latest.pt"))
+    assert d["step"] == 3 and d["online"] > 0 and 0 < d["target"] < d["online"]
