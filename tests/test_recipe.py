@@ -269,3 +269,11 @@ def test_weight_drift_measures_how_far_the_target_lags_the_online_encoder(tmp_pa
     train(tiny_cfg(tmp_path, "optimization.epochs=1", "optimization.ipe=3", "optimization.ema=[0.9,0.9]"))
     d = wd.drift(str(tmp_path / "jepa-latest.pt"))
     assert d["step"] == 3 and d["online"] > 0 and 0 < d["target"] < d["online"]
+
+
+def test_a_monitor_list_without_its_pair_is_a_config_error(tmp_path):
+    from vjepa.engine.config import ConfigError
+    from vjepa.pretrain import train
+
+    with pytest.raises(ConfigError, match="monitor_train and logging.monitor_val go together"):
+        train(tiny_cfg(tmp_path, "logging.knn_monitor=true", f"logging.monitor_train={tmp_path / 'a.csv'}"))

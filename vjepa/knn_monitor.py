@@ -1,9 +1,10 @@
-"""Cheap representation-quality scores to log while pretraining, on the motion benchmark.
+"""Cheap representation-quality scores to log while pretraining: the motion benchmark (`MotionKNNMonitor`)
+or the user's own labelled lists (`ListMonitor`).
 
-The monitor renders a small labelled train/val set of motion videos once (uint8, a few MB), and each
-call encodes both with the current (target) encoder, mean-pools the tokens and scores a weighted k-NN
-and a ridge-regression linear readout (closed form, best of a small ridge grid). Neither needs SGD, so
-they can run every few hundred steps (about a second for vit_micro); their absolute values are lower
+The motion monitor renders a small labelled train/val set of motion videos once (uint8, a few MB), and
+each call encodes both with the current (target) encoder, mean-pools the tokens and scores a weighted
+k-NN and a ridge-regression linear readout (closed form, best of a small ridge grid). Neither needs SGD,
+so they can run every few hundred steps (a few seconds for vit_micro on 2 CPU cores); their absolute values are lower
 than an attentive probe's, but their trend tells whether the features are learning motion and when
 longer training stops helping. The pretraining job scores the encoder before the first step too, so the
 log starts with the random-init value.
@@ -14,6 +15,7 @@ log starts with the random-init value.
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -26,8 +28,40 @@ from vjepa.probe import knn_predict
 logger = logging.getLogger(__name__)
 
 
-class MotionKNNMonitor:
-    """k-NN score of an encoder on a fixed, small motion benchmark.
+class QualityMonitor(ABC):
+    """k-NN and ridge-readout scores of an encoder's mean-pooled tokens: a subclass fills `labels`,
+    `num_classes`, `k` and provides `features(encoder, split, device)` for the "train" and "val" splits."""
+
+    labels: Dict[str, torch.Tensor]
+    num_classes: int
+    k: int
+
+    @abstractmethod
+    def features(self, encoder: nn.Module, split: str, device: Optional[torch.device] = None) -> torch.Tensor:
+        """Mean-pooled tokens `[M, D]` of one split, in the order of `labels[split]`."""
+
+    @torch.no_grad()
+    def scores(self, encoder: nn.Module, device: Optional[torch.device] = None) -> Dict[str, float]:
+        """{"knn_top1", "linear_top1"} (%) of `encoder` on the val clips, fitted on the train clips. The
+        encoder's train/eval mode is restored afterwards."""
+        was_training = encoder.training
+        encoder.eval()
+        try:
+            bank, val = self.features(encoder, "train", device), self.features(encoder, "val", device)
+        finally:
+            encoder.train(was_training)
+        probs = knn_predict(bank, self.labels["train"], val, self.num_classes, k=self.k)
+        yv = self.labels["val"]
+        return {"knn_top1": 100.0 * float((probs.argmax(-1) == yv).float().mean()),
+                "linear_top1": ridge_top1(bank, self.labels["train"], val, yv, self.num_classes)}
+
+    def score(self, encoder: nn.Module, device: Optional[torch.device] = None) -> float:
+        """k-NN top-1 (%) alone."""
+        return self.scores(encoder, device)["knn_top1"]
+
+
+class MotionKNNMonitor(QualityMonitor):
+    """The scores on a fixed, small motion benchmark, rendered once and held as uint8.
 
     Args:
         num_frames / size: clip geometry (the pretraining clips').
@@ -61,27 +95,8 @@ class MotionKNNMonitor:
             out.append(encoder(x).float().mean(dim=1).cpu())  # [b, N, D] -> [b, D]
         return torch.cat(out)
 
-    @torch.no_grad()
-    def scores(self, encoder: nn.Module, device: Optional[torch.device] = None) -> Dict[str, float]:
-        """{"knn_top1", "linear_top1"} (%) of `encoder` on the val clips, fitted on the train clips. The
-        encoder's train/eval mode is restored afterwards."""
-        was_training = encoder.training
-        encoder.eval()
-        try:
-            bank, val = self.features(encoder, "train", device), self.features(encoder, "val", device)
-        finally:
-            encoder.train(was_training)
-        probs = knn_predict(bank, self.labels["train"], val, self.num_classes, k=self.k)
-        yv = self.labels["val"]
-        return {"knn_top1": 100.0 * float((probs.argmax(-1) == yv).float().mean()),
-                "linear_top1": ridge_top1(bank, self.labels["train"], val, yv, self.num_classes)}
 
-    def score(self, encoder: nn.Module, device: Optional[torch.device] = None) -> float:
-        """k-NN top-1 (%) alone."""
-        return self.scores(encoder, device)["knn_top1"]
-
-
-class ListMonitor(MotionKNNMonitor):
+class ListMonitor(QualityMonitor):
     """The same scores on the user's own labelled clips: two reference-format lists (`path label` CSVs
     or class folders), read with the evaluation transform (centre crop, one uniform clip per video) at
     every call, so nothing is held in memory. At most `max_clips` videos of each list are used (the first
@@ -106,10 +121,10 @@ class ListMonitor(MotionKNNMonitor):
         for split, path in (("train", train_list), ("val", val_list)):
             d = copy.deepcopy(data)
             d.datasets, d.datasets_weights, d.num_clips, d.num_views = [path], None, 1, 1
-            ds = build_video_dataset(d, aug, train=False)
-            ds = Subset(ds, range(min(len(ds), max_clips)))
-            self.datasets[split] = ds
-            self.labels[split] = torch.tensor([int(ds[i]["label"]) for i in range(len(ds))])
+            full = build_video_dataset(d, aug, train=False)
+            n = min(len(full), max_clips)
+            self.datasets[split] = Subset(full, range(n))
+            self.labels[split] = torch.as_tensor(full.samples.labels[:n])  # from the list: nothing decoded here
         self.num_classes = int(max(self.labels["train"].max(), self.labels["val"].max())) + 1
 
     @torch.no_grad()

@@ -30,9 +30,9 @@ from data.masks import MaskConfig, long_range_mask, short_range_mask
 from data.transforms import normalize_clip
 from vjepa.engine import checkpoint as ckpt
 from vjepa.engine.checkpoint import save_checkpoint
-from vjepa.engine.config import to_dict, to_yaml
+from vjepa.engine.config import ConfigError, to_dict, to_yaml
 from vjepa.engine.monitor import feature_std, rankme
-from vjepa.engine.optim import ema_update, optimizer_step, param_groups
+from vjepa.engine.optim import ema_update, optimizer_step, param_groups, scalars
 from vjepa.engine.runtime import MetricLog, checkpoint_paths, make_accelerator, resolve_run_dir
 from vjepa.engine.sampling import build_loader
 from vjepa.engine.schedules import cosine_at, linear_at, lr_at, set_lr_wd
@@ -194,6 +194,8 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
         ckpt.set_rng_state(rng)
 
     check_logging(cfg.logging)
+    if video and (cfg.logging.monitor_train is None) != (cfg.logging.monitor_val is None):
+        raise ConfigError("logging.monitor_train and logging.monitor_val go together (labelled lists)")
     total = opt.epochs * opt.ipe
     stop = min(total, cfg.meta.max_steps or total)
     horizon = int(opt.ipe_scale * total)  # schedules span ipe_scale x the run, as the reference
@@ -208,8 +210,6 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     pbar = tqdm(total=total, initial=step, disable=not (main and cfg.logging.progress_bar), dynamic_ncols=True)
     clips_per_step = d.batch_size * accelerator.num_processes * opt.grad_accum_steps
     knn = None
-    if video and (cfg.logging.monitor_train is None) != (cfg.logging.monitor_val is None):
-        raise ValueError("logging.monitor_train and logging.monitor_val go together (labelled lists)")
     if video and cfg.logging.knn_monitor and main:
         from vjepa.knn_monitor import ListMonitor, MotionKNNMonitor
 
@@ -260,7 +260,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
             metrics = {"loss": float(last["loss"]), "lr": lr, "wd": wd, "ema": m,
                        "clips_per_s": clips_per_step * (step - tick_step) / max(elapsed, 1e-9),
                        "feature_std": feature_std(last["h"]), "skipped_files": skipped}
-            metrics.update({k: float(v) for k, v in last.items() if k.startswith(("grad_norm", "vicreg", "sigreg"))})
+            metrics.update(scalars(last))  # grad norms and the objective's optional terms (vicreg_*, sigreg)
             tick_step = step
             if cfg.logging.rankme_every > 0 and (step % cfg.logging.rankme_every == 0 or step == stop):
                 metrics["rankme"] = rankme(last["h"])
