@@ -7,7 +7,7 @@ depend on the number of workers or ranks.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import torch
 
@@ -43,7 +43,7 @@ class MaskCollator:
     By default lengths inside a batch are equalised by keeping a *random* subset of each clip's indices
     (kept in sorted order; the reference keeps the lowest indices, which biases targets towards early
     frames and top rows). Truncating to the batch minimum drops many tokens when block overlaps vary (29%
-    of context and target tokens on average on the quickstart's 8x8x8 grid, up to 79% for some clips).
+    of context and target tokens on average on the quickstart's 8x8x8 grid, up to 85% for some clips).
     A config with `pad_to_longest` keeps every index instead: shorter sets are padded by repeating their
     first index, and the `valid_*` masks say which entries are real.
 
@@ -63,7 +63,8 @@ class MaskCollator:
         for s in samples:
             n = len(s["clip"]) if isinstance(s["clip"], (list, tuple)) else 1
             sample_seeds.extend(derive_seed(s["seed"], j) for j in range(n))
-        for key in ("masks_ctx", "masks_tgt", "valid_ctx", "valid_tgt"):
+        padding = any(c.pad_to_longest for c in self.cfgs)  # no padding: no masks for attention to apply
+        for key in ("masks_ctx", "masks_tgt") + (("valid_ctx", "valid_tgt") if padding else ()):
             batch[key] = []
         for i, (gen, cfg) in enumerate(zip(self.generators, self.cfgs)):
             size = gen.sample_block_size(_generator(self.seed, step, i))
@@ -83,10 +84,9 @@ class MaskCollator:
             k_tgt = min(len(t) for _, t in pairs)
             batch["masks_ctx"].append(torch.stack([_random_subset(c, k_ctx, g) for (c, _), g in zip(pairs, gens)]))
             batch["masks_tgt"].append(torch.stack([_random_subset(t, k_tgt, g) for (_, t), g in zip(pairs, gens)]))
-            batch["valid_ctx"].append(torch.ones_like(batch["masks_ctx"][-1], dtype=torch.bool))
-            batch["valid_tgt"].append(torch.ones_like(batch["masks_tgt"][-1], dtype=torch.bool))
-        if not any(c.pad_to_longest for c in self.cfgs):  # no padding: no masks for attention to apply
-            del batch["valid_ctx"], batch["valid_tgt"]
+            if padding:  # beside padded configs, this one's entries are all real
+                batch["valid_ctx"].append(torch.ones_like(batch["masks_ctx"][-1], dtype=torch.bool))
+                batch["valid_tgt"].append(torch.ones_like(batch["masks_tgt"][-1], dtype=torch.bool))
         batch["step"] = step
         return batch
 

@@ -277,3 +277,14 @@ def test_a_monitor_list_without_its_pair_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="monitor_train and logging.monitor_val go together"):
         train(tiny_cfg(tmp_path, "logging.knn_monitor=true", f"logging.monitor_train={tmp_path / 'a.csv'}"))
+
+
+def test_variance_hinge_ignores_padding():
+    from vjepa.objective import _token_std
+
+    x = torch.randn(3, 7, 5)
+    full = torch.ones(3, 7, dtype=torch.bool)
+    torch.testing.assert_close(_token_std(x, full), _token_std(x, None))
+    padded = torch.cat([x, 100.0 * torch.randn(3, 4, 5)], 1)  # garbage in the padding rows
+    valid = torch.cat([full, torch.zeros(3, 4, dtype=torch.bool)], 1)
+    torch.testing.assert_close(_token_std(padded, valid), _token_std(x, None))

@@ -55,6 +55,18 @@ def _masked_mean(x: torch.Tensor, valid) -> torch.Tensor:
     return (x * w).sum() / (w.sum() * x.shape[-1])
 
 
+def _token_std(x: torch.Tensor, valid) -> torch.Tensor:
+    """Mean over samples and channels of the std across a sample's real tokens (`x` `[B, K, D]`, `valid`
+    `[B, K]` bool, None = all), floored as the reference's variance hinge does."""
+    if valid is None:
+        return torch.sqrt(x.var(dim=1) + 1e-4).mean()
+    w = valid.unsqueeze(-1).to(x.dtype)  # [B, K, 1]
+    n = w.sum(1)  # [B, 1]
+    mean = (x * w).sum(1, keepdim=True) / n.unsqueeze(1)
+    var = ((x - mean).pow(2) * w).sum(1) / (n - 1).clamp(min=1)  # [B, D], unbiased like Tensor.var
+    return torch.sqrt(var + 1e-4).mean()
+
+
 def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch: dict, cfg: LossConfig):
     """Returns (loss, layer-normed target features `[B, N, D]`, extra metrics as 0-dim tensors).
 
@@ -74,7 +86,7 @@ def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch
     ) / len(preds)
     extra = {}
     if cfg.reg_coeff > 0:
-        std = torch.stack([torch.sqrt(pr.float().var(dim=1) + 1e-4).mean() for pr in preds]).mean()
+        std = torch.stack([_token_std(pr.float(), v) for pr, v in zip(preds, valid_tgt)]).mean()
         loss = loss + cfg.reg_coeff * F.relu(1.0 - std)
     if cfg.vicreg_var > 0 or cfg.vicreg_cov > 0 or cfg.sigreg_coeff > 0:
         tokens = torch.cat([zi.reshape(-1, zi.shape[-1]) if v is None else zi[v] for zi, v in zip(z, valid_ctx)])
