@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from data.generated.trajectories import TrajectoryConfig, TrajectoryWindows, load_or_generate
 from data.seeding import derive_seed
-from hjepa.world_model.model import EncoderConfig, LossWeights, MacroWorldModel, PredictorConfig, WorldModel
+from hjepa.world_model.encoders import EncoderConfig
+from hjepa.world_model.model import LossWeights, MacroWorldModel, PredictorConfig, WorldModel
 from vjepa.engine import checkpoint as ckpt
 from vjepa.engine.checkpoint import save_checkpoint
 from vjepa.engine.config import to_dict, to_yaml, upgrade
