@@ -4,7 +4,15 @@ Level 0 turns each window of a long video into one vector (`encode_windows`). Le
 sequence pooled with stride s_k (`pool_steps`), so one level-(k+1) step spans prod(s_0..s_k) windows.
 Each level has an online encoder, an EMA target encoder and a predictor, and is trained JEPA-style
 (`level_loss`): the encoder sees context steps only, the predictor fills in masked and future steps, the
-loss is |pred - layer_norm(target)|^p / p. Pooled slow sequences are easy to predict, so a level can
+loss is |pred - layer_norm(target)|^p / p.
+
+The same `Level` is a level of the action-conditioned world model (`actions: true`, hjepa/world_model):
+its input is the level below's state every `stride` steps, its "actions" are macro-actions (a code of the
+chunk of `stride` actions of the level below, `hjepa.blocks.MacroActionEncoder`), and its predictor is the
+block-causal `ACPredictor` (`action_level_loss`: teacher forcing plus rollout, L1 to the target states).
+Its encoder reads each step alone, because a planner encodes single observations (the current one and
+the goal); `encoder: identity` makes the level's state the level below's state itself (no encoder, no
+target, no regulariser), so that the level only learns dynamics at its time scale. Pooled slow sequences are easy to predict, so a level can
 collapse; `regularizer` adds a VICReg variance/covariance term (Bardes et al. 2022) or SIGReg (LeJEPA,
 Balestriero & LeCun 2025) on the online encoder's outputs, and `monitor` reports std and effective rank.
 """
@@ -21,7 +29,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import trunc_normal_
 
-from hjepa.blocks import MaskedBlock
+from hjepa.blocks import ACPredictor, MacroActionEncoder, MaskedBlock
 from vjepa.models import VisionTransformer, gather_tokens
 from vjepa.pos_embed import sincos_1d
 from vjepa.regularizers import sigreg, vicreg_terms
@@ -31,6 +39,7 @@ logger = logging.getLogger(__name__)
 POOLS = ("mean", "max", "concat")
 WINDOW_POOLS = ("mean", "max", "meanmax")
 REGULARIZERS = ("none", "vicreg", "sigreg")
+LEVEL_ENCODERS = ("transformer", "identity")
 
 
 @dataclass
@@ -58,6 +67,12 @@ class LevelConfig:
         collapse_std_floor: warn when the target features' std across steps falls below this.
         input_grad: end-to-end mode only: read the level below's *online* encoder, so this level's loss
             trains the level below too (default: its EMA target, with no gradient).
+        actions: an action-conditioned (world-model) level: macro-action encoder + block-causal predictor
+            (`pred_embed_dim`, `pred_depth`, `pred_num_heads`, `max_frames`); `pool`, `causal`, `max_future`,
+            `mask_ratio` and `future_weight` do not apply.
+        macro_dim: width of the macro-action code (actions only). max_frames: longest predictor context.
+        encoder: `transformer` (the level's own encoder and EMA target) or `identity` (actions only: the
+            level's state is the level below's state).
     """
 
     stride: int = 2
@@ -85,6 +100,10 @@ class LevelConfig:
     sigreg_knots: int = 17
     collapse_std_floor: float = 0.05
     input_grad: bool = False
+    actions: bool = False
+    macro_dim: int = 2
+    max_frames: int = 16
+    encoder: str = "transformer"
 
 
 def validate_level(cfg: LevelConfig, k: int) -> None:
@@ -101,6 +120,12 @@ def validate_level(cfg: LevelConfig, k: int) -> None:
         raise ValueError(f"{where}: need 0 < mask_ratio < 1, 0 <= future_weight <= 1, max_future >= 1")
     if len(cfg.ema) != 2:
         raise ValueError(f"{where}: ema must be [start, end], got {cfg.ema}")
+    if cfg.encoder not in LEVEL_ENCODERS:
+        raise ValueError(f"{where}: encoder {cfg.encoder!r} unknown; valid: {list(LEVEL_ENCODERS)}")
+    if cfg.encoder == "identity" and not cfg.actions:
+        raise ValueError(f"{where}: encoder identity needs actions: true (a masked-prediction level must encode)")
+    if cfg.actions and (cfg.macro_dim < 1 or cfg.max_frames < 2):
+        raise ValueError(f"{where}: an action level needs macro_dim >= 1 and max_frames >= 2")
 
 
 def pool_steps(x: torch.Tensor, stride: int, mode: str) -> torch.Tensor:
@@ -208,21 +233,37 @@ class Level(nn.Module):
 
     Args:
         cfg: the level's config. in_dim: width of one step of the level below.
+        action_dim: width of one action of the level below (action levels only: raw actions under
+            level 1, macro-actions of level k under level k+1).
     """
 
-    def __init__(self, cfg: LevelConfig, in_dim: int):
+    def __init__(self, cfg: LevelConfig, in_dim: int, action_dim: Optional[int] = None):
         super().__init__()
         self.cfg = cfg
-        pooled_dim = in_dim * cfg.stride if cfg.pool == "concat" else in_dim
-        self.encoder = TemporalEncoder(pooled_dim, cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.causal,
-                                       cfg.encoder_pos)
-        self.predictor = TemporalPredictor(cfg.embed_dim, cfg.pred_embed_dim, cfg.pred_depth,
-                                           cfg.pred_num_heads or cfg.num_heads, cfg.mlp_ratio)
-        self.target = copy.deepcopy(self.encoder).requires_grad_(False)
+        heads = cfg.pred_num_heads or cfg.num_heads
+        if cfg.actions:
+            if action_dim is None:
+                raise ValueError("an action level needs the action width of the level below")
+            self.macro = MacroActionEncoder(cfg.stride, action_dim, cfg.macro_dim)
+            pooled_dim = in_dim
+        else:
+            pooled_dim = in_dim * cfg.stride if cfg.pool == "concat" else in_dim
+        self._embed_dim = in_dim if cfg.encoder == "identity" else cfg.embed_dim
+        if cfg.encoder == "identity":
+            self.encoder = self.target = None
+        else:
+            self.encoder = TemporalEncoder(pooled_dim, cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio,
+                                           cfg.causal, cfg.encoder_pos)
+            self.target = copy.deepcopy(self.encoder).requires_grad_(False)
+        if cfg.actions:
+            self.predictor = ACPredictor(self._embed_dim, cfg.macro_dim, cfg.pred_embed_dim, cfg.pred_depth, heads,
+                                         cfg.max_frames)
+        else:
+            self.predictor = TemporalPredictor(cfg.embed_dim, cfg.pred_embed_dim, cfg.pred_depth, heads, cfg.mlp_ratio)
 
     @property
     def embed_dim(self) -> int:
-        return self.cfg.embed_dim
+        return self._embed_dim
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         return pool_steps(x, self.cfg.stride, self.cfg.pool)
@@ -237,6 +278,15 @@ class Level(nn.Module):
         """(predictions `[B, K_tgt, D]`, context encodings `[B, K_ctx, D]`)."""
         z = self.encoder(u, idx_ctx)
         return self.predictor(z, idx_ctx, idx_tgt), z
+
+    def step_states(self, u: torch.Tensor, online: bool = False) -> torch.Tensor:
+        """Action levels: states of steps `[..., D_in]` -> `[..., D]`, each step encoded alone and layer-normed
+        (the EMA target's unless `online`); the input itself under `encoder: identity`."""
+        if self.encoder is None:
+            return u
+        enc = self.encoder if online else self.target
+        h = enc(u.reshape(-1, 1, u.shape[-1])).view(*u.shape[:-1], -1)
+        return F.layer_norm(h, (h.shape[-1],))
 
 
 def sample_level_masks(num_steps: int, batch: int, cfg: LevelConfig, g: torch.Generator,
@@ -275,12 +325,45 @@ def level_loss(level: Level, u: torch.Tensor, g: torch.Generator) -> Tuple[torch
         ctx.append(z.reshape(-1, z.shape[-1]))
     metrics["jepa"] = loss.item()
     z = torch.cat(ctx)  # every context encoding of this step `[N, D]`
+    reg, parts = regularize(cfg, z)
+    metrics.update({n: v.item() for n, v in parts.items()})
+    return loss + reg, metrics, h
+
+
+def regularize(cfg: LevelConfig, z: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """The level's anti-collapse term on online encodings `z [N, D]`: (weighted total, its parts)."""
     if cfg.regularizer == "vicreg":
         var, cov = vicreg_terms(z, cfg.var_target)
-        loss = loss + cfg.var_coeff * var + cfg.cov_coeff * cov
-        metrics["var"], metrics["cov"] = var.item(), cov.item()
-    elif cfg.regularizer == "sigreg":
+        return cfg.var_coeff * var + cfg.cov_coeff * cov, {"var": var, "cov": cov}
+    if cfg.regularizer == "sigreg":
         sr = sigreg(z, cfg.sigreg_slices, cfg.sigreg_knots)
-        loss = loss + cfg.sigreg_coeff * sr
-        metrics["sigreg"] = sr.item()
-    return loss, metrics, h
+        return cfg.sigreg_coeff * sr, {"sigreg": sr}
+    return z.new_zeros(()), {}
+
+
+def action_level_loss(level: Level, u: torch.Tensor, codes: torch.Tensor, rollout_steps: int,
+                      rollout_weight: float) -> Dict[str, torch.Tensor]:
+    """Loss of an action level on input states `u [B, T+1, D_in]` (one per level step) and macro-actions
+    `codes [B, T, m]`: teacher forcing (predict state t+1 from states <= t) plus `rollout_steps` of
+    autoregressive rollout from the first state, L1 to the target states; plus the regulariser on the
+    online states when the level has an encoder. -> dict of scalars ("loss" is the total) and the online
+    states "z" (detached, for the monitors)."""
+    cfg = level.cfg
+    z = level.step_states(u, online=True)  # [B, T+1, D]
+    h = level.step_states(u) if level.target is not None else z
+    T = codes.shape[1]
+    target = h[:, 1:]
+    out = {"teacher_forcing": (level.predictor(z[:, :T], codes) - target).abs().mean()}
+    total = out["teacher_forcing"]
+    k = min(rollout_steps, T)
+    if k > 0 and rollout_weight > 0:
+        out["rollout"] = (level.predictor.rollout(z[:, :1], codes[:, :k]) - target[:, :k]).abs().mean()
+        total = total + rollout_weight * out["rollout"]
+    if level.encoder is not None:
+        reg, parts = regularize(cfg, z.reshape(-1, z.shape[-1]))
+        total = total + reg
+        out.update(parts)
+    out["macro_std"] = codes.detach().std(dim=(0, 1)).mean()
+    out["loss"] = total
+    out["z"] = z.detach()
+    return out

@@ -39,9 +39,9 @@ JOBS = {
                  lambda b: [f"data.batch_size={b}"], "meta.max_steps=2", 5, 3, loop="vjepa.pretrain"),
     "hjepa": Job(TESTS / "tiny_hjepa.yaml", "hjepa.train", "hjepa-latest.pt", ("model",), (("metrics.csv", "loss"),),
                  lambda b: [f"batch_size={b}"], "meta.max_steps=2", 5, 3),
-    "worldmodel": Job(TESTS / "tiny_worldmodel.yaml", "hjepa.world_model.train", "wm-latest.pt", ("model", "macro"),
+    "worldmodel": Job(TESTS / "tiny_worldmodel.yaml", "hjepa.world_model.train", "wm-latest.pt", ("model",),
                       (("metrics.csv", "l0/loss"), ("level1/metrics.csv", "l1/loss")),
-                      lambda b: [f"stage.batch_size={b}", f"level1.stage.batch_size={b}"], "meta.max_steps=3", 4, [2, 0]),
+                      lambda b: [f"stage.batch_size={b}", f"levels.0.stage.batch_size={b}"], "meta.max_steps=3", 4, [2, 0]),
 }
 
 

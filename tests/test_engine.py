@@ -216,7 +216,7 @@ def test_state_dict_keys_are_unchanged_and_old_checkpoints_load(tmp_path):
 
     from hjepa.levels import LevelConfig
     from hjepa.model import HJEPA, HJEPAConfig
-    from hjepa.world_model.train import WorldModelConfig, build_models, load_trained
+    from hjepa.world_model.train import WorldModelConfig, build_model, load_trained
     from vjepa.pretrain import PretrainConfig, build_models as pretrain_models
 
     old = json.loads((FIXTURES / "state_dict_keys.json").read_text())
@@ -225,19 +225,23 @@ def test_state_dict_keys_are_unchanged_and_old_checkpoints_load(tmp_path):
     hc = HJEPAConfig(levels=[LevelConfig(stride=2, embed_dim=32, depth=1, num_heads=2, pred_embed_dim=16,
                                          pred_depth=1)], batch_size=2)
     hc.data = replace(hc.data, num_videos=4, num_windows=8, window_frames=4, size=16)
-    wcfg = WorldModelConfig()
-    wm, macro = build_models(wcfg)
+    wm = build_model(WorldModelConfig())
+    # the level stack keeps the two-level model's tensors: level 0's under levels.0, the macro model's under levels.1
+    level = lambda k: {n.split(".", 2)[2]: list(v.shape) for n, v in wm.state_dict().items()  # noqa: E731
+                       if n.startswith(f"levels.{k}.")}
     assert shapes(enc) == old["pretrain/encoder"] and shapes(pred) == old["pretrain/predictor"]
     assert shapes(HJEPA(hc)) == old["hjepa/model"]
-    assert shapes(wm) == old["worldmodel/model"] and shapes(macro) == old["worldmodel/macro"]
+    assert level(0) == old["worldmodel/model"] and level(1) == old["worldmodel/macro"]
 
     # A world-model checkpoint as the code before the engine wrote it (its config had meta.save_every_freq,
-    # meta.eval_freq and logging.knn_monitor) loads for planning.
+    # meta.eval_freq and logging.knn_monitor, and a `level1:` section) loads for planning.
     old_cfg = yaml.safe_load((FIXTURES / "config_worldmodel.yaml").read_text())
-    torch.save({"model": wm.state_dict(), "macro": macro.state_dict(), "opt": {}, "opt1": {}, "steps": [1, 1],
+    part = lambda k: {n.split(".", 2)[2]: v for n, v in wm.state_dict().items() if n.startswith(f"levels.{k}.")}  # noqa: E731
+    torch.save({"model": part(0), "macro": part(1), "opt": {}, "opt1": {}, "steps": [1, 1],
                 "rng": ckpt.rng_state(), "macro_bank": torch.zeros(4, 2), "config": old_cfg}, tmp_path / "wm.pt")
-    cfg, wm2, _, bank = load_trained(tmp_path / "wm.pt")
-    assert cfg.meta.save_every_steps == old_cfg["meta"]["save_every_freq"] and bank.shape == (4, 2)
+    cfg, wm2, banks = load_trained(tmp_path / "wm.pt")
+    assert cfg.meta.save_every_steps == old_cfg["meta"]["save_every_freq"] and banks[0].shape == (4, 2)
+    assert len(cfg.levels) == 1 and cfg.levels[0].stride == old_cfg["level1"]["stride"]
     assert all(torch.equal(a, b) for a, b in zip(wm2.state_dict().values(), wm.state_dict().values()))
 
 

@@ -80,32 +80,66 @@ def test_mpc_reaches_goal_with_perfect_model():
     assert planner.compute == 64 * 3 * 6 * len(range(0, int(ep["steps"].max()), 2))
 
 
-def test_hierarchical_subgoals_lie_on_data_support():
+class TrueWorldModel:
+    """A perfect level stack on z = position: level k moves by a macro code held for span_k steps; every
+    level shares level 0's space (identity level encoders)."""
+
+    def __init__(self, env_cfg, walls, strides):
+        self.strides_, self.num_levels = list(strides), len(strides) + 1
+        self.levels = [TruePredictor(env_cfg, walls, self.span(k)) for k in range(self.num_levels)]
+        self.predictor = self.levels[0]
+
+    def span(self, k):
+        return int(np.prod(self.strides_[:k]))
+
+    def predictor_of(self, k):
+        return self.levels[k]
+
+    def state(self, z, k, frm=0):
+        return z
+
+
+@pytest.mark.parametrize("strides", [[4], [2, 2]])
+def test_hierarchical_subgoals_lie_on_data_support(strides):
     cfg = EnvConfig(name="four_rooms")
     walls1 = make_layout(cfg, np.random.default_rng(0))
     rng = np.random.default_rng(0)
     bank = torch.from_numpy(rng.uniform(-1, 1, (64, 2))).float()  # macro codes seen in "training"
     bank[:, 1] = bank[:, 1].abs()  # the data never moved upwards: half the box is off-support
-    hcfg = HierarchicalConfig(level1=PlannerConfig(horizon=3, samples=32, iterations=2),
+    K = len(strides)
+    hcfg = HierarchicalConfig(levels=[PlannerConfig(horizon=3, samples=32, iterations=2)] * K,
                               level0=PlannerConfig(horizon=4, samples=32, iterations=2, replan_every=2),
-                              subgoal_every=4)
-    planner = HierarchicalPlanner(TruePredictor(cfg, walls1[None]), TruePredictor(cfg, walls1[None], stride=4),
-                                  bank, hcfg, seed=0)
+                              subgoal_every=strides[0])
+    wm = TrueWorldModel(cfg, walls1[None], strides)
+    planner = HierarchicalPlanner(wm, [bank] * K, hcfg, seed=0)
     tasks = make_tasks(walls1[None], TaskConfig(per_bin=3, bins=[[0.5, 1.0]], seed=0))
     start = torch.from_numpy(tasks["start"]).float()
-    planner.reset(start, torch.from_numpy(tasks["goal"]).float())
-    subgoal = planner.propose_subgoal(start)
-    # every macro-action of the plan is a code of the bank
-    d = torch.cdist(planner.macro_plan.reshape(-1, 2), bank).min(1).values
-    assert d.max() == 0
-    # each subgoal is the goal or a state one bank macro-action away from the start
-    reachable = TruePredictor(cfg, walls1[None], stride=4).rollout(
-        start.repeat_interleave(len(bank), 0)[:, None], bank.repeat(3, 1)[:, None])[:, 0].view(3, len(bank), 2)
     goal = torch.from_numpy(tasks["goal"]).float()
+    planner.reset(start, goal)
+    planner.act(start, 0)  # every level plans once, top-down
+    for k in range(1, K + 1):  # every macro-action of every level's plan is a code of the bank
+        assert torch.cdist(planner.plans[k - 1].reshape(-1, 2), bank).min(1).values.max() == 0
+    # level 0's target, per problem: a state one bank macro-action of level 1 away from the start, or a
+    # target passed down from above (the goal, or a level-2 subgoal)
+    (sub, _, rows), *passed = planner.targets[0]
+    reachable = TruePredictor(cfg, walls1[None], strides[0]).rollout(
+        start.repeat_interleave(len(bank), 0)[:, None], bank.repeat(3, 1)[:, None])[:, 0].view(3, len(bank), 2)
     for i in range(3):
-        on_support = torch.cdist(subgoal[i:i + 1], reachable[i]).min() < 1e-5
-        assert on_support or torch.equal(subgoal[i], goal[i])
-    assert planner.compute == hcfg.level1.compute()
+        if rows[i]:
+            assert torch.cdist(sub[i:i + 1], reachable[i]).min() < 1e-5
+        else:
+            assert sum(int(r[i]) for _, _, r in passed) == 1  # exactly one part covers the problem
+    if K == 1:
+        torch.testing.assert_close(planner.subgoals[0], torch.where(rows[:, None], sub, goal))
+    assert planner.compute == sum(c.compute() for c in hcfg.levels) + hcfg.level0.compute()
+
+
+def test_hierarchical_planner_checks_levels_against_the_model():
+    cfg = EnvConfig(name="two_rooms")
+    wm = TrueWorldModel(cfg, make_layout(cfg, np.random.default_rng(0))[None], [4])
+    hcfg = HierarchicalConfig(levels=[PlannerConfig()] * 2, level0=PlannerConfig())
+    with pytest.raises(ValueError, match="a planner and a bank per level"):
+        HierarchicalPlanner(wm, [torch.zeros(4, 2)], hcfg, seed=0)
 
 
 def test_snap_to_bank():

@@ -1,11 +1,13 @@
-"""Action-conditioned world model: block-causality, shapes, frozen encoder, the loss falls."""
+"""Action-conditioned world model: block-causality, shapes, frozen encoder, the loss falls, the level stack
+(2 and 3 levels: macro-action composition, frozen levels below, EMA targets), exact resume."""
 import numpy as np
 import pytest
 import torch
 
 from data.generated.trajectories import TrajectoryConfig, TrajectoryWindows, generate
-from hjepa.world_model.model import (ACPredictor, EncoderConfig, LossWeights, MacroWorldModel, PredictorConfig,
-                               WorldModel, block_causal_mask)
+from hjepa.levels import LevelConfig
+from hjepa.world_model.model import (ACPredictor, ActionLevelObjective, EncoderConfig, FrameLevel, LossWeights,
+                                     PredictorConfig, WorldModel, block_causal_mask)
 from vjepa.models import ModelConfig
 
 
@@ -47,7 +49,7 @@ def test_one_step_loss_falls_on_tiny_dataset():
     cfg, data = tiny_data()
     win = TrajectoryWindows(data, cfg.env, window=3)
     batch = win.batch(np.arange(0, len(win), max(1, len(win) // 32))[:32])
-    wm = WorldModel(EncoderConfig(dim=16, width=16), PredictorConfig(dim=16, depth=1, num_heads=2))
+    wm = FrameLevel(EncoderConfig(dim=16, width=16), PredictorConfig(dim=16, depth=1, num_heads=2))
     w = LossWeights(rollout_steps=0, var=5.0)
     opt = torch.optim.Adam(wm.parameters(), lr=3e-3)
     first = None
@@ -66,7 +68,7 @@ def test_one_step_prediction_loss_falls_with_frozen_encoder():
     cfg, data = tiny_data()
     win = TrajectoryWindows(data, cfg.env, window=2)
     batch = win.batch(np.arange(0, len(win), max(1, len(win) // 64))[:64])
-    wm = WorldModel(EncoderConfig(dim=16, width=16, frozen=True), PredictorConfig(dim=32, depth=1, num_heads=2))
+    wm = FrameLevel(EncoderConfig(dim=16, width=16, frozen=True), PredictorConfig(dim=32, depth=1, num_heads=2))
     wm.encoder.train()  # batch statistics: a random encoder whose features move with the agent
     opt = torch.optim.Adam(wm.predictor.parameters(), lr=3e-3)
     losses = []
@@ -82,7 +84,7 @@ def test_one_step_prediction_loss_falls_with_frozen_encoder():
 def test_frozen_encoder_gets_no_gradient():
     cfg, data = tiny_data()
     batch = TrajectoryWindows(data, cfg.env, window=3).batch(np.arange(4))
-    wm = WorldModel(EncoderConfig(dim=8, width=8, frozen=True), PredictorConfig(dim=16, depth=1, num_heads=2))
+    wm = FrameLevel(EncoderConfig(dim=8, width=8, frozen=True), PredictorConfig(dim=16, depth=1, num_heads=2))
     out = wm.loss(batch["frames"], batch["actions"][:, :, 0], LossWeights(rollout_steps=2))
     out["loss"].backward()
     assert all(p.grad is None for p in wm.encoder.parameters())
@@ -99,14 +101,97 @@ def test_vjepa_encoder_plugs_in():
         WorldModel(EncoderConfig(type="resnet"), PredictorConfig())
 
 
-def test_macro_world_model_loss_and_bounds():
+def action_level(stride, encoder="identity", **kw):
+    return LevelConfig(stride=stride, actions=True, encoder=encoder, embed_dim=16, depth=1, num_heads=2,
+                       pred_embed_dim=16, pred_depth=1, **kw)
+
+
+def tiny_stack(*levels):
+    return WorldModel(EncoderConfig(dim=8, width=8), PredictorConfig(dim=16, depth=1, num_heads=2), list(levels))
+
+
+def test_action_level_loss_and_macro_bounds():
     torch.manual_seed(0)
-    m = MacroWorldModel(repr_dim=8, stride=4, macro_dim=2, pred=PredictorConfig(dim=16, depth=1, num_heads=2))
+    wm = tiny_stack(action_level(4))
+    level = wm.levels[1]
     z, chunks = torch.randn(3, 4, 8), torch.randn(3, 3, 4, 2)
-    out = m.loss(z, chunks, LossWeights(rollout_steps=2))
+    out = ActionLevelObjective(level, LossWeights(rollout_steps=2))(z, chunks)
     out["loss"].backward()
-    codes = m.macro(chunks * 100)
+    assert set(out) >= {"teacher_forcing", "rollout", "loss", "z"} and "var" not in out  # identity: no regulariser
+    assert all(p.grad is not None for p in level.macro.parameters())
+    codes = level.macro(chunks * 100)
     assert codes.shape == (3, 3, 2) and codes.abs().max() <= 1
+    assert level.encoder is None and torch.equal(wm.state(z, 1), z)  # identity level: level-0 space
+
+
+def test_three_level_stack_composes_spans_macros_and_states():
+    torch.manual_seed(0)
+    wm = tiny_stack(action_level(2), action_level(3, encoder="transformer", macro_dim=3))
+    assert wm.num_levels == 3 and wm.strides() == [2, 3] and [wm.span(k) for k in range(3)] == [1, 2, 6]
+    acts = torch.randn(5, 6, 2)  # one level-2 step of primitive actions
+    m2 = wm.macro(acts, 2)
+    assert m2.shape == (5, 3) and m2.abs().max() <= 1
+    # level 2's code is its encoder over level 1's codes of the three 2-step sub-chunks
+    m1 = wm.levels[1].macro(acts.view(5, 3, 2, 2))
+    torch.testing.assert_close(m2, wm.levels[2].macro(m1))
+    z0 = torch.randn(5, 8)
+    z2 = wm.state(z0, 2)
+    assert z2.shape == (5, 16)
+    torch.testing.assert_close(z2.mean(-1), torch.zeros(5), atol=1e-5, rtol=0)  # layer-normed targets
+    torch.testing.assert_close(wm.state(wm.state(z0, 1), 2, frm=1), z2)
+    with pytest.raises(ValueError, match="actions: true"):
+        tiny_stack(LevelConfig(stride=2))
+
+
+def test_level_with_encoder_trains_online_not_target_and_regularises():
+    torch.manual_seed(0)
+    wm = tiny_stack(action_level(2), action_level(2, encoder="transformer", regularizer="vicreg"))
+    level = wm.levels[2]
+    u, sub = torch.randn(4, 3, 8), torch.randn(4, 2, 2, 2)  # level-1 states, level-1 macro codes
+    out = ActionLevelObjective(level, LossWeights(rollout_steps=1))(u, sub)
+    out["loss"].backward()
+    assert "var" in out and "cov" in out
+    assert all(p.grad is None for p in level.target.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in level.encoder.parameters())
+    assert all(p.grad is None for p in wm.levels[1].parameters())  # the levels below are not touched
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_n_level_run_from_yaml_trains_every_level(tmp_path, levels):
+    from hjepa.world_model import train as wm_train
+    from vjepa.engine.config import load_config
+
+    ups = [{"stride": 2, "encoder": "identity"}, {"stride": 2, "encoder": "transformer", "embed_dim": 16,
+                                                   "depth": 1, "num_heads": 2, "ema": [0.9, 1.0]}][:levels]
+    raw = {"data": {"num_trajectories": 24, "length": 8, "cache_dir": None},
+           "encoder": {"dim": 8, "width": 8}, "predictor": {"dim": 16, "depth": 1},
+           "stage": {"steps": 2, "batch_size": 4, "window": 3, "warmup": 1},
+           "levels": [dict(u, pred_embed_dim=16, pred_depth=1, bank_size=8,
+                           stage={"steps": 2, "batch_size": 4, "window": 2, "warmup": 1}) for u in ups],
+           "logging": {"folder": str(tmp_path), "progress_bar": False, "tensorboard": False, "log_every": 1}}
+    cfg = load_config(wm_train.WorldModelConfig, raw=raw)
+    wm_train.train(cfg)
+    state = torch.load(tmp_path / "wm-latest.pt", weights_only=True)
+    assert state["steps"] == [2] * (levels + 1) and len(state["banks"]) == levels
+    assert [b.shape[1] for b in state["banks"]] == [2] * levels
+    for k in range(1, levels + 1):
+        assert (tmp_path / f"level{k}" / "metrics.csv").is_file()
+    _, wm, banks = wm_train.load_trained(tmp_path / "wm-latest.pt")
+    assert wm.num_levels == levels + 1 and wm.span(levels) == 2 ** levels
+
+
+def test_old_two_level_config_becomes_the_level_stack():
+    from hjepa.world_model.train import WorldModelConfig
+    from vjepa.engine.config import ConfigError, load_config
+
+    cfg = load_config(WorldModelConfig, raw={"level1": {"stride": 4, "macro_dim": 3, "predictor": {"dim": 48, "depth": 3},
+                                                        "stage": {"steps": 7}}})
+    (lv,) = cfg.levels
+    assert (lv.stride, lv.macro_dim, lv.pred_embed_dim, lv.pred_depth, lv.stage.steps, lv.encoder, lv.actions) == \
+        (4, 3, 48, 3, 7, "identity", True)
+    assert load_config(WorldModelConfig, raw={"level1": {"enabled": False}}).levels == []
+    with pytest.raises(ConfigError, match="both"):
+        load_config(WorldModelConfig, raw={"level1": {"stride": 4}, "levels": []})
 
 
 @pytest.mark.parametrize("kill_level", [0, 1])
@@ -118,16 +203,16 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch,
         return load_config(wm_train.WorldModelConfig, overrides=[
             "data.num_trajectories=48", "data.length=8", "data.cache_dir=null", "encoder.dim=8", "encoder.width=8",
             "predictor.dim=16", "predictor.depth=1", "stage.steps=6", "stage.batch_size=8", "stage.window=3",
-            "stage.warmup=1", "level1.stride=2", "level1.predictor.dim=16", "level1.predictor.depth=1",
-            "level1.stage.steps=6", "level1.stage.batch_size=8", "level1.stage.window=3", "level1.stage.warmup=1",
-            "level1.bank_size=16", "meta.save_every_steps=3", "logging.progress_bar=false",
+            "stage.warmup=1", "levels.0.stride=2", "levels.0.pred_embed_dim=16", "levels.0.pred_depth=1",
+            "levels.0.stage.steps=6", "levels.0.stage.batch_size=8", "levels.0.stage.window=3",
+            "levels.0.stage.warmup=1", "levels.0.bank_size=16", "meta.save_every_steps=3", "logging.progress_bar=false",
             "logging.tensorboard=false", f"logging.folder={folder}", f"meta.load_checkpoint={str(resume).lower()}"])
 
     wm_train.train(cfg_for(tmp_path / "whole"))
     real_save = wm_train.save
 
-    def save_then_die(accelerator, path, wm, macro, opt0, opt1, steps, data, cfg):
-        real_save(accelerator, path, wm, macro, opt0, opt1, steps, data, cfg)
+    def save_then_die(accelerator, path, wm, opts, steps, data, cfg):
+        real_save(accelerator, path, wm, opts, steps, data, cfg)
         if steps[kill_level] == 3:  # killed right after the checkpoint at step 3 of that level
             raise KeyboardInterrupt("killed")
 
@@ -140,7 +225,6 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch,
     whole = torch.load(tmp_path / "whole" / "wm-latest.pt", weights_only=True)
     resumed = torch.load(tmp_path / "killed" / "wm-latest.pt", weights_only=True)
     assert resumed["steps"] == whole["steps"] == [6, 6]
-    for part in ("model", "macro"):
-        for k, v in whole[part].items():
-            assert torch.equal(v, resumed[part][k]), (part, k)
-    assert torch.equal(whole["macro_bank"], resumed["macro_bank"])
+    for k, v in whole["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+    assert all(torch.equal(a, b) for a, b in zip(whole["banks"], resumed["banks"]))

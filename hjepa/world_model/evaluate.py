@@ -50,7 +50,7 @@ class TaskConfig:
 
 
 def _hier_default() -> HierarchicalConfig:
-    return HierarchicalConfig(level1=PlannerConfig(horizon=3, samples=64, iterations=2),
+    return HierarchicalConfig(levels=[PlannerConfig(horizon=3, samples=64, iterations=2)],
                               level0=PlannerConfig(horizon=8, samples=64, iterations=3, replan_every=4))
 
 
@@ -132,13 +132,13 @@ def run_episodes(policy, wm, env_cfg, walls: np.ndarray, start: np.ndarray, goal
     return {"success": done, "steps": steps, "path": np.stack(path, 1), "compute": spent}
 
 
-def build_policy(method: str, cfg: PlanConfig, wm, macro, bank, batch: int, seed: int):
+def build_policy(method: str, cfg: PlanConfig, wm, banks, batch: int, seed: int):
     if method == "random":
         return RandomPolicy(batch, seed)
     if method in ("cem", "mppi"):
         return FlatPlanner(wm.predictor, getattr(cfg, method), seed)
     if method == "hierarchical":
-        return HierarchicalPlanner(wm.predictor, macro.predictor, bank, cfg.hierarchical, seed)
+        return HierarchicalPlanner(wm, banks, cfg.hierarchical, seed)
     raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
 
 
@@ -157,19 +157,19 @@ def run(cfg: PlanConfig, dry_run: bool = False) -> Optional[Path]:
     for m in cfg.methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}; valid: {list(METHODS)}")
-    for p in (cfg.cem, cfg.mppi, cfg.hierarchical.level0, cfg.hierarchical.level1):
+    for p in (cfg.cem, cfg.mppi, cfg.hierarchical.level0, *cfg.hierarchical.levels):
         check_planner(p)
     if not cfg.checkpoint:
         raise ConfigError("plan: set checkpoint=<worldmodel run>/wm-latest.pt")
-    wm_cfg, wm, macro, bank = load_trained(cfg.checkpoint)
+    wm_cfg, wm, banks = load_trained(cfg.checkpoint)
     env_cfg = wm_cfg.data.env
     walls_all = make_layouts(env_cfg, wm_cfg.data.num_layouts, wm_cfg.data.layout_seed)
     tasks = make_tasks(walls_all, cfg.tasks)
     if dry_run:
         print(to_yaml(cfg))
         print(f"{len(tasks['start'])} tasks in {len(cfg.tasks.bins)} bins on {env_cfg.name}; compute per plan: "
-              f"cem {cfg.cem.compute()}, mppi {cfg.mppi.compute()}, hierarchical level-1 "
-              f"{cfg.hierarchical.level1.compute()} + level-0 {cfg.hierarchical.level0.compute()}")
+              f"cem {cfg.cem.compute()}, mppi {cfg.mppi.compute()}, hierarchical levels 1..K "
+              f"{[c.compute() for c in cfg.hierarchical.levels]} + level-0 {cfg.hierarchical.level0.compute()}")
         return None
     run_dir = resolve_run_dir(cfg.folder, "plan", make_accelerator("float32"))
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -177,7 +177,7 @@ def run(cfg: PlanConfig, dry_run: bool = False) -> Optional[Path]:
     results, episodes = [], {}
     for method in cfg.methods:
         for seed in cfg.seeds:
-            policy = build_policy(method, cfg, wm, macro, bank, len(walls), seed)
+            policy = build_policy(method, cfg, wm, banks, len(walls), seed)
             t0 = time.perf_counter()
             ep = run_episodes(policy, wm, env_cfg, walls, tasks["start"], tasks["goal"], cfg.max_steps,
                               cfg.success_radius, seed)

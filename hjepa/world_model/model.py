@@ -12,14 +12,18 @@ jointly (PLDM, arXiv 2502.14819, shows joint training without it collapses): a v
 (z_t, z_{t+1}), which ties the representation to what the agent controls. With a frozen pretrained
 encoder neither is needed.
 
-Level 1 (hierarchy): the same predictor over strided time, whose "actions" are macro-actions: a small
-encoder maps the chunk of `stride` low-level actions to a low-dimensional code in [-1, 1]^m.
+Levels 1..K (hierarchy): H-JEPA levels (hjepa/levels.py, `actions: true`): the same block-causal
+predictor over strided time, whose "actions" are macro-actions, codes in [-1, 1]^m of the chunk of
+`stride` actions of the level below; with `encoder: identity` a level's state is level 0's state (today's
+CPU default: the planners compare subgoals in one space), with `encoder: transformer` it has its own
+encoder, EMA target and regulariser, as the video H-JEPA levels.
 """
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Sequence
 
 import torch
 import torch.nn as nn
@@ -27,7 +31,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import Mlp
 
-from hjepa.blocks import MaskedBlock
+from hjepa.blocks import ACPredictor, MacroActionEncoder, block_causal_mask  # noqa: F401 (re-exported for users)
+from hjepa.levels import Level, LevelConfig, action_level_loss, validate_level
 from hjepa.world_model.encoders import EncoderConfig, build_frame_encoder
 from vjepa.regularizers import vicreg_terms
 
@@ -63,82 +68,7 @@ class LossWeights:
     smooth: float = 1.0
 
 
-def block_causal_mask(frames: int, tokens_per_frame: int, device=None) -> torch.Tensor:
-    """bool `[n, n]`, n = frames x tokens_per_frame: token i may attend to j iff frame(j) <= frame(i)."""
-    f = torch.arange(frames, device=device).repeat_interleave(tokens_per_frame)
-    return f[None, :] <= f[:, None]
-
-
-class ACPredictor(nn.Module):
-    """Block-causal action-conditioned predictor: (z `[B, T, D]`, a `[B, T, A]`) -> z_next `[B, T, D]`.
-
-    Output t is a prediction of z_{t+1} from z_{<=t} and a_{<=t}; it is z_t plus a learned change,
-    since most of a step's representation carries over.
-
-    Args:
-        repr_dim: D. action_dim: A. dim / depth / num_heads: transformer shape. max_frames: longest context.
-    """
-
-    def __init__(self, repr_dim: int, action_dim: int, dim: int = 64, depth: int = 2, num_heads: int = 4,
-                 max_frames: int = 16):
-        super().__init__()
-        self.max_frames = max_frames
-        self.state_in, self.action_in = nn.Linear(repr_dim, dim), nn.Linear(action_dim, dim)
-        self.time_embed = nn.Parameter(torch.zeros(1, max_frames, 1, dim))
-        self.type_embed = nn.Parameter(torch.zeros(1, 1, 2, dim))
-        nn.init.trunc_normal_(self.time_embed, std=0.02)
-        nn.init.trunc_normal_(self.type_embed, std=0.02)
-        self.blocks = nn.ModuleList(MaskedBlock(dim, num_heads, norm_eps=1e-5) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim)
-        self.out = nn.Linear(dim, repr_dim)
-        nn.init.zeros_(self.out.weight)  # start as the identity dynamics z_{t+1} = z_t
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        B, T, _ = z.shape
-        if T > self.max_frames:
-            raise ValueError(f"context of {T} frames exceeds predictor max_frames {self.max_frames}")
-        tok = torch.stack([self.action_in(a), self.state_in(z)], dim=2)  # [B, T, 2, d]
-        tok = tok + self.time_embed[:, :T] + self.type_embed
-        x = rearrange(tok, "b t k d -> b (t k) d")
-        mask = block_causal_mask(T, 2, z.device)
-        for blk in self.blocks:
-            x = blk(x, mask)
-        x = rearrange(self.norm(x), "b (t k) d -> b t k d", k=2)[:, :, 1]  # state tokens [B, T, d]
-        return z + self.out(x)
-
-    def rollout(self, z_ctx: torch.Tensor, actions: torch.Tensor, context: Optional[int] = None) -> torch.Tensor:
-        """Imagine: z_ctx `[B, C, D]` observed, actions `[B, C-1+H, A]` (past ones, then H to come)
-        -> predicted z `[B, H, D]` for the H steps after the last observed frame. Predictions are fed back;
-        `context` caps the frames the predictor sees (the most recent ones) to bound the cost."""
-        C = z_ctx.shape[1]
-        H = actions.shape[1] - (C - 1)
-        if H < 1:
-            raise ValueError(f"rollout needs more actions ({actions.shape[1]}) than past frames ({C - 1})")
-        context = min(context or self.max_frames, self.max_frames)
-        zs, preds = list(z_ctx.unbind(1)), []
-        for h in range(H):
-            t = C - 1 + h  # index of the newest frame
-            lo = max(0, t + 1 - context)
-            z_next = self.forward(torch.stack(zs[lo:t + 1], 1), actions[:, lo:t + 1])[:, -1]
-            zs.append(z_next)
-            preds.append(z_next)
-        return torch.stack(preds, 1)
-
-
-class MacroActionEncoder(nn.Module):
-    """Action chunk `[B, stride, A]` -> macro-action `[B, m]` in [-1, 1] (tanh keeps codes bounded,
-    which gives the level-1 planner a box to search in)."""
-
-    def __init__(self, stride: int, action_dim: int, macro_dim: int, hidden: int = 64):
-        super().__init__()
-        self.net = Mlp(stride * action_dim, hidden, macro_dim, act_layer=nn.GELU)
-
-    def forward(self, chunk: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.net(chunk.flatten(-2)))
-
-
-class WorldModel(nn.Module):
+class FrameLevel(nn.Module):
     """Level 0: frame encoder, block-causal predictor and inverse-dynamics head.
 
     Args:
@@ -152,7 +82,7 @@ class WorldModel(nn.Module):
         if enc.frozen:
             self.encoder.requires_grad_(False).eval()
         D = self.encoder.dim
-        self.repr_dim, self.action_dim = D, action_dim
+        self.embed_dim, self.action_dim = D, action_dim
         self.predictor = ACPredictor(D, action_dim, pred.dim, pred.depth, pred.num_heads, pred.max_frames)
         self.idm = Mlp(2 * D, 64, action_dim, act_layer=nn.GELU)
 
@@ -196,34 +126,86 @@ class WorldModel(nn.Module):
         return out
 
 
-class MacroWorldModel(nn.Module):
-    """Level 1: macro-action encoder and a block-causal predictor over every `stride`-th frame, on the
-    (frozen) level-0 representation.
+class ActionLevelObjective(nn.Module):
+    """Training view of an action level k >= 1: (input states, action chunks of the level below) -> its
+    loss. The macro-actions are computed inside, so the level's macro encoder trains with its predictor;
+    through `forward`, so a DDP wrapper sees the call."""
+
+    def __init__(self, level: Level, w: LossWeights):
+        super().__init__()
+        self.level, self.w = level, w
+
+    def forward(self, u: torch.Tensor, sub_actions: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """u `[B, T+1, D_in]` level k-1 states `stride` steps apart; sub_actions `[B, T, stride, A_in]`."""
+        return action_level_loss(self.level, u, self.level.macro(sub_actions), self.w.rollout_steps, self.w.rollout)
+
+
+class WorldModel(nn.Module):
+    """The hierarchical world model: `levels[0]` a `FrameLevel` (frames and actions), `levels[k]` (k >= 1) an
+    H-JEPA `Level` with `actions: true` over level k-1's states `stride_k` steps apart, whose actions are
+    codes of chunks of level k-1's actions. Levels are trained bottom-up, each on its frozen predecessors.
 
     Args:
-        repr_dim: level-0 representation width. stride: low-level steps per level-1 step.
-        macro_dim: macro-action width. pred: predictor config. action_dim: low-level action width.
+        enc / pred: level 0's encoder and predictor. levels: configs of levels 1..K. img_size / action_dim: world.
     """
 
-    def __init__(self, repr_dim: int, stride: int, macro_dim: int, pred: PredictorConfig, action_dim: int = 2):
+    def __init__(self, enc: EncoderConfig, pred: PredictorConfig, levels: Sequence[LevelConfig] = (),
+                 img_size: int = 64, action_dim: int = 2):
         super().__init__()
-        self.stride, self.macro_dim = stride, macro_dim
-        self.macro = MacroActionEncoder(stride, action_dim, macro_dim)
-        self.predictor = ACPredictor(repr_dim, macro_dim, pred.dim, pred.depth, pred.num_heads, pred.max_frames)
+        mods: List[nn.Module] = [FrameLevel(enc, pred, img_size, action_dim)]
+        for k, cfg in enumerate(levels, start=1):
+            if not cfg.actions:
+                raise ValueError(f"world-model levels[{k - 1}] (level {k}) needs actions: true")
+            validate_level(cfg, k)
+            below = mods[-1]
+            mods.append(Level(cfg, below.embed_dim, below.action_dim if k == 1 else below.cfg.macro_dim))
+        self.levels = nn.ModuleList(mods)
 
-    def forward(self, z: torch.Tensor, chunks: torch.Tensor, w: LossWeights) -> Dict[str, torch.Tensor]:
-        return self.loss(z, chunks, w)
+    # level 0's parts, under the names the planners and evaluations use
+    @property
+    def encoder(self) -> nn.Module:
+        return self.levels[0].encoder
 
-    def loss(self, z: torch.Tensor, chunks: torch.Tensor, w: LossWeights) -> Dict[str, torch.Tensor]:
-        """z `[B, T+1, D]` level-0 representations `stride` steps apart, chunks `[B, T, stride, A]`."""
-        m = self.macro(chunks)  # [B, T, m]
-        T = m.shape[1]
-        tf = (self.predictor(z[:, :T], m) - z[:, 1:]).abs().mean()
-        out = {"teacher_forcing": tf, "macro_std": m.detach().std(dim=(0, 1)).mean()}
-        total = tf
-        k = min(w.rollout_steps, T)
-        if k > 0 and w.rollout > 0:
-            out["rollout"] = (self.predictor.rollout(z[:, :1], m[:, :k]) - z[:, 1:k + 1]).abs().mean()
-            total = total + w.rollout * out["rollout"]
-        out["loss"] = total
-        return out
+    @property
+    def predictor(self) -> ACPredictor:
+        return self.levels[0].predictor
+
+    @property
+    def repr_dim(self) -> int:
+        return self.levels[0].embed_dim
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.levels)
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.levels[0].encode(frames)
+
+    def strides(self) -> List[int]:
+        """Level-(k-1) steps per level-k step, k = 1..K."""
+        return [lv.cfg.stride for lv in self.levels[1:]]
+
+    def span(self, k: int) -> int:
+        """Low-level (level-0) steps per level-k step."""
+        return int(math.prod(self.strides()[:k]))
+
+    def state(self, z0: torch.Tensor, k: int, frm: int = 0) -> torch.Tensor:
+        """Level-`frm` states `[..., D_frm]` -> level-k states `[..., D_k]` (target encoders, each step alone)."""
+        z = z0
+        for level in self.levels[frm + 1:k + 1]:
+            z = level.step_states(z)
+        return z
+
+    def macro(self, actions: torch.Tensor, k: int) -> torch.Tensor:
+        """Low-level action chunks `[..., span_k, A]` -> level-k actions `[..., A_k]` (k = 0: the action itself,
+        `[..., 1, A]` -> `[..., A]`)."""
+        a = actions
+        for level in self.levels[1:k + 1]:
+            a = level.macro(a.reshape(*a.shape[:-2], -1, level.cfg.stride, a.shape[-1]))
+        return a.squeeze(-2)
+
+    def predictor_of(self, k: int) -> ACPredictor:
+        return self.levels[k].predictor
+
+    def action_dim_of(self, k: int) -> int:
+        return self.levels[0].action_dim if k == 0 else self.levels[k].cfg.macro_dim

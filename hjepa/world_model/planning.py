@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -105,17 +105,23 @@ def optimize(cost_fn: CostFn, mean: torch.Tensor, cfg: PlannerConfig, generator:
     return best, best_cost
 
 
+Distance = Callable[[torch.Tensor], torch.Tensor]  # predicted states [B, N, H, D] -> distances [B, N, H]
+
+
 class LatentGoalCost:
-    """Cost of candidate action sequences: sum over the horizon of ||z_pred_h - z_goal||_2.
+    """Cost of candidate action sequences: sum over the horizon of the distance of each predicted state to
+    the goal, ||z_pred_h - z_goal||_2 (or `distance(z_pred)` when given: a goal in another level's space).
 
     Args:
-        predictor: an `ACPredictor`. z_now `[B, D]`: current representation. z_goal `[B, D]`. context: see
-        `PlannerConfig.context` (history beyond the current frame is not used here).
+        predictor: an `ACPredictor`. z_now `[B, D]`: current representation. z_goal `[B, D]` (unused when
+        `distance` is given). context: see `PlannerConfig.context` (history beyond the current frame is not
+        used here). distance: predicted states `[B, N, H, D]` -> `[B, N, H]`.
     """
 
-    def __init__(self, predictor, z_now: torch.Tensor, z_goal: torch.Tensor, context: int = 1):
+    def __init__(self, predictor, z_now: torch.Tensor, z_goal: Optional[torch.Tensor], context: int = 1,
+                 distance: Optional[Distance] = None):
         self.predictor, self.z_now, self.z_goal, self.context = predictor, z_now, z_goal, context
-        self.last_pred: Optional[torch.Tensor] = None
+        self.distance = distance or (lambda z: (z - self.z_goal[:, None, None]).norm(dim=-1))
 
     @torch.no_grad()
     def predict(self, actions: torch.Tensor) -> torch.Tensor:
@@ -125,8 +131,7 @@ class LatentGoalCost:
         return self.predictor.rollout(z0, actions.reshape(B * N, H, A), self.context).view(B, N, H, -1)
 
     def __call__(self, actions: torch.Tensor) -> torch.Tensor:
-        z = self.predict(actions)
-        return (z - self.z_goal[:, None, None]).norm(dim=-1).sum(-1)  # [B, N]
+        return self.distance(self.predict(actions)).sum(-1)  # [B, N]
 
 
 def snap_to_bank(bank: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -177,9 +182,9 @@ class FlatPlanner:
         self.k = 0
         self.first_planned_z = None
 
-    def replan(self, z_now: torch.Tensor, z_goal: torch.Tensor) -> None:
+    def replan(self, z_now: torch.Tensor, z_goal: Optional[torch.Tensor], distance: Optional[Distance] = None) -> None:
         t0 = time.perf_counter()
-        cost = LatentGoalCost(self.predictor, z_now, z_goal, self.cfg.context)
+        cost = LatentGoalCost(self.predictor, z_now, z_goal, self.cfg.context, distance)
         shifted = torch.cat([self.plan[:, self.k:], torch.zeros(len(z_now), self.k, 2)], 1)  # warm start
         self.plan, _ = optimize(cost, shifted, self.cfg, self.gen)
         self.planned_z = cost.predict(self.plan[:, None])[:, 0]
@@ -200,67 +205,107 @@ class FlatPlanner:
 @dataclass
 class HierarchicalConfig:
     """Args:
-        level1: planner over macro-actions (its `replan_every` is ignored: level 1 replans every
-        `subgoal_every` low-level steps). level0: planner towards the current subgoal.
-        subgoal_every: low-level steps per subgoal (the level-1 stride is natural).
+        levels: one planner per level k = 1..K over its macro-actions (their `replan_every` is ignored: level
+        k replans every `subgoal_every * span_k / span_1` low-level steps). level0: planner towards the
+        current subgoal. subgoal_every: low-level steps per level-1 subgoal (the level-1 stride is natural).
     """
 
-    level1: PlannerConfig
+    levels: List[PlannerConfig]
     level0: PlannerConfig
     subgoal_every: int = 8
 
+    @staticmethod
+    def UPGRADE(raw: dict) -> None:
+        """A plan config written for the two-level model named its one upper planner `level1`."""
+        if "level1" in raw:
+            if "levels" in raw:
+                raise ValueError("hierarchical: both `level1` (old name) and `levels` are set; keep `levels`")
+            raw["levels"] = [raw.pop("level1")]
+
+
+Target = List[Tuple[torch.Tensor, int, torch.Tensor]]  # parts (vector [B, D_s], level s of its space, rows [B])
+
 
 class HierarchicalPlanner:
-    """Level 1 proposes a subgoal representation (first step of its macro plan, the macro-actions
-    confined to the bank of training codes); level 0 plans towards it by MPC. When the best level-1
-    plan brings no first step closer to the goal than where the agent already is, the goal itself
-    becomes the subgoal (the agent is within one level-1 step).
+    """Top-down subgoals through the level stack of a `WorldModel`. Level K plans over its macro-actions
+    (confined to the bank of training codes) from the current state towards the goal; the first state of
+    its plan becomes the target of level K-1, which plans towards it (distance measured in level K's space,
+    through level K's encoder), and so on down to level 0, which plans primitive actions by MPC towards
+    level 1's subgoal. A level whose best plan brings no first step closer to its target than where the
+    agent already is passes its own target down unchanged for that problem (the agent is within one of its
+    steps). Level k replans every `subgoal_every * span_k / span_1` low-level steps. With identity level
+    encoders (one space for all levels) and two levels this is the two-level planner of earlier versions,
+    draw for draw.
 
     Args:
-        predictor0: level-0 `ACPredictor`. predictor1: level-1 `ACPredictor` (macro actions).
-        bank: macro codes `[M, m]`. cfg: planners. seed: sampling seed.
+        wm: the `WorldModel` (levels, their predictors and state maps). banks: macro codes `[M, m_k]` per
+        level k >= 1. cfg: planners. seed: sampling seed (level k samples with seed + k).
     """
 
-    def __init__(self, predictor0, predictor1, bank: torch.Tensor, cfg: HierarchicalConfig, seed: int):
-        check_planner(cfg.level1)
-        self.low = FlatPlanner(predictor0, cfg.level0, seed)
-        self.predictor1, self.bank, self.cfg = predictor1, bank, cfg
-        self.project = snap_to_bank(bank)
-        self.gen = torch.Generator().manual_seed(seed + 1)
+    def __init__(self, wm, banks: Sequence[torch.Tensor], cfg: HierarchicalConfig, seed: int):
+        K = wm.num_levels - 1
+        if K < 1 or len(cfg.levels) != K or len(banks) != K:
+            raise ValueError(f"hierarchical planning needs a planner and a bank per level above 0: the model has "
+                             f"{K} such levels, the config {len(cfg.levels)} planners, the checkpoint {len(banks)} banks")
+        for c in cfg.levels:
+            check_planner(c)
+        self.wm, self.banks, self.cfg, self.K = wm, list(banks), cfg, K
+        self.low = FlatPlanner(wm.predictor, cfg.level0, seed)
+        self.projects = [snap_to_bank(b) for b in banks]
+        self.gens = [torch.Generator().manual_seed(seed + k) for k in range(1, K + 1)]
+        self.period = [max(1, cfg.subgoal_every * wm.span(k) // wm.span(1)) for k in range(1, K + 1)]
         self.compute, self.plan_time = 0, 0.0
-        self.subgoals: list[torch.Tensor] = []  # [B, D] per level-1 replan
+        self.subgoals: list[torch.Tensor] = []  # level-0-space subgoals [B, D] per level-1 replan (plots)
         self.planned_z1: Optional[torch.Tensor] = None
 
     def reset(self, z_now: torch.Tensor, z_goal: torch.Tensor) -> None:
-        self.z_goal = z_goal
+        B = len(z_now)
         self.low.reset(z_now, z_goal)
-        self.macro_plan = torch.zeros(len(z_now), self.cfg.level1.horizon, self.bank.shape[1])
+        self.plans = [torch.zeros(B, c.horizon, b.shape[1]) for c, b in zip(self.cfg.levels, self.banks)]
+        top = self.K
+        self.targets: List[Target] = [[] for _ in range(self.K + 1)]  # targets[k]: what level k pursues
+        self.targets[top] = [(self.wm.state(z_goal, top), top, torch.ones(B, dtype=torch.bool))]
         self.subgoals = []
         self.planned_z1 = None
 
-    def propose_subgoal(self, z_now: torch.Tensor) -> torch.Tensor:
-        c1 = self.cfg.level1
+    def distance(self, k: int, target: Target) -> Distance:
+        """Distance of level-k states `[B, ..., D_k]` to a target, each problem in its part's space."""
+        def dist(z: torch.Tensor) -> torch.Tensor:
+            out = z.new_zeros(z.shape[:-1])
+            for g, s, rows in target:
+                g = g.view(g.shape[0], *([1] * (z.ndim - 2)), g.shape[-1])
+                d = (self.wm.state(z, s, k) - g).norm(dim=-1)
+                out = out + d * rows.view(-1, *([1] * (z.ndim - 2)))
+            return out
+        return dist
+
+    def propose_subgoal(self, z_now: torch.Tensor, k: int) -> Target:
+        """Level k plans towards its target; -> level k-1's target."""
+        c = self.cfg.levels[k - 1]
         t0 = time.perf_counter()
-        cost = LatentGoalCost(self.predictor1, z_now, self.z_goal, c1.context)
-        shifted = torch.cat([self.macro_plan[:, 1:], self.macro_plan[:, -1:]], 1)
-        self.macro_plan, _ = optimize(cost, shifted, c1, self.gen, self.project)
-        z1 = cost.predict(self.macro_plan[:, None])[:, 0]  # [B, H1, D]
-        if self.planned_z1 is None:
-            self.planned_z1 = z1  # the episode's first level-1 imagined path (plots)
-        now = (z_now - self.z_goal).norm(dim=-1)
-        closer = (z1[:, 0] - self.z_goal).norm(dim=-1) < now
-        subgoal = torch.where(closer[:, None], z1[:, 0], self.z_goal)
-        self.compute += c1.compute()
+        zk = self.wm.state(z_now, k)
+        dist = self.distance(k, self.targets[k])
+        cost = LatentGoalCost(self.wm.predictor_of(k), zk, None, c.context, dist)
+        plan = self.plans[k - 1]
+        shifted = torch.cat([plan[:, 1:], plan[:, -1:]], 1)
+        self.plans[k - 1], _ = optimize(cost, shifted, c, self.gens[k - 1], self.projects[k - 1])
+        pred = cost.predict(self.plans[k - 1][:, None])[:, 0]  # [B, H_k, D_k]
+        if k == 1 and self.planned_z1 is None:
+            self.planned_z1 = pred  # the episode's first level-1 imagined path (plots)
+        closer = dist(pred[:, :1])[:, 0] < dist(zk[:, None])[:, 0]
+        self.compute += c.compute()
         self.plan_time += time.perf_counter() - t0
-        self.subgoals.append(subgoal)
-        return subgoal
+        return [(pred[:, 0], k, closer)] + [(g, s, rows & ~closer) for g, s, rows in self.targets[k]]
 
     def act(self, z_now: torch.Tensor, t: int) -> np.ndarray:
-        if t % self.cfg.subgoal_every == 0:
-            self.subgoal = self.propose_subgoal(z_now)
-        if t % self.cfg.level0.replan_every == 0 or t % self.cfg.subgoal_every == 0:
+        for k in range(self.K, 0, -1):
+            if t % self.period[k - 1] == 0:
+                self.targets[k - 1] = self.propose_subgoal(z_now, k)
+                if k == 1 and all(g.shape[-1] == z_now.shape[-1] for g, _, _ in self.targets[0]):
+                    self.subgoals.append(sum(g * rows[:, None] for g, _, rows in self.targets[0]))
+        if t % self.cfg.level0.replan_every == 0 or t % self.period[0] == 0:
             c0, t0 = self.low.compute, self.low.plan_time
-            self.low.replan(z_now, self.subgoal)
+            self.low.replan(z_now, None, self.distance(0, self.targets[0]))
             self.compute += self.low.compute - c0
             self.plan_time += self.low.plan_time - t0
         a = self.low.plan[:, self.low.k]

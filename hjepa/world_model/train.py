@@ -1,13 +1,13 @@
-"""Train the action-conditioned world model: level 0 (frames, actions), then level 1 (strided frames,
-macro-actions) on the frozen level-0 representation.
+"""Train the hierarchical action-conditioned world model bottom-up: level 0 (frames, actions), then each
+level k >= 1 of `levels:` (level k-1's states `stride_k` steps apart, macro-actions) on the frozen levels below.
 
     python train.py --config configs/worldmodel/two_rooms.yaml [key.sub=value ...] [--dry-run]
 
 Batches come from the engine's rank-sharded sampler (vjepa/engine/sampling.py) seeded from (seed, level):
 each rank reads its own slice of a global batch, and a resumed run sees the same batches without
-replaying the data. The checkpoint `<write_tag>-latest.pt` holds both levels, their
-optimizers, the step of each, and the macro-action bank: macro codes of training chunks, the support
-the hierarchical planner is confined to.
+replaying the data. The checkpoint `<write_tag>-latest.pt` holds every level, one optimizer and step
+count per level, and per level k >= 1 a macro-action bank: macro codes of training chunks, the support
+the hierarchical planner is confined to at that level.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Iterator, Optional
+from typing import Any, ClassVar, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -26,10 +26,11 @@ from tqdm import tqdm
 from data.generated.trajectories import TrajectoryConfig, TrajectoryWindows, load_or_generate
 from data.seeding import derive_seed
 from hjepa.world_model.encoders import EncoderConfig
-from hjepa.world_model.model import LossWeights, MacroWorldModel, PredictorConfig, WorldModel
+from hjepa.levels import LevelConfig
+from hjepa.world_model.model import ActionLevelObjective, LossWeights, PredictorConfig, WorldModel
 from vjepa.engine import checkpoint as ckpt
 from vjepa.engine.checkpoint import save_checkpoint
-from vjepa.engine.config import to_dict, to_yaml, upgrade
+from vjepa.engine.config import ConfigError, to_dict, to_yaml, upgrade
 from vjepa.engine.monitor import monitor
 from vjepa.engine.optim import optimizer_step, param_groups, scalars
 from vjepa.engine.runtime import MetricLog, checkpoint_paths, make_accelerator, resolve_run_dir
@@ -54,22 +55,50 @@ class StageConfig:
     clip_grad: Optional[float] = 1.0
 
 
+def _level_stage() -> StageConfig:
+    return StageConfig(window=4)
+
+
 @dataclass
-class MacroModelConfig:
-    """The world model's level 1 (section `level1`): its macro-action model (not an H-JEPA level).
+class WorldLevelConfig(LevelConfig):
+    """A world-model level above level 0 (an entry of `levels:`): an H-JEPA level (`hjepa.levels.LevelConfig`,
+    with `actions: true`), plus its optimisation `stage` (windows of `stage.window` level steps) and
+    `bank_size`: training chunks whose macro codes form the support the hierarchical planner is confined to.
+    Defaults: today's CPU level 1 (stride 8, 2-d macro-actions, a 2 x 32 predictor, `encoder: identity`)."""
 
-    Args:
-        enabled: train the level-1 (macro) model. stride: low-level steps per level-1 step.
-        macro_dim: macro-action width. predictor: its predictor shape. stage: its optimisation.
-        bank_size: training chunks whose macro codes form the planner's support bank.
-    """
-
-    enabled: bool = True
     stride: int = 8
-    macro_dim: int = 2
-    predictor: PredictorConfig = field(default_factory=PredictorConfig)
-    stage: StageConfig = field(default_factory=lambda: StageConfig(window=4))
+    actions: bool = True
+    encoder: str = "identity"
+    num_heads: int = 2
+    pred_embed_dim: int = 32
+    pred_depth: int = 2
+    stage: StageConfig = field(default_factory=_level_stage)
     bank_size: int = 4096
+
+
+def upgrade_level1(raw: dict) -> dict:
+    """A config written before the one level stack: its `level1:` section (the fixed macro model) becomes
+    `levels: [...]` (one identity-encoder action level, or none when it was disabled)."""
+    if "level1" not in raw:
+        return raw
+    if "levels" in raw:
+        raise ConfigError("config sets both `level1` (old name) and `levels`; keep `levels`")
+    old = dict(raw.pop("level1"))
+    if not old.pop("enabled", True):
+        raw["levels"] = []
+        return raw
+    new = {"actions": True, "encoder": "identity"}
+    pred = old.pop("predictor", {}) or {}
+    for src, dst in (("dim", "pred_embed_dim"), ("depth", "pred_depth"), ("num_heads", "num_heads"),
+                     ("max_frames", "max_frames")):
+        if src in pred:
+            new[dst] = pred.pop(src)
+    if pred:
+        raise ConfigError(f"unknown config keys {sorted(pred)} in level1.predictor")
+    new.update(old)  # stride, macro_dim, stage, bank_size (unknown keys fail in the strict merge)
+    raw["levels"] = [new]
+    logger.info("config: `level1` is now `levels[0]` (level 1 of the level stack)")
+    return raw
 
 
 @dataclass
@@ -86,6 +115,7 @@ class WorldModelConfig:
     # `meta.save_every_freq` counted steps here (epochs in the other jobs), hence its new name.
     RETIRED_KEYS: ClassVar[Dict[str, Any]] = {"meta.eval_freq": 100, "logging.knn_monitor": False}
     RENAMED_KEYS: ClassVar[Dict[str, str]] = {"meta.save_every_freq": "meta.save_every_steps"}
+    UPGRADE: ClassVar = staticmethod(upgrade_level1)
 
     task: str = "worldmodel"
     data: TrajectoryConfig = field(default_factory=TrajectoryConfig)
@@ -93,26 +123,36 @@ class WorldModelConfig:
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     loss: LossWeights = field(default_factory=LossWeights)
     stage: StageConfig = field(default_factory=StageConfig)
-    level1: MacroModelConfig = field(default_factory=MacroModelConfig)
+    levels: List[WorldLevelConfig] = field(default_factory=lambda: [WorldLevelConfig()])
     meta: WorldModelMetaConfig = field(default_factory=lambda: WorldModelMetaConfig(seed=0, dtype="float32"))
     logging: LoggingConfig = field(default_factory=lambda: LoggingConfig(write_tag="wm", log_every=50))
 
 
-def build_models(cfg: WorldModelConfig):
-    wm = WorldModel(cfg.encoder, cfg.predictor, img_size=cfg.data.env.img_size)
-    macro = MacroWorldModel(wm.repr_dim, cfg.level1.stride, cfg.level1.macro_dim, cfg.level1.predictor)
-    return wm, macro
+def build_model(cfg: WorldModelConfig) -> WorldModel:
+    return WorldModel(cfg.encoder, cfg.predictor, cfg.levels, img_size=cfg.data.env.img_size)
+
+
+def upgrade_state(state: dict) -> dict:
+    """A checkpoint written before the one level stack (level 0 in `model`, level 1 in `macro`, two
+    optimizers, one macro bank) in today's layout (`model` = the whole stack, `opts`, `banks`)."""
+    if "macro" not in state:
+        return state
+    model = {f"levels.0.{k}": v for k, v in state["model"].items()}
+    model.update({f"levels.1.{k}": v for k, v in state.pop("macro").items()})
+    state["model"] = model
+    state["opts"] = [state.pop("opt"), state.pop("opt1")]
+    state["banks"] = [state.pop("macro_bank")]
+    return state
 
 
 def load_trained(path: str | Path):
-    """-> (config, level-0 model, level-1 model, macro bank `[M, m]`), in eval mode."""
-    state = ckpt.load(path)
+    """-> (config, world model in eval mode, macro banks: one `[M, m_k]` per level k >= 1)."""
+    state = upgrade_state(ckpt.load(path))
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(WorldModelConfig),
                                               upgrade(WorldModelConfig, state["config"])))
-    wm, macro = build_models(cfg)
+    wm = build_model(cfg)
     ckpt.load_state_strict(wm, state["model"], "world model")
-    ckpt.load_state_strict(macro, state["macro"], "macro world model")
-    return cfg, wm.eval(), macro.eval(), state["macro_bank"]
+    return cfg, wm.eval(), list(state["banks"])
 
 
 def batches(windows: TrajectoryWindows, batch_size: int, seed: int, level: int, start_step: int,
@@ -140,120 +180,134 @@ def objective(model, *inputs):
 
 
 @torch.no_grad()
-def macro_bank(wm: WorldModel, macro: MacroWorldModel, data: dict, cfg: WorldModelConfig) -> torch.Tensor:
-    """Macro codes `[M, m]` of `bank_size` training action chunks (fixed seed)."""
+def macro_bank(wm: WorldModel, k: int, data: dict, cfg: WorldModelConfig) -> torch.Tensor:
+    """Level-k macro codes `[M, m_k]` of `bank_size` training action chunks (fixed seed)."""
     acts = torch.from_numpy(data["actions"])  # [N, T, A]
-    S = cfg.level1.stride
-    rng = np.random.default_rng(derive_seed(cfg.meta.seed, 99))
-    n = rng.integers(acts.shape[0], size=cfg.level1.bank_size)
-    t = rng.integers(acts.shape[1] - S + 1, size=cfg.level1.bank_size)
+    S, M = wm.span(k), cfg.levels[k - 1].bank_size
+    rng = np.random.default_rng(derive_seed(cfg.meta.seed, 99 + k - 1))
+    n = rng.integers(acts.shape[0], size=M)
+    t = rng.integers(acts.shape[1] - S + 1, size=M)
     chunks = torch.stack([acts[i, j:j + S] for i, j in zip(n, t)])  # [M, S, A]
-    return macro.macro(chunks)
+    return wm.macro(chunks, k)
 
 
-def save(accelerator, path: Path, wm, macro, opt0, opt1, steps, data: dict, cfg: WorldModelConfig) -> None:
-    inner_wm, inner_macro = accelerator.unwrap_model(wm), accelerator.unwrap_model(macro)
-    state = {"model": accelerator.get_state_dict(wm), "macro": accelerator.get_state_dict(macro),
-             "opt": opt0.state_dict(), "opt1": opt1.state_dict(), "steps": list(steps),
-             "macro_bank": macro_bank(inner_wm, inner_macro, data, cfg), "config": to_dict(cfg)}
-    save_checkpoint(accelerator, path, state, step=sum(steps), finite=[inner_wm, inner_macro],
-                    replicated=[inner_wm, inner_macro])
+def save(accelerator, path: Path, wm, opts, steps, data: dict, cfg: WorldModelConfig) -> None:
+    inner = accelerator.unwrap_model(wm)
+    state = {"model": accelerator.get_state_dict(wm), "opts": [o.state_dict() for o in opts], "steps": list(steps),
+             "banks": [macro_bank(inner, k, data, cfg) for k in range(1, inner.num_levels)], "config": to_dict(cfg)}
+    save_checkpoint(accelerator, path, state, step=sum(steps), finite=[inner], replicated=[inner])
+
+
+def level_inputs(wm: WorldModel, k: int, b: Dict[str, torch.Tensor]) -> tuple:
+    """Inputs of level k >= 1 from a window batch at its span: (level k-1 states `[B, W, D]`, chunks of level
+    k-1 actions `[B, W-1, stride_k, A_{k-1}]`), from the frozen levels below (no gradient)."""
+    with torch.no_grad():
+        u = wm.state(wm.encode(b["frames"]), k - 1)
+        a = b["actions"]  # [B, W-1, span_k, A]
+        sub = wm.span(k - 1)
+        chunks = wm.macro(a.reshape(*a.shape[:2], -1, sub, a.shape[-1]), k - 1)  # [B, W-1, stride_k, A_{k-1}]
+    return u, chunks
+
+
+def update_ema(level, step: int, total: int) -> None:
+    """EMA of an action level's target encoder, momentum linear from ema[0] to ema[1] over its stage."""
+    if level.target is None:
+        return
+    m0, m1 = level.cfg.ema
+    m = m0 + (m1 - m0) * min(1.0, step / max(1, total))
+    with torch.no_grad():
+        for pt, po in zip(level.target.parameters(), level.encoder.parameters()):
+            pt.mul_(m).add_(po.detach(), alpha=1 - m)
 
 
 def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
     check_logging(cfg.logging)
     accelerator = make_accelerator(cfg.meta.dtype)
     torch.manual_seed(cfg.meta.seed)  # identical initial weights on every rank
-    wm, macro = build_models(cfg)
-    opt0 = torch.optim.AdamW(param_groups(wm), lr=cfg.stage.lr, weight_decay=cfg.stage.weight_decay)
-    opt1 = torch.optim.AdamW(param_groups(macro), lr=cfg.level1.stage.lr, weight_decay=cfg.level1.stage.weight_decay)
-    n0 = sum(p.numel() for p in wm.parameters() if p.requires_grad)
-    n1 = sum(p.numel() for p in macro.parameters())
+    wm = build_model(cfg)
+    stages = [cfg.stage] + [lv.stage for lv in cfg.levels]
+    opts = [torch.optim.AdamW(param_groups(level), lr=st.lr, weight_decay=st.weight_decay)
+            for level, st in zip(wm.levels, stages)]
     if dry_run:
         print(to_yaml(cfg))
-        print(f"level 0: {n0 / 1e3:.1f}k trainable params (representation {wm.repr_dim}-d); "
-              f"level 1: {n1 / 1e3:.1f}k params, stride {cfg.level1.stride}, macro-actions {cfg.level1.macro_dim}-d")
+        n = [sum(p.numel() for p in level.parameters() if p.requires_grad) for level in wm.levels]
+        print(f"level 0: {n[0] / 1e3:.1f}k trainable params (representation {wm.repr_dim}-d)")
+        for k in range(1, wm.num_levels):
+            lv = cfg.levels[k - 1]
+            print(f"level {k}: {n[k] / 1e3:.1f}k params, stride {lv.stride} (span {wm.span(k)} steps), "
+                  f"macro-actions {lv.macro_dim}-d, encoder {lv.encoder}, state {wm.levels[k].embed_dim}-d")
         return None
 
     run_dir = resolve_run_dir(cfg.logging.folder, "worldmodel", accelerator)
     latest, resume_from = checkpoint_paths(run_dir, cfg.logging.write_tag, cfg.meta.load_checkpoint,
                                            cfg.meta.read_checkpoint)
-    steps = [0, 0]
+    steps = [0] * wm.num_levels
     if resume_from is not None:
-        state = ckpt.load(resume_from)
+        state = upgrade_state(ckpt.load(resume_from))
         ckpt.load_state_strict(wm, state["model"], "world model")
-        ckpt.load_state_strict(macro, state["macro"], "macro world model")
-        opt0.load_state_dict(state["opt"])
-        opt1.load_state_dict(state["opt1"])
+        if len(state["opts"]) != len(opts):
+            raise ValueError(f"{resume_from} holds {len(state['opts'])} levels, this config {len(opts)}")
+        for o, so in zip(opts, state["opts"]):
+            o.load_state_dict(so)
         steps = list(state["steps"])
         ckpt.set_rng_state(state["rng"])
         logger.info("resumed from %s at steps %s", resume_from, steps)
     if accelerator.is_main_process:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    wm, macro, opt0, opt1 = accelerator.prepare(wm, macro, opt0, opt1)
-    main, lg = accelerator.is_main_process, cfg.logging
-    stop = cfg.meta.max_steps  # over both levels
+    wrapped = [ActionLevelObjective(level, cfg.loss) if k else level for k, level in enumerate(wm.levels)]
+    prepared = accelerator.prepare(*wrapped, *opts)
+    wrapped, opts = list(prepared[:len(wrapped)]), list(prepared[len(wrapped):])
+    stop = cfg.meta.max_steps  # over all levels
 
     t0 = time.time()
     data = load_or_generate(cfg.data)
     logger.info("dataset: %d trajectories of %d steps (%.1fs)", *data["actions"].shape[:2], time.time() - t0)
-    log = MetricLog(run_dir, enabled=main, tensorboard=lg.tensorboard)
-    log.truncate_after(steps[0])
-
-    # level 0: encoder + predictor (+ inverse dynamics) on consecutive frames
-    st = cfg.stage
-    data0 = batches(TrajectoryWindows(data, cfg.data.env, st.window, 1), st.batch_size, cfg.meta.seed, 0, steps[0],
-                    accelerator)
-    pbar = tqdm(total=st.steps, initial=steps[0], desc="level 0", disable=not (main and lg.progress_bar))
-    wm.train()
-    while steps[0] < st.steps and not (stop and sum(steps) >= stop):
-        lr = set_lr(opt0, st, steps[0])
-        b = next(data0)
-        out = optimizer_step(accelerator, opt0, partial(objective, wm, b["frames"], b["actions"][:, :, 0], cfg.loss),
-                             (wm,), sum(steps), st.clip_grad, {"": wm})
-        steps[0] += 1
-        pbar.update(1)
-        end = steps[0] == st.steps
-        if steps[0] % lg.log_every == 0 or end:
-            m = {k: v for k, v in scalars(out).items() if k != "grad_norm"}
-            m["lr"] = lr
-            m.update(monitor(out["z"], "world-model level-0", lg.collapse_std_floor, steps[0],
-                             with_rank=due(steps[0], lg.rankme_every, last=end)))
-            log.log(steps[0], {f"l0/{k}": v for k, v in m.items()})
-            pbar.set_postfix(loss=f"{m['loss']:.4f}", tf=f"{m['teacher_forcing']:.4f}", std=f"{m['feature_std']:.3f}")
-        if steps[0] % cfg.meta.save_every_steps == 0:
-            save(accelerator, latest, wm, macro, opt0, opt1, steps, data, cfg)
-    pbar.close()
-
-    # level 1: macro encoder + strided predictor on the frozen level-0 representation
-    l1 = cfg.level1
-    if l1.enabled and not (stop and sum(steps) >= stop):
-        data1 = batches(TrajectoryWindows(data, cfg.data.env, l1.stage.window, l1.stride), l1.stage.batch_size,
-                        cfg.meta.seed, 1, steps[1], accelerator)
-        (run_dir / "level1").mkdir(exist_ok=True)
-        log1 = MetricLog(run_dir / "level1", enabled=main, tensorboard=lg.tensorboard)
-        log1.truncate_after(steps[1])
-        enc = accelerator.unwrap_model(wm).eval()
-        pbar = tqdm(total=l1.stage.steps, initial=steps[1], desc="level 1", disable=not (main and lg.progress_bar))
-        while steps[1] < l1.stage.steps and not (stop and sum(steps) >= stop):
-            lr = set_lr(opt1, l1.stage, steps[1])
-            b = next(data1)
-            with torch.no_grad():
-                z = enc.encode(b["frames"])  # [B, W, D]
-            out = optimizer_step(accelerator, opt1, partial(objective, macro, z, b["actions"], cfg.loss), (macro,),
-                                 sum(steps), l1.stage.clip_grad, {"": macro})
-            steps[1] += 1
-            pbar.update(1)
-            if steps[1] % lg.log_every == 0 or steps[1] == l1.stage.steps:
-                m = {f"l1/{k}": v for k, v in scalars(out).items() if k != "grad_norm"}
-                m["l1/lr"] = lr
-                log1.log(steps[1], m)
-                pbar.set_postfix(loss=f"{m['l1/loss']:.4f}")
-            if steps[1] % cfg.meta.save_every_steps == 0:
-                save(accelerator, latest, wm, macro, opt0, opt1, steps, data, cfg)
-        pbar.close()
-        log1.close()
-    save(accelerator, latest, wm, macro, opt0, opt1, steps, data, cfg)
-    log.close()
+    for k, st in enumerate(stages):
+        if stop and sum(steps) >= stop:
+            break
+        if steps[k] >= st.steps:
+            continue
+        run_level(k, wm, wrapped[k], opts[k], st, steps, stop, data, cfg, accelerator, run_dir, latest, opts)
+    save(accelerator, latest, wm, opts, steps, data, cfg)
     logger.info("done in %.0fs: steps %s, checkpoint %s", time.time() - t0, steps, latest)
     return run_dir
+
+
+def run_level(k, wm, model, opt, st: StageConfig, steps, stop, data, cfg: WorldModelConfig, accelerator, run_dir,
+              latest, opts) -> None:
+    """Train level k (level 0: frames and actions; k >= 1: on the frozen levels below) until its stage ends
+    or the run's `max_steps` is reached, logging to `<run>/metrics.csv` (level 0) or `<run>/level<k>/`."""
+    main, lg = accelerator.is_main_process, cfg.logging
+    span = wm.span(k)
+    windows = TrajectoryWindows(data, cfg.data.env, st.window, span)
+    stream = batches(windows, st.batch_size, cfg.meta.seed, k, steps[k], accelerator)
+    folder = run_dir / f"level{k}" if k else run_dir
+    folder.mkdir(exist_ok=True)
+    log = MetricLog(folder, enabled=main, tensorboard=lg.tensorboard)
+    log.truncate_after(steps[k])
+    pbar = tqdm(total=st.steps, initial=steps[k], desc=f"level {k}", disable=not (main and lg.progress_bar))
+    for j, level in enumerate(wm.levels):  # the levels below are frozen: eval mode (BatchNorm statistics)
+        level.train(j == k)
+    level = wm.levels[k]
+    while steps[k] < st.steps and not (stop and sum(steps) >= stop):
+        lr = set_lr(opt, st, steps[k])
+        b = next(stream)
+        inputs = (b["frames"], b["actions"][:, :, 0], cfg.loss) if k == 0 else level_inputs(wm, k, b)
+        out = optimizer_step(accelerator, opt, partial(objective, model, *inputs), (model,), sum(steps),
+                             st.clip_grad, {"": model})
+        if k:
+            update_ema(level, steps[k] + 1, st.steps)
+        steps[k] += 1
+        pbar.update(1)
+        end = steps[k] == st.steps
+        if steps[k] % lg.log_every == 0 or end:
+            m = {kk: v for kk, v in scalars(out).items() if kk != "grad_norm"}
+            m["lr"] = lr
+            m.update(monitor(out["z"], f"world-model level-{k}", level.cfg.collapse_std_floor if k else
+                             lg.collapse_std_floor, steps[k], with_rank=due(steps[k], lg.rankme_every, last=end)))
+            log.log(steps[k], {f"l{k}/{kk}": v for kk, v in m.items()})
+            pbar.set_postfix(loss=f"{m['loss']:.4f}", tf=f"{m['teacher_forcing']:.4f}", std=f"{m['feature_std']:.3f}")
+        if steps[k] % cfg.meta.save_every_steps == 0:
+            save(accelerator, latest, wm, opts, steps, data, cfg)
+    pbar.close()
+    log.close()

@@ -70,6 +70,9 @@ def _find(node: dict, dotted: str, create: bool = False):
 
 
 def _retire(cls, node: dict, prefix: str) -> None:
+    hook = getattr(cls, "UPGRADE", None)  # a section's own rewrite of an older layout (in place)
+    if hook is not None:
+        hook(node)
     for old, new in getattr(cls, "RENAMED_KEYS", {}).items():
         parent, leaf = _find(node, old)
         if parent is not None and leaf in parent:
