@@ -4,9 +4,14 @@ read, exact resume of a sharded run, the adapted cross-rank checksum rule, and a
 both. One launch runs every sharded job (this file is its driver):
 
     torchrun --nproc_per_node 2 tests/test_fsdp.py OUT
+
+The 2-process tests take ~45 s on 2 cores and are marked slow (`pytest -m slow tests/test_fsdp.py`); the
+default suite runs the sharded loop in one process (world size 1), which must match the unsharded run
+bit for bit, and the checks that need no launch.
 """
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -64,6 +69,32 @@ def _drive(out: Path) -> None:
         dist.destroy_process_group()
 
 
+def test_one_process_fsdp_is_the_unsharded_run_bit_for_bit(tmp_path):
+    """World size 1 (`torchrun --nproc_per_node 1`): every parameter is a one-shard DTensor, so the loop
+    runs FSDP's hooks, all-gathers, reduce-scatters and the full-state gather, and must reproduce the plain
+    1-process run exactly: losses, grad norms, weights and AdamW moments."""
+    from test_engine import ENV, free_port
+    from train import main
+    from vjepa.engine import checkpoint as ckpt
+
+    short = ["meta.max_steps=3"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(free_port()),
+           str(ROOT / "train.py"), *FSDP, *short, f"logging.folder={tmp_path / 'fsdp'}"]
+    run = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "FSDP2: encoder, predictor and EMA target sharded over 1 rank(s)" in run.stderr
+    assert main(["--config", str(JOB.config), *short, f"logging.folder={tmp_path / 'plain'}"]) == 0
+    a, b = (tmp_path / "fsdp" / "metrics.csv").read_text(), (tmp_path / "plain" / "metrics.csv").read_text()
+    drop_speed = lambda text: [r.split(",")[:5] + r.split(",")[6:] for r in text.splitlines()]  # noqa: E731
+    assert drop_speed(a) == drop_speed(b)  # every logged value but clips/s
+    sa, sb = ckpt.load(tmp_path / "fsdp" / JOB.checkpoint), ckpt.load(tmp_path / "plain" / JOB.checkpoint)
+    for part in JOB.weights:
+        assert sa[part].keys() == sb[part].keys()
+        assert all(torch.equal(sa[part][k], sb[part][k]) for k in sb[part]), part
+    for i, s in sb["opt"]["state"].items():
+        assert all(torch.equal(sa["opt"]["state"][i][k], v) for k, v in s.items())
+
+
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
     from test_engine import launch
@@ -81,6 +112,7 @@ def _weights(path: Path) -> dict:
     return {f"{part}.{k}": v for part in JOB.weights for k, v in state[part].items()}
 
 
+@pytest.mark.slow
 def test_fsdp_follows_one_process_and_its_checkpoint_holds_full_tensors(tmp_path, sharded):
     from train import main
     from vjepa.engine import checkpoint as ckpt
@@ -118,6 +150,7 @@ def _param_names(part: str):
     return {"encoder": enc, "predictor": pred, "target_encoder": tgt}[part].named_parameters()
 
 
+@pytest.mark.slow
 def test_fsdp_resume_is_exact(sharded):
     out, _ = sharded
     whole, resumed = _weights(out / "two" / JOB.checkpoint), _weights(out / "cut" / JOB.checkpoint)
@@ -126,6 +159,7 @@ def test_fsdp_resume_is_exact(sharded):
     assert losses(out / "cut", JOB) == losses(out / "two", JOB)
 
 
+@pytest.mark.slow
 def test_an_fsdp_checkpoint_loads_in_one_process_and_in_load_encoder(tmp_path, sharded):
     import vjepa
     from train import main
@@ -145,6 +179,7 @@ def test_an_fsdp_checkpoint_loads_in_one_process_and_in_load_encoder(tmp_path, s
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_nan_on_one_rank_stops_both_sharded_ranks(sharded):
     from vjepa.engine import checkpoint as ckpt
 
@@ -156,6 +191,7 @@ def test_nan_on_one_rank_stops_both_sharded_ranks(sharded):
     assert all(torch.isfinite(v).all() for v in _weights(out / "nan" / JOB.checkpoint).values())
 
 
+@pytest.mark.slow
 def test_a_file_that_does_not_hold_the_shards_is_refused_on_every_rank(sharded):
     out, stdout = sharded
     for rank in (0, 1):
