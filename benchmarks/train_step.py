@@ -223,7 +223,8 @@ def run_fsdp_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmu
                                                torch.optim.AdamW(param_groups(s_enc, s_pred), lr=1e-5))
     held = sum(fsdp.local(p).numel() for m in (s_enc, s_pred, s_tgt) for p in m.parameters())
     collator = MaskCollator(cfg.mask, s_enc.grid, seed=0)
-    data = collator([{"clip": c, "label": 0, "seed": i, "step": 0} for i, c in enumerate(torch.randn(batch, 3, frames, crop, crop))])
+    clips = torch.randn(batch, 3, frames, crop, crop)
+    data = collator([{"clip": c, "label": 0, "seed": i, "step": 0} for i, c in enumerate(clips)])
     data = {k: (v.to(dev) if torch.is_tensor(v) else [m.to(dev) for m in v] if isinstance(v, list) else v)
             for k, v in data.items()}
     variants = {"DDP (replicated)": (encoder, predictor, target, opt),

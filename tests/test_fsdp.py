@@ -1,6 +1,6 @@
 """FSDP pretraining (`meta.fsdp`, vjepa/engine/fsdp.py) on 2 CPU processes over gloo: the loss curve of
 one process on the same global batch, full checkpoints that a 1-process run and `vjepa.load_encoder`
-read, exact resume of a sharded run, the adapted cross-rank checksum rule, and a NaN on one rank stopping
+read (and a DDP checkpoint that a sharded run resumes), exact resume of a sharded run, the adapted cross-rank checksum rule, and a NaN on one rank stopping
 both. One launch runs every sharded job (this file is its driver):
 
     torchrun --nproc_per_node 2 tests/test_fsdp.py OUT
@@ -37,6 +37,10 @@ def _drive(out: Path) -> None:
     if rank == "0":
         shutil.copy(out / "cut" / JOB.checkpoint, out / "step2.pt")
     assert main([*FSDP, *JOB.batch(2), "meta.load_checkpoint=true", f"logging.folder={out / 'cut'}"]) == 0
+    # a DDP run's checkpoint (step 2) resumed by a sharded run
+    assert main(["--config", str(JOB.config), *JOB.batch(2), JOB.stop_at, f"logging.folder={out / 'ddp'}"]) == 0
+    assert main([*FSDP, *JOB.batch(2), f"meta.read_checkpoint={out / 'ddp' / JOB.checkpoint}",
+                 f"logging.folder={out / 'from_ddp'}"]) == 0
     # a NaN loss on rank 1 at its 5th step: both ranks stop, the step-3 checkpoint stays
     undo = _poison("vjepa.pretrain", JOB.nan_call)
     try:
@@ -175,6 +179,16 @@ def test_an_fsdp_checkpoint_loads_in_one_process_and_in_load_encoder(tmp_path, s
     torch.testing.assert_close(torch.tensor(losses(one, JOB)), torch.tensor(losses(out / "two", JOB)[2:]),
                                rtol=1e-5, atol=1e-6)
     a, b = _weights(one / JOB.checkpoint), _weights(out / "two" / JOB.checkpoint)
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_ddp_checkpoint_resumes_a_sharded_run(sharded):
+    out, _ = sharded
+    torch.testing.assert_close(torch.tensor(losses(out / "from_ddp", JOB)), torch.tensor(losses(out / "two", JOB)[2:]),
+                               rtol=1e-5, atol=1e-6)
+    a, b = _weights(out / "from_ddp" / JOB.checkpoint), _weights(out / "two" / JOB.checkpoint)
     for k in b:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
