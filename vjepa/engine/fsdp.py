@@ -45,11 +45,6 @@ class FSDPError(UserError, RuntimeError):
     shard alike): shown as one line."""
 
 
-def is_sharded(module: nn.Module) -> bool:
-    """Whether `module` holds DTensor (FSDP-sharded) parameters."""
-    return any(isinstance(p, DTensor) for p in module.parameters())
-
-
 def local(t: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a DTensor; a plain tensor as it is."""
     return t.to_local() if isinstance(t, DTensor) else t
