@@ -15,6 +15,11 @@ peak of an H100/H200/A100 recognised by name).
 changed (compiled models, fused AdamW, the deferred check), and with all three. The variants take turns,
 `--rounds` times `--steps` steps each, so drift in the machine's load hits all of them alike; ratios
 are medians over rounds, with their min-max spread.
+
+`--fsdp-ab --nproc N` launches N processes (torchrun; gloo on CPU, NCCL on GPU) that time the same step
+with the models replicated (DDP, today's default) and sharded (FSDP2, `meta.fsdp`, vjepa/engine/fsdp.py),
+alternated in the same way; the ratio is DDP time / FSDP time (> 1: FSDP faster). Both variants live in
+each process, so the table reports time and the parameters each rank holds, not peak memory.
 """
 from __future__ import annotations
 
@@ -186,6 +191,87 @@ def run_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmup: in
     return result
 
 
+def run_fsdp_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmup: int, rounds: int,
+                json_path=None) -> None:
+    """One rank of `--fsdp-ab`: DDP and FSDP2 copies of the same models, timed in alternated rounds."""
+    import copy
+    from functools import partial
+
+    import torch.distributed as dist
+
+    from data.collate import MaskCollator
+    from vjepa.engine import fsdp
+    from vjepa.engine.optim import ema_update, optimizer_step, param_groups
+    from vjepa.engine.runtime import make_accelerator
+    from vjepa.models import ModelConfig
+    from vjepa.pretrain import LossConfig, PretrainConfig, build_models, objective
+
+    cfg = PretrainConfig()
+    cfg.model = ModelConfig(model_name=size)
+    cfg.data.num_frames, cfg.data.crop_size, cfg.data.batch_size = frames, crop, batch
+    accelerator = make_accelerator("bfloat16")
+    dev, cuda = accelerator.device, accelerator.device.type == "cuda"
+    torch.manual_seed(0)
+    encoder, predictor, target = build_models(cfg)
+    copies = [copy.deepcopy(m) for m in (encoder, predictor, target)]
+    full = sum(p.numel() for m in (encoder, predictor, target) for p in m.parameters())
+    opt = torch.optim.AdamW(param_groups(encoder, predictor), lr=1e-5)
+    encoder, predictor, opt = accelerator.prepare(encoder, predictor, opt)
+    target.to(dev)
+    s_enc, s_pred, s_tgt = copies
+    s_enc, s_pred, s_tgt, s_opt = fsdp.prepare(accelerator, s_enc, s_pred, s_tgt,
+                                               torch.optim.AdamW(param_groups(s_enc, s_pred), lr=1e-5))
+    held = sum(fsdp.local(p).numel() for m in (s_enc, s_pred, s_tgt) for p in m.parameters())
+    collator = MaskCollator(cfg.mask, s_enc.grid, seed=0)
+    clips = torch.randn(batch, 3, frames, crop, crop)
+    data = collator([{"clip": c, "label": 0, "seed": i, "step": 0} for i, c in enumerate(clips)])
+    data = {k: (v.to(dev) if torch.is_tensor(v) else [m.to(dev) for m in v] if isinstance(v, list) else v)
+            for k, v in data.items()}
+    variants = {"DDP (replicated)": (encoder, predictor, target, opt),
+                "FSDP2 (sharded, meta.fsdp)": (s_enc, s_pred, s_tgt, s_opt)}
+
+    def step(name):
+        enc, pred, tgt, o = variants[name]
+        optimizer_step(accelerator, o, partial(objective, enc, pred, tgt, data, LossConfig()), (enc, pred), 0, 10.0,
+                       {"enc": enc, "pred": pred})
+        ema_update(tgt, accelerator.unwrap_model(enc), 0.999)
+
+    for name in variants:
+        for _ in range(warmup):
+            step(name)
+    times = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name in variants:
+            if cuda:
+                torch.cuda.synchronize()
+            dist.barrier()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step(name)
+            if cuda:
+                torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - t0) / steps)
+    if not accelerator.is_main_process:
+        return
+    base = times["DDP (replicated)"]
+    device = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} thread(s) per process"
+    print(f"\nDDP vs FSDP2, {size}, batch {batch} per process x {accelerator.num_processes} processes, "
+          f"{frames}x{crop}px, {device}, {'bf16' if cuda else 'fp32'}; {rounds} alternated rounds of {steps} steps\n")
+    print("| variant | s/step (median, min-max) | ratio DDP/this (median, min-max) | params held per rank (M) |")
+    print("|---|---|---|---|")
+    rows = []
+    for name, t in times.items():
+        r = [b / x for b, x in zip(base, t)]
+        n = full if name.startswith("DDP") else held
+        rows.append({"variant": name, "s_per_step": statistics.median(t), "s_min": min(t), "s_max": max(t),
+                     "ratio": statistics.median(r), "ratio_min": min(r), "ratio_max": max(r), "params_m": n / 1e6})
+        print(f"| {name} | {statistics.median(t):.4f} ({min(t):.4f}-{max(t):.4f}) | {statistics.median(r):.3f}x "
+              f"({min(r):.3f}-{max(r):.3f}) | {n / 1e6:.2f} |")
+    if json_path:
+        Path(json_path).write_text(json.dumps({"size": size, "batch": batch, "processes": accelerator.num_processes,
+                                               "device": device, "rows": rows}, indent=1))
+
+
 def print_syncs(step, variants: dict, base: str, dev) -> None:
     """Host synchronisations in one step of today's and of the all-options variant, counted by CUDA's
     sync debug mode (a warning per synchronising call): the deferred step should show none."""
@@ -239,9 +325,30 @@ def main() -> None:
     p.add_argument("--ab", action="store_true", help="speed-ups as ratios measured in one run (first size only)")
     p.add_argument("--rounds", type=int, default=5, help="--ab: alternated rounds per variant")
     p.add_argument("--no-compile", action="store_true", help="--ab: leave out the compiled variants")
-    p.add_argument("--json", default=None, help="--ab: also write the result here")
+    p.add_argument("--json", default=None, help="--ab / --fsdp-ab: also write the result here")
+    p.add_argument("--fsdp-ab", action="store_true", help="DDP vs FSDP2 as a ratio, in --nproc processes (first size)")
+    p.add_argument("--nproc", type=int, default=2, help="--fsdp-ab: processes (torchrun)")
+    p.add_argument("--fsdp-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.fsdp_worker:
+        run_fsdp_ab(args.sizes[0], args.batch, args.frames, args.crop, args.steps, args.warmup, args.rounds, args.json)
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+        return
+    if args.fsdp_ab:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc), "--master_port",
+               str(port), __file__, "--fsdp-worker", "--sizes", args.sizes[0], "--batch", str(args.batch), "--frames",
+               str(args.frames), "--crop", str(args.crop), "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--rounds", str(args.rounds)] + (["--json", args.json] if args.json else [])
+        sys.exit(subprocess.run(cmd).returncode)
     if args.ab:
         run_ab(args.sizes[0], args.batch, args.frames, args.crop, args.steps, args.warmup, args.rounds,
                not args.no_compile, args.peak_tflops, args.json)

@@ -29,6 +29,7 @@ from data.config import DataAugConfig, DataConfig
 from data.masks import MaskConfig, long_range_mask, short_range_mask
 from data.transforms import normalize_clip
 from vjepa.engine import checkpoint as ckpt
+from vjepa.engine import fsdp
 from vjepa.engine.checkpoint import save_checkpoint
 from vjepa.engine.config import ConfigError, to_dict, to_yaml
 from vjepa.engine.monitor import feature_std, rankme
@@ -61,10 +62,14 @@ class PretrainOptimizationConfig(OptimizationConfig):
 @dataclass
 class PretrainMetaConfig(EpochMetaConfig):
     """The shared `meta:` section plus eval_freq: the k-NN monitor's period in steps (`logging.knn_monitor`),
-    and compile: `torch.compile` encoder, predictor and target (null = on CUDA, off on CPU)."""
+    compile: `torch.compile` encoder, predictor and target (null = on CUDA, off on CPU), and fsdp: shard
+    encoder, predictor, EMA target and AdamW state over the ranks (FSDP2, vjepa/engine/fsdp.py) instead
+    of replicating them (DDP); needs a distributed launch (torchrun), even for one process. Checkpoints
+    hold full state dicts either way."""
 
     eval_freq: int = 100
     compile: Optional[bool] = None
+    fsdp: bool = False
 
 
 @dataclass
@@ -180,10 +185,14 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     if main:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
 
+    sharded = video and cfg.meta.fsdp  # I-JEPA's meta has no fsdp key
+    if sharded:  # shard first, then compile the sharded modules (FSDP's hooks stay outside the graphs)
+        encoder, predictor, target, optimizer = fsdp.prepare(accelerator, encoder, predictor, target, optimizer)
     compile_modules((encoder, predictor, target), ("encoder", "predictor", "target"), accelerator.device,
                     cfg.meta.compile)
-    encoder, predictor, optimizer = accelerator.prepare(encoder, predictor, optimizer)
-    target.to(accelerator.device)
+    if not sharded:
+        encoder, predictor, optimizer = accelerator.prepare(encoder, predictor, optimizer)
+        target.to(accelerator.device)
     d = cfg.data
     dataset = mode.build_train_dataset(cfg, accelerator.num_processes)
     loader = build_loader(dataset, collator, d.batch_size, rank=accelerator.process_index,
@@ -196,6 +205,9 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     check_logging(cfg.logging)
     if video and (cfg.logging.monitor_train is None) != (cfg.logging.monitor_val is None):
         raise ConfigError("logging.monitor_train and logging.monitor_val go together (labelled lists)")
+    if sharded and cfg.logging.knn_monitor:
+        raise ConfigError("logging.knn_monitor runs the EMA target on the main process alone, which a sharded "
+                          "(meta.fsdp) target cannot do; turn one of them off")
     total = opt.epochs * opt.ipe
     stop = min(total, cfg.meta.max_steps or total)
     horizon = int(opt.ipe_scale * total)  # schedules span ipe_scale x the run, as the reference
@@ -272,7 +284,13 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
             log.log(step, metrics)
             pbar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{lr:.2e}", ema=f"{m:.4f}",
                              clips_s=f"{metrics['clips_per_s']:.1f}")
-        if step % save_every == 0 or step == stop:
+        if (step % save_every == 0 or step == stop) and sharded:  # every rank gathers; rank 0 keeps full tensors
+            state = {"encoder": fsdp.full_state_dict(encoder, main), "predictor": fsdp.full_state_dict(predictor, main),
+                     "target_encoder": fsdp.full_state_dict(target, main),
+                     "opt": fsdp.full_optimizer_state(optimizer, main), "step": step, "config": to_dict(cfg)}
+            save_checkpoint(accelerator, latest, state, step=step, replicated=[], finite=[encoder, predictor, target],
+                            watch=watch, sharded={"encoder": encoder, "predictor": predictor, "target_encoder": target})
+        elif step % save_every == 0 or step == stop:
             state = {"encoder": accelerator.get_state_dict(encoder), "predictor": accelerator.get_state_dict(predictor),
                      "target_encoder": target.state_dict(), "opt": optimizer.state_dict(), "step": step,
                      "config": to_dict(cfg)}

@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from data.errors import UserError
 from vjepa.engine.errors import MissingCheckpoint
+from vjepa.engine.fsdp import local
 from vjepa.engine.optim import FiniteWatch, NonFiniteLoss
 
 logger = logging.getLogger(__name__)
@@ -95,21 +96,31 @@ def _to_tuple(x):
 
 
 def checksum(modules: Sequence[nn.Module]) -> torch.Tensor:
-    """(sum, sum of |.|) over every parameter of `modules`, in float64: `[2]`."""
-    params = [p for m in modules for p in m.parameters()]
-    return torch.stack([sum(p.double().sum() for p in params), sum(p.double().abs().sum() for p in params)])
+    """(sum, sum of |.|) over every parameter of `modules` (this rank's shard of a sharded one), in float64: `[2]`."""
+    return _sums([local(p) for m in modules for p in m.parameters()])
+
+
+def _sums(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    if not tensors:
+        return torch.zeros(2, dtype=torch.float64)
+    return torch.stack([sum(p.double().sum() for p in tensors), sum(p.double().abs().sum() for p in tensors)])
 
 
 def save_checkpoint(accelerator, path: str | Path, state: dict, *, step: int, finite: Sequence[nn.Module],
                     replicated: Sequence[nn.Module], across_ranks: bool = True,
-                    watch: Optional[FiniteWatch] = None) -> None:
+                    watch: Optional[FiniteWatch] = None, sharded: Optional[Mapping[str, nn.Module]] = None) -> None:
     """Write `state` (plus the RNG state and every rank's checksum of `replicated`) atomically from the
     main process, after two checks made on every rank, so every rank stops together:
 
     - the parameters of `finite` are finite (a finite loss can still come with weights an update just
       broke: those must never replace a good file);
     - every rank holds the same `replicated` modules (the EMA targets, which no wrapper keeps in sync):
-      their checksums are gathered, stored as `target_checksums` `[ranks, 2]`, and must agree.
+      their checksums are gathered, stored as `target_checksums` `[ranks, 2]`, and must agree;
+    - `sharded` (FSDP: state key -> module whose parameters are split across ranks, so their shards
+      differ by design): every rank's shard checksum is gathered and stored under `shard_checksums`
+      (`{key: [ranks, 2]}`), and their sum over ranks must equal the checksum of the full tensors that
+      `state[key]` holds (gathered on the main process, vjepa/engine/fsdp.py): the file holds exactly
+      what the ranks hold, with no shard lost, duplicated or stale.
 
     `watch`: a deferred finiteness check (`FiniteWatch`), run first: a non-finite loss recorded since the
     last check stops the save (and the run) even when the weights it produced happen to be finite.
@@ -118,7 +129,7 @@ def save_checkpoint(accelerator, path: str | Path, state: dict, *, step: int, fi
     """
     if watch is not None:
         watch.check(step)
-    bad = torch.tensor([float(not all(torch.isfinite(p).all() for m in finite for p in m.parameters()))],
+    bad = torch.tensor([float(not all(torch.isfinite(local(p)).all() for m in finite for p in m.parameters()))],
                        device=accelerator.device)
     if (accelerator.reduce(bad, reduction="sum") if across_ranks else bad).item() > 0:
         raise NonFiniteLoss(f"weights are not finite at step {step}; not saving over {path}")
@@ -131,8 +142,30 @@ def save_checkpoint(accelerator, path: str | Path, state: dict, *, step: int, fi
     if not torch.allclose(sums, sums[:1].expand_as(sums), rtol=1e-9, atol=0):
         raise RuntimeError(f"replicated weights (EMA targets) differ across ranks at step {step}: checksums "
                            f"{sums.tolist()}")
+    if sharded:
+        state = {**state, "shard_checksums": _check_shards(accelerator, state, sharded, step)}
     accelerator.wait_for_everyone()
-    state = {"target_checksums": sums, **state, "rng": rng_state()}
+    state = {**({"target_checksums": sums} if replicated else {}), **state, "rng": rng_state()}
     if accelerator.is_main_process:
         save_atomic(state, path)
     accelerator.wait_for_everyone()
+
+
+def _check_shards(accelerator, state: dict, sharded: Mapping[str, nn.Module], step: int) -> dict:
+    """Every rank's shard checksums of `sharded` `{key: [ranks, 2]}`, after checking on the main process
+    that they add up to the checksum of the full tensors in `state[key]`; raises on every rank if not."""
+    own = torch.stack([checksum([m]) for m in sharded.values()]).to(accelerator.device)  # [M, 2]
+    sums = accelerator.gather(own.unsqueeze(0)).cpu()  # [ranks, M, 2]
+    wrong = []
+    if accelerator.is_main_process:
+        for i, (key, module) in enumerate(sharded.items()):
+            full = _sums([state[key][n] for n, _ in module.named_parameters()])
+            # the same float32 values summed in another order: equal up to float64 rounding
+            if not torch.allclose(sums[:, i].sum(0), full, rtol=1e-9, atol=1e-12 * float(full[1])):
+                wrong.append(f"{key}: shards {sums[:, i].sum(0).tolist()} vs file {full.tolist()}")
+    flag = torch.tensor([float(len(wrong))], device=accelerator.device)
+    if accelerator.reduce(flag, reduction="sum").item() > 0:
+        raise RuntimeError(f"sharded weights do not add up to the full weights being saved at step {step}: "
+                           + ("; ".join(wrong) or "see the main process's error"))
+    return {key: sums[:, i] for i, key in enumerate(sharded)}
+
