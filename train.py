@@ -90,5 +90,17 @@ def main(argv=None) -> int:
     return 0
 
 
+def close_process_group() -> None:
+    """Tear down a multi-process launch's process group, so that gloo does not abort at interpreter exit."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    finally:
+        close_process_group()
+    sys.exit(code)

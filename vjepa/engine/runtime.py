@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -10,6 +11,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
+
+from data.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +23,11 @@ def make_accelerator(dtype: str = "bfloat16", grad_accum: int = 1) -> Accelerato
     With no GPU the Accelerator is built with `cpu=True`, so a multi-process launch (torchrun, or
     `accelerate launch --multi_gpu`) runs on CPU over gloo.
     """
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        # `accelerate launch --use_fsdp` would route prepare() through accelerate's FSDP plugin, which takes one
+        # model; the jobs shard their models themselves (vjepa/engine/fsdp.py)
+        raise UserError("launch without `--use_fsdp`: set meta.fsdp=true in the pretraining config to shard "
+                        "(see README, FSDP)")
     cuda = torch.cuda.is_available()
     precisions = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16", "float32": "no", "fp32": "no"}
     if dtype not in precisions:
