@@ -120,3 +120,34 @@ def test_frozen_vjepa_world_model_trains_the_predictor_only(tmp_path):
     assert all(p.grad is None for p in wm.encoder.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in wm.predictor.parameters())
     assert "var" not in out and "idm" not in out
+
+
+def test_feature_cache_is_exact_and_keyed_by_data_and_weights(tmp_path, monkeypatch):
+    from hjepa.world_model import feature_cache
+    from hjepa.world_model.feature_cache import encode_dataset
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg(length=6)
+    data = generate(cfg)
+    enc = VJEPAEncoder(EncoderConfig(type="vjepa", patch_size=16), 64).eval()
+    z = encode_dataset(enc, data, cfg.env, batch=5, cache_dir=tmp_path)
+    assert z.shape == (3, 7, 96)
+    win = TrajectoryWindows(data, cfg.env, window=7).batch(np.arange(3))  # whole trajectories
+    with torch.no_grad():
+        ref = enc(win["frames"].flatten(0, 1)).view(3, 7, 96)
+    torch.testing.assert_close(z, ref, atol=1e-5, rtol=1e-5)
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+
+    def no_encoding(*args):
+        raise AssertionError("encoded again instead of reading the cache")
+
+    monkeypatch.setattr(feature_cache, "_encode", no_encoding)
+    assert torch.equal(encode_dataset(enc, data, cfg.env, batch=5, cache_dir=tmp_path), z)
+    monkeypatch.undo()
+    with torch.no_grad():
+        enc.vit.blocks[0].mlp.fc1.weight[0, 0] += 1.0  # another encoder: another key
+    z2 = encode_dataset(enc, data, cfg.env, batch=5, cache_dir=tmp_path)
+    other = generate(tiny_cfg(length=6, seed=7))  # another dataset: another key
+    encode_dataset(enc, other, cfg.env, batch=5, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.pt"))) == 3 and not torch.equal(z2, z)
+    assert not list(tmp_path.glob(".*tmp"))
