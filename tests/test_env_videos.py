@@ -151,3 +151,24 @@ def test_feature_cache_is_exact_and_keyed_by_data_and_weights(tmp_path, monkeypa
     encode_dataset(enc, other, cfg.env, batch=5, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("*.pt"))) == 3 and not torch.equal(z2, z)
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_standardized_frozen_features_have_unit_spread_and_survive_a_checkpoint():
+    torch.manual_seed(0)
+    cfg = tiny_cfg(num_trajectories=4, length=8)
+    data = generate(cfg)
+    frames = TrajectoryWindows(data, cfg.env, window=9).batch(np.arange(4))["frames"].flatten(0, 1)  # [36, 3, S, S]
+    enc = VJEPAEncoder(EncoderConfig(type="vjepa", patch_size=16), 64).eval()
+    with torch.no_grad():
+        raw = enc(frames)
+    assert raw.std(0).mean() < 0.1  # pooled features of frames that differ by the agent only: small spread
+    z = enc.standardize_(raw)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(frames), z, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(z.mean(0), torch.zeros(96), atol=1e-4, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.ones(96), atol=1e-3, rtol=0)
+    torch.testing.assert_close(enc.standardize_(z), z, atol=1e-4, rtol=1e-4)  # refitting on its outputs: same map
+    again = VJEPAEncoder(EncoderConfig(type="vjepa", patch_size=16), 64)
+    again.load_state_dict(enc.state_dict())  # the map is part of the world model's state
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(frames), z, atol=1e-4, rtol=1e-4)

@@ -88,10 +88,26 @@ class VJEPAEncoder(nn.Module):
         # not persistent: the statistics come with the pretraining config, not with world-model checkpoints
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        # Output standardisation, identity until `standardize_` fixes it (saved with the world model). The pooled
+        # feature of a frame is mostly walls and floor, the same in every frame: the agent moves a few of 64
+        # tokens, so across states each dimension varies by ~0.003 of its scale (two_rooms, vit_micro) and a
+        # predictor reading it sees a near-constant input. Standardised, the same features vary by 1.
+        self.register_buffer("out_mean", torch.zeros(self.dim))
+        self.register_buffer("out_std", torch.ones(self.dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.vit((x - self.mean) / self.std)  # [B, N, D], N = (S / patch)^2 tokens of one tubelet
-        return F.layer_norm(h.mean(1), (self.dim,))
+        return (F.layer_norm(h.mean(1), (self.dim,)) - self.out_mean) / self.out_std
+
+    @torch.no_grad()
+    def standardize_(self, z: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+        """Fix the output map so that features `z [..., D]` (this encoder's current outputs on training
+        frames) get zero mean and unit std per dimension; -> `z` under the new map. A frozen encoder stays
+        frozen: this is a fixed affine map, fitted once, like a BatchNorm's running statistics."""
+        raw = z.reshape(-1, self.dim).double() * self.out_std.double() + self.out_mean.double()  # undo the old map
+        self.out_mean.copy_(raw.mean(0).to(self.out_mean.dtype))
+        self.out_std.copy_((raw.std(0) + eps).to(self.out_std.dtype))
+        return ((raw - self.out_mean.double()) / self.out_std.double()).to(z.dtype).view_as(z)
 
 
 def _first_shape(e: Exception) -> str:
