@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from data.config import DataAugConfig
 from vjepa.engine import checkpoint as ckpt
 from vjepa.models import ModelConfig, build_encoder
 
@@ -61,21 +62,94 @@ class ConvEncoder(nn.Module):
 
 
 class VJEPAEncoder(nn.Module):
-    """The V-JEPA ViT on single frames, tokens mean-pooled and layer-normed (as V-JEPA 2-AC normalises)."""
+    """The V-JEPA ViT on single frames `[B, C, S, S]` in [0, 1] -> `[B, D]`.
+
+    A frame is normalised with the pretraining's mean/std (the pretraining job normalises its clips the
+    same way) and encoded as one tubelet: the ViT repeats an image `tubelet_size` times (V-JEPA 2-AC feeds
+    its frames to the video encoder the same way). Tokens are mean-pooled and layer-normed (as V-JEPA 2-AC
+    normalises). A checkpoint of a `task: pretrain` run holds the sin-cos table of its whole clip; a frame
+    takes its first tubelet's slice, the positions the encoder saw for frames 0..tubelet_size-1.
+    """
 
     def __init__(self, cfg: EncoderConfig, img_size: int):
         super().__init__()
         self.vit = build_encoder(cfg.vit, img_size=img_size, num_frames=cfg.tubelet_size,
                                  patch_size=cfg.patch_size, tubelet_size=cfg.tubelet_size)
         self.dim = self.vit.embed_dim
+        aug = DataAugConfig()
+        mean, std = aug.mean, aug.std
         if cfg.checkpoint:
-            state = ckpt.load(cfg.checkpoint)
-            key = "target_encoder" if "target_encoder" in state else "encoder"
-            ckpt.load_state_strict(self.vit, state[key], f"{cfg.checkpoint}:{key}")
+            weights, mean, std = pretrained_weights(ckpt.load(cfg.checkpoint), cfg, img_size, self.vit)
+            try:
+                ckpt.load_state_strict(self.vit, weights, f"{cfg.checkpoint}")
+            except ckpt.CheckpointMismatch as e:
+                raise ckpt.CheckpointMismatch(f"{cfg.checkpoint}: its ViT does not fit encoder.vit / encoder.patch_size"
+                                              f" / encoder.tubelet_size / data.env.img_size ({_first_shape(e)})") from e
+        # not persistent: the statistics come with the pretraining config, not with world-model checkpoints
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        # Output standardisation, identity until `standardize_` fixes it (saved with the world model). The pooled
+        # feature of a frame is mostly walls and floor, the same in every frame: the agent moves a few of 64
+        # tokens, so across states each dimension varies by ~0.003 of its scale (two_rooms, vit_micro) and a
+        # predictor reading it sees a near-constant input. Standardised, the same features vary by 1 (it did not
+        # make the frozen two_rooms model plan, README: the pooled feature is no map of the position).
+        self.register_buffer("out_mean", torch.zeros(self.dim))
+        self.register_buffer("out_std", torch.ones(self.dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.vit(x)  # [B, N, D]
-        return F.layer_norm(h.mean(1), (self.dim,))
+        h = self.vit((x - self.mean) / self.std)  # [B, N, D], N = (S / patch)^2 tokens of one tubelet
+        return (F.layer_norm(h.mean(1), (self.dim,)) - self.out_mean) / self.out_std
+
+    @torch.no_grad()
+    def standardize_(self, z: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+        """Fix the output map so that features `z [..., D]` (this encoder's current outputs on training
+        frames) get zero mean and unit std per dimension; -> `z` under the new map. A frozen encoder stays
+        frozen: this is a fixed affine map, fitted once, like a BatchNorm's running statistics."""
+        raw = z.reshape(-1, self.dim).double() * self.out_std.double() + self.out_mean.double()  # undo the old map
+        self.out_mean.copy_(raw.mean(0).to(self.out_mean.dtype))
+        self.out_std.copy_((raw.std(0) + eps).to(self.out_std.dtype))
+        return ((raw - self.out_mean.double()) / self.out_std.double()).to(z.dtype).view_as(z)
+
+
+def _first_shape(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return "; ".join(lines[1:]) if len(lines) > 1 else lines[0]
+
+
+def pretrained_weights(state: dict, cfg: EncoderConfig, img_size: int, vit: nn.Module):
+    """A `task: pretrain` checkpoint -> (ViT weights for one-tubelet frames, mean, std).
+
+    Checks the pretraining config against the encoder's keys first, so a mismatch is one line naming the
+    keys to change, not a list of tensor shapes."""
+    path = cfg.checkpoint
+    key = next((k for k in ("target_encoder", "encoder") if k in state), None)
+    if key is None:
+        raise ckpt.CheckpointMismatch(f"{path} holds no V-JEPA encoder (keys: {sorted(state)[:6]}); encoder.checkpoint "
+                                      f"must be a `task: pretrain` checkpoint (<run>/jepa-latest.pt)")
+    aug = DataAugConfig()
+    mean, std = aug.mean, aug.std
+    pre = state.get("config")
+    if isinstance(pre, dict) and isinstance(pre.get("model"), dict) and isinstance(pre.get("data"), dict):
+        pairs = [("encoder.vit.model_name", cfg.vit.model_name, "model.model_name", pre["model"].get("model_name")),
+                 ("encoder.vit.use_rope", cfg.vit.use_rope, "model.use_rope", pre["model"].get("use_rope")),
+                 ("encoder.vit.uniform_power", cfg.vit.uniform_power, "model.uniform_power",
+                  pre["model"].get("uniform_power")),
+                 ("encoder.patch_size", cfg.patch_size, "data.patch_size", pre["data"].get("patch_size")),
+                 ("encoder.tubelet_size", cfg.tubelet_size, "data.tubelet_size", pre["data"].get("tubelet_size")),
+                 ("data.env.img_size", img_size, "data.crop_size", pre["data"].get("crop_size"))]
+        bad = [f"{ours}={mine} vs {theirs}={its}" for ours, mine, theirs, its in pairs if its is not None and mine != its]
+        if bad:
+            raise ckpt.CheckpointMismatch(f"{path} was pretrained with another ViT: {', '.join(bad)}; set the world "
+                                          f"model's keys to the pretraining config's")
+        aug_cfg = pre.get("data_aug") if isinstance(pre.get("data_aug"), dict) else {}
+        mean, std = aug_cfg.get("mean", mean), aug_cfg.get("std", std)
+    weights = dict(state[key])
+    own = vit.state_dict().get("pos_embed")
+    pos = weights.get("pos_embed")
+    if own is not None and pos is not None and pos.shape != own.shape and pos.shape[0] == 1 \
+            and pos.shape[2] == own.shape[2] and pos.shape[1] % own.shape[1] == 0:
+        weights["pos_embed"] = pos[:, :own.shape[1]]  # [1, T*H*W, D] -> the t = 0 slice [1, H*W, D]
+    return weights, list(mean), list(std)
 
 
 def build_frame_encoder(cfg: EncoderConfig, img_size: int) -> nn.Module:
