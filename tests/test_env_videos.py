@@ -12,7 +12,7 @@ from data.generated.envs import EnvConfig
 from data.generated.trajectories import TrajectoryConfig, TrajectoryWindows, generate
 from data.video import decode_frames
 from hjepa.world_model.encoders import EncoderConfig, VJEPAEncoder
-from hjepa.world_model.model import LossWeights, PredictorConfig, WorldModel
+from hjepa.world_model.model import FrameLevel, LossWeights, PredictorConfig
 from vjepa.engine.checkpoint import CheckpointMismatch
 from vjepa.engine.config import to_dict
 from vjepa.engine.errors import MissingCheckpoint
@@ -113,7 +113,7 @@ def test_frozen_vjepa_world_model_trains_the_predictor_only(tmp_path):
     cfg = tiny_cfg(num_trajectories=4, length=6)
     batch = TrajectoryWindows(generate(cfg), cfg.env, window=3).batch(np.arange(4))
     enc = EncoderConfig(type="vjepa", patch_size=8, checkpoint=str(tmp_path / "jepa-latest.pt"), frozen=True)
-    wm = WorldModel(enc, PredictorConfig(dim=16, depth=1, num_heads=2))
+    wm = FrameLevel(enc, PredictorConfig(dim=16, depth=1, num_heads=2))
     out = wm.loss(batch["frames"], batch["actions"][:, :, 0], LossWeights(rollout_steps=2))
     out["loss"].backward()
     assert out["z"].shape == (4, 3, 96)
