@@ -70,13 +70,15 @@ def test_bootstrap_band_covers_the_mean_and_shrinks_with_episodes():
 
 
 def tiny_world_model(folder, strides):
+    """2 steps per level; level 1 `encoder: identity`, level 2 (if any) an own transformer encoder."""
     from hjepa.world_model import train as wm_train
 
+    own = {"encoder": "transformer", "embed_dim": 16, "depth": 1, "num_heads": 2, "ema": [0.9, 1.0]}
     raw = {"data": {"num_trajectories": 24, "length": 8, "cache_dir": None, "env": {"img_size": 32}},
            "encoder": {"dim": 8, "width": 8}, "predictor": {"dim": 16, "depth": 1},
            "stage": {"steps": 2, "batch_size": 4, "window": 3, "warmup": 1},
-           "levels": [{"stride": s, "pred_embed_dim": 16, "pred_depth": 1, "bank_size": 8,
-                       "stage": {"steps": 2, "batch_size": 4, "window": 2, "warmup": 1}} for s in strides],
+           "levels": [{"stride": s, "pred_embed_dim": 16, "pred_depth": 1, "bank_size": 8, **(own if k else {}),
+                       "stage": {"steps": 2, "batch_size": 4, "window": 2, "warmup": 1}} for k, s in enumerate(strides)],
            "logging": {"folder": str(folder), "progress_bar": False, "tensorboard": False, "log_every": 1}}
     wm_train.train(load_config(wm_train.WorldModelConfig, raw=raw))
     return folder / "wm-latest.pt"
@@ -99,6 +101,8 @@ def test_study_runs_end_to_end_on_a_tiny_world_model(tmp_path, strides):
         assert (out / name).is_file(), name
     text = (out / "crossover.md").read_text()
     assert text.count("crossover level") == len(strides)
+    # level 1 reads level 0's state (identity): one shared floor; level 2 has its own encoder and probe
+    assert ("probe floor L0=L1 |" if len(strides) == 1 else "probe floor L0=L1 | probe floor L2 |") in text
     with open(out / "crossover.csv") as f:
         rows = list(csv.DictReader(f))
     got = {(r["method"], int(r["horizon"])) for r in rows}

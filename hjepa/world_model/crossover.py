@@ -308,7 +308,8 @@ def floors(bands: Dict[str, np.ndarray], levels: Dict[int, List[int]]) -> Dict[s
     out: Dict[str, List[int]] = {}
     for k in levels:
         key = f"L{k} floor"
-        same = next((f for f in out if np.array_equal(bands[f], bands[key], equal_nan=True)), None)
+        ok = np.isfinite(bands[key][:, 0])  # level k's horizons are a subset of those of the levels below
+        same = next((f for f in out if np.array_equal(bands[f][ok], bands[key][ok])), None)
         if same is None:
             out[key] = [k]
         else:
