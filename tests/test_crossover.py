@@ -50,13 +50,17 @@ def test_crossover_lines_say_when_bands_overlap():
              "L1 - L0": np.array([[0.05, 0.04, 0.06], [-0.1, -0.15, -0.01]])}
     (line,) = crossover_lines(bands, levels, Two())
     assert "h = 16" in line and "do not overlap" in line and "excludes 0" in line
+    assert "More accurate at h = 16*; less at h = 8*" in line
     bands["L1"][1] = [0.18, 0.15, 0.25]
     bands["L1 - L0"][1] = [-0.02, -0.06, 0.03]
     (line,) = crossover_lines(bands, levels, Two())
     assert "h = 16" in line and "bands overlap" in line and "includes 0" in line
     bands["L1"][1] = [0.3, 0.29, 0.31]
     (line,) = crossover_lines(bands, levels, Two())
-    assert "none" in line
+    assert "crossover level 1 (span 8): none" in line and "More accurate at h = none" in line
+    bands["L1"][:, 0] = [0.05, 0.3]  # better at the shortest horizon only: reported, but no crossover
+    (line,) = crossover_lines(bands, levels, Two())
+    assert ": none" in line and "More accurate at h = 8*; less at h = 16" in line
 
 
 def test_bootstrap_band_covers_the_mean_and_shrinks_with_episodes():

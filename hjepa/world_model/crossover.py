@@ -281,24 +281,33 @@ def summarise(errors: Dict[str, np.ndarray], levels: Dict[int, List[int]], num_e
 
 
 def crossover_lines(bands: Dict[str, np.ndarray], levels: Dict[int, List[int]], wm: WorldModel) -> List[str]:
-    hs = levels[0]
+    """Per level k >= 1: the crossover horizon (CI-aware: do the two bands overlap there, does the paired band
+    of the difference exclude 0), and every horizon where level k is better, or worse, than level 0."""
     lines = []
-    for k in levels:
+    for k, hk in levels.items():
         if not k:
             continue
-        h = crossover_horizon(hs, bands["L0"][:, 0], bands[f"L{k}"][:, 0])
+        idx = [levels[0].index(h) for h in hk]
+        lo, hi, d = bands["L0"][idx], bands[f"L{k}"][idx], bands[f"L{k} - L0"][idx]  # [H_k, 3] each
+        h = crossover_horizon(hk, lo[:, 0], hi[:, 0])
+
+        def listed(sel) -> str:
+            return ", ".join(f"{hh}{'*' if d[j, 2] < 0 or d[j, 1] > 0 else ''}" for j, hh in enumerate(hk) if sel(j))
+
+        better, worse = listed(lambda j: hi[j, 0] < lo[j, 0]), listed(lambda j: hi[j, 0] >= lo[j, 0])
         name = f"level {k} (span {wm.span(k)})"
         if h is None:
-            better = [hh for i, hh in enumerate(hs) if bands[f"L{k}"][i, 0] < bands["L0"][i, 0]]
-            lines.append(f"- crossover {name}: none (level {k} is never more accurate than level-0 rollout from "
-                         f"some horizon on{'; better only at h = ' + str(better) if better else ''})")
-            continue
-        i = hs.index(h)
-        a, b, d = bands["L0"][i], bands[f"L{k}"][i], bands[f"L{k} - L0"][i]
-        overlap = "overlap" if b[2] >= a[1] else "do not overlap"
-        sig = "excludes 0" if d[2] < 0 else "includes 0"
-        lines.append(f"- crossover {name}: h = {h} steps (level {k} {b[0]:.4f} vs level 0 {a[0]:.4f} there; their "
-                     f"bands {overlap}; the paired difference {d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}] {sig})")
+            head = f"- crossover {name}: none (not more accurate than level-0 rollout at every horizon from some h on)"
+        else:
+            j = hk.index(h)
+            overlap = "overlap" if hi[j, 2] >= lo[j, 1] else "do not overlap"
+            sig = "excludes 0" if d[j, 2] < 0 else "includes 0"
+            first = " (the shortest horizon it is scored at: the crossover lies at or below it)" if h == hk[0] else ""
+            head = (f"- crossover {name}: h = {h} steps{first}; there level {k} {hi[j, 0]:.4f} vs level 0 "
+                    f"{lo[j, 0]:.4f}, bands {overlap}, paired difference {d[j, 0]:+.4f} [{d[j, 1]:+.4f}, "
+                    f"{d[j, 2]:+.4f}] {sig}")
+        lines.append(f"{head}. More accurate at h = {better or 'none'}; less at h = {worse or 'none'} "
+                     "(* = the paired band of the difference excludes 0)")
     return lines
 
 
@@ -322,16 +331,19 @@ def report(bands: Dict[str, np.ndarray], levels: Dict[int, List[int]], wm: World
     hs = levels[0]
     pct = round(100 * cfg.confidence)
     fl = floors(bands, levels)
-    cols = ["copy"] + [f"L{k}" for k in levels] + list(fl)
+    diffs = [f"L{k} - L0" for k in levels if k]
+    cols = ["copy"] + [f"L{k}" for k in levels] + list(fl) + diffs
     title = {"copy": "copy start"} | {f"L{k}": f"level {k} (span {wm.span(k)})" for k in levels} | \
-            {f: "probe floor L" + "=L".join(map(str, ks)) for f, ks in fl.items()}
+            {f: "probe floor L" + "=L".join(map(str, ks)) for f, ks in fl.items()} | \
+            {c: f"level {c[1:].split()[0]} - level 0 (paired)" for c in diffs}
     lines = [f"## Position error vs horizon (world units; mean [{pct}% bootstrap band over episodes])", "", info, "",
              "| h (steps) | " + " | ".join(title[c] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for i, h in enumerate(hs):
         cells = []
         for c in cols:
             m, lo, hi = bands[c][i]
-            cells.append("—" if not np.isfinite(m) else f"{m:.4f} [{lo:.4f}, {hi:.4f}]")
+            cells.append("—" if not np.isfinite(m) else f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]" if " - " in c else
+                         f"{m:.4f} [{lo:.4f}, {hi:.4f}]")
         lines.append(f"| {h} | " + " | ".join(cells) + " |")
     lines += ["", "Crossover (smallest h from which level k beats level-0 rollout at every longer horizon):"]
     lines += crossover_lines(bands, levels, wm)
