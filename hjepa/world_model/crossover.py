@@ -382,7 +382,8 @@ def plot(bands: Dict[str, np.ndarray], levels: Dict[int, List[int]], wm: WorldMo
         if f"L{k} floor" in fl:
             f = bands[f"L{k} floor"]
             ax.plot(hs[ok], f[ok, 0], ls=":", color=line.get_color(), lw=1,
-                    label="level " + " = ".join(map(str, fl[f"L{k} floor"])) + " probe floor (true latent)")
+                    label=("levels " if len(fl[f"L{k} floor"]) > 1 else "level ") + ", ".join(map(str, fl[f"L{k} floor"]))
+                    + " probe floor (true latent)")
     c = bands["copy"]
     ax.plot(hs, c[:, 0], ls="--", color="gray", label="copy the start (no motion)")
     ax.fill_between(hs, c[:, 1], c[:, 2], color="gray", alpha=0.15, lw=0)
