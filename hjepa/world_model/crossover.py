@@ -199,7 +199,7 @@ def fit_probes(wm: WorldModel, data: dict, env, pcfg: PositionProbeConfig, batch
     """-> ([probe per level], [held-out mean position error per level]) on every frame of `data`
     (episodes split into fit / held-out)."""
     N, T1 = data["states"].shape[:2]
-    n_out = max(1, int(round(pcfg.held_out * N)))
+    n_out = min(N - 1, max(1, int(round(pcfg.held_out * N))))  # at least one episode on each side
     walls = data["walls"][data["layout"]]  # [N, G, G]
     frames = render(np.repeat(walls, T1, axis=0), data["states"].reshape(-1, 2), env,
                     data["distractors"].reshape(N * T1, *data["distractors"].shape[2:]))
