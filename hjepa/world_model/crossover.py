@@ -371,7 +371,7 @@ def plot(bands: Dict[str, np.ndarray], levels: Dict[int, List[int]], wm: WorldMo
     plt = _pyplot()
     hs = np.array(levels[0])
     fl = floors(bands, levels)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(8.6, 4.2))
     for k in levels:
         b = bands[f"L{k}"]
         ok = np.isfinite(b[:, 0])
@@ -393,7 +393,7 @@ def plot(bands: Dict[str, np.ndarray], levels: Dict[int, List[int]], wm: WorldMo
     ax.set_xticks(hs)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: curves fill the axes
     save_with_help(fig, out_png, f"Lower is better. Bands: {round(100 * cfg.confidence)}% bootstrap over episodes. "
                    "A level pays off from the horizon\nwhere its curve drops below level 0's; dotted: the best its "
                    "probe can decode from true latents.", dpi=110)
