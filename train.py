@@ -39,6 +39,7 @@ TASKS = {
     "horizon_study": ("hjepa.study", "HorizonStudyConfig", "run"),
     "worldmodel": ("hjepa.world_model.train", "WorldModelConfig", "train"),
     "plan": ("hjepa.world_model.evaluate", "PlanConfig", "run"),
+    "crossover": ("hjepa.world_model.crossover", "CrossoverConfig", "run"),
 }
 
 
