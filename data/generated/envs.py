@@ -6,11 +6,16 @@ An action `a` in [-1, 1]^2 moves the agent by `a * max_step`, in `substeps` sub-
 is tried axis by axis and a component that would land in a wall is dropped, so the agent slides
 along walls and never crosses them (walls are >= 2 cells thick, thicker than one sub-move).
 
-Layouts:
-- two_rooms: a vertical wall in the middle with one door whose height is random per layout.
+Layouts: a map is a pure function of a few integers, `Layout` (`sample_layout` draws them, `draw_walls`
+draws the map).
+- two_rooms: a vertical wall with one door. The door's position is random per layout; with
+  `wall_shift` > 0 the wall's column is random too (within `wall_shift` cells of the centre, so both
+  rooms stay usable), with `door_cells_max` > 0 the door's width is random in [door_cells, door_cells_max].
 - four_rooms: a vertical and a horizontal wall crossing at the centre, one door on each of the four
-  wall halves at a random position; with probability `closed_door_prob` one door is closed (never
-  more, so the four rooms stay connected).
+  wall halves at a random position (width random as above); with probability `closed_door_prob` one
+  door is closed (never more, so the four rooms stay connected).
+Split: every map belongs to the train or the held-out split by a hash of its own cells (`is_heldout`),
+so two splits never share a map, whatever parameters drew it (a closed door's position does not matter).
 Optional distractors (four_rooms experiments) are dots that bounce around the square, ignore walls
 and carry no information about the agent; their positions and velocities are part of the state.
 
@@ -20,11 +25,14 @@ anti-aliased disc), 2 distractors. `geodesic_distance` gives shortest-path lengt
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
+
+from data.seeding import derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +46,9 @@ class EnvConfig:
         max_step: displacement of a unit action (world units; the square is 1 wide).
         substeps: collision sub-moves per step. wall_cells / door_cells: wall thickness / door width.
         closed_door_prob: four_rooms only, chance that one of the doors is closed.
+        wall_shift: two_rooms only, the wall's first column is drawn within this many cells of the centre
+            (0 = always the centre). door_cells_max: door widths drawn in [door_cells, door_cells_max]
+            (0 = always door_cells). heldout_every: one map in about this many is held out (`is_heldout`).
         num_distractors / distractor_speed: moving dots drawn in channel 2.
         agent_radius: drawn disc radius (world units; the agent itself is a point).
     """
@@ -50,6 +61,9 @@ class EnvConfig:
     wall_cells: int = 2
     door_cells: int = 6
     closed_door_prob: float = 0.0
+    wall_shift: int = 0
+    door_cells_max: int = 0
+    heldout_every: int = 5
     num_distractors: int = 0
     distractor_speed: float = 0.03
     agent_radius: float = 0.04
@@ -64,39 +78,112 @@ def check_env_config(cfg: EnvConfig) -> None:
         raise ValueError("a sub-move must be shorter than a wall is thick; raise env.substeps or env.wall_cells")
     if not 0 < cfg.door_cells < cfg.grid // 2 - cfg.wall_cells:
         raise ValueError(f"env.door_cells {cfg.door_cells} does not fit in a wall half of {cfg.grid // 2} cells")
+    if cfg.door_cells_max and not cfg.door_cells <= cfg.door_cells_max < cfg.grid // 2 - cfg.wall_cells:
+        raise ValueError(f"env.door_cells_max {cfg.door_cells_max} must be 0 (fixed width) or in "
+                         f"[door_cells={cfg.door_cells}, {cfg.grid // 2 - cfg.wall_cells - 1}]")
+    if not 0 <= cfg.wall_shift <= cfg.grid // 2 - cfg.wall_cells - 6:  # each room keeps >= 5 free columns
+        raise ValueError(f"env.wall_shift {cfg.wall_shift} must be in [0, {cfg.grid // 2 - cfg.wall_cells - 6}]")
+    if cfg.wall_shift and cfg.name != "two_rooms":
+        raise ValueError("env.wall_shift applies to two_rooms only (four_rooms' walls cross at the centre)")
+    if cfg.heldout_every < 2:
+        raise ValueError(f"env.heldout_every {cfg.heldout_every} must be >= 2 (one map in k is held out)")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The parameters of one wall map; `draw_walls(cfg, layout)` is the map.
+
+    Args:
+        wall: first column of the vertical wall (four_rooms: also the first row of the horizontal wall).
+        doors: (first cell along its wall, width) per door. two_rooms: one door (rows); four_rooms: the
+            upper and lower halves of the vertical wall (rows), then the left and right halves of the
+            horizontal wall (columns).
+        closed: four_rooms, index of the closed door (-1 = all open).
+    """
+
+    wall: int
+    doors: Tuple[Tuple[int, int], ...]
+    closed: int = -1
+
+
+def sample_layout(cfg: EnvConfig, rng: np.random.Generator) -> Layout:
+    """Draw a layout's parameters. With wall_shift = door_cells_max = 0 the draws (and so the maps of a
+    seed) are those of the fixed-wall code before layouts varied."""
+    check_env_config(cfg)
+    g, w = cfg.grid, cfg.wall_cells
+    lo = g // 2 - w // 2  # first cell of the central walls
+
+    def width() -> int:
+        return int(rng.integers(cfg.door_cells, cfg.door_cells_max + 1)) if cfg.door_cells_max else cfg.door_cells
+
+    if cfg.name == "two_rooms":
+        col = int(rng.integers(lo - cfg.wall_shift, lo + cfg.wall_shift + 1)) if cfg.wall_shift else lo
+        d = width()
+        return Layout(col, ((int(rng.integers(1, g - 1 - d + 1)), d),))
+    doors = []
+    for half in (0, 1, 0, 1):  # vertical wall's halves, then the horizontal wall's
+        start, stop = (1, lo) if half == 0 else (lo + w, g - 1)
+        d = width()
+        doors.append((int(rng.integers(start, stop - d + 1)), d))
+    closed = int(rng.integers(4)) if rng.random() < cfg.closed_door_prob else -1
+    if closed >= 0:  # a closed door has no position: one map, one parameter tuple
+        doors[closed] = (0, 0)
+    return Layout(lo, tuple(doors), closed)
+
+
+def draw_walls(cfg: EnvConfig, layout: Layout) -> np.ndarray:
+    """The occupancy map of a layout, bool `[grid, grid]` indexed [row=y, col=x], True = wall."""
+    g, w, c = cfg.grid, cfg.wall_cells, layout.wall
+    walls = np.zeros((g, g), dtype=bool)
+    walls[0, :] = walls[-1, :] = walls[:, 0] = walls[:, -1] = True
+    walls[1:-1, c:c + w] = True
+    if cfg.name == "four_rooms":
+        walls[c:c + w, 1:-1] = True
+    for i, (o, d) in enumerate(layout.doors):
+        if i == layout.closed:
+            continue
+        if i < 2:  # a door in the vertical wall: rows o .. o + d
+            walls[o:o + d, c:c + w] = False
+        else:  # in the horizontal wall: columns o .. o + d
+            walls[c:c + w, o:o + d] = False
+    return walls
 
 
 def make_layout(cfg: EnvConfig, rng: np.random.Generator) -> np.ndarray:
-    """One occupancy map, bool `[grid, grid]` indexed [row=y, col=x], True = wall."""
-    check_env_config(cfg)
-    g, w, d = cfg.grid, cfg.wall_cells, cfg.door_cells
-    walls = np.zeros((g, g), dtype=bool)
-    walls[0, :] = walls[-1, :] = walls[:, 0] = walls[:, -1] = True
-    lo = g // 2 - w // 2  # first cell of the central walls
-    if cfg.name == "two_rooms":
-        walls[1:-1, lo:lo + w] = True
-        top = int(rng.integers(1, g - 1 - d + 1))
-        walls[top:top + d, lo:lo + w] = False
-        return walls
-    walls[1:-1, lo:lo + w] = True
-    walls[lo:lo + w, 1:-1] = True
-    # door spans on each half-wall: (rows, cols) slices; a door's offset is random inside its half
-    spans = []
-    for half in (0, 1):  # vertical wall: upper and lower halves
-        start = 1 if half == 0 else lo + w
-        stop = lo if half == 0 else g - 1
-        o = int(rng.integers(start, stop - d + 1))
-        spans.append((slice(o, o + d), slice(lo, lo + w)))
-    for half in (0, 1):  # horizontal wall: left and right halves
-        start = 1 if half == 0 else lo + w
-        stop = lo if half == 0 else g - 1
-        o = int(rng.integers(start, stop - d + 1))
-        spans.append((slice(lo, lo + w), slice(o, o + d)))
-    closed = int(rng.integers(4)) if rng.random() < cfg.closed_door_prob else -1
-    for i, (rows, cols) in enumerate(spans):
-        if i != closed:
-            walls[rows, cols] = False
-    return walls
+    """One occupancy map drawn from rng, bool `[grid, grid]` indexed [row=y, col=x], True = wall."""
+    return draw_walls(cfg, sample_layout(cfg, rng))
+
+
+def is_heldout(walls: np.ndarray, every: int) -> np.ndarray:
+    """walls `[L, G, G]` -> bool `[L]`: the map's held-out bit, sha1 of its packed cells modulo `every` == 0.
+    A function of the map itself, so train and held-out maps are disjoint by construction."""
+    return np.array([int(hashlib.sha1(np.packbits(m).tobytes()).hexdigest()[:12], 16) % every == 0
+                     for m in walls.reshape(-1, *walls.shape[-2:])], dtype=bool)
+
+
+SPLITS = ("all", "train", "heldout")
+
+
+def sample_maps(cfg: EnvConfig, num: int, seed: int, split: str = "all", exclude: Optional[set] = None,
+                max_tries: int = 10_000) -> np.ndarray:
+    """`num` maps `[num, G, G]` of one split: map i is drawn from rng (seed, i), redrawn from the same rng
+    until it lies in `split` and its bytes are not in `exclude` (a set of `m.tobytes()`). split="all"
+    without exclusions gives the maps `make_layout` drew before splits existed."""
+    if split not in SPLITS:
+        raise ValueError(f"layout split {split!r} unknown; valid: {list(SPLITS)}")
+    out = []
+    for i in range(num):
+        rng = np.random.default_rng(derive_seed(seed, i))
+        for _ in range(max_tries):
+            m = make_layout(cfg, rng)
+            held = bool(is_heldout(m, cfg.heldout_every)[0])
+            if (split == "all" or held == (split == "heldout")) and (exclude is None or m.tobytes() not in exclude):
+                break
+        else:
+            raise ValueError(f"no {split} map of {cfg.name} found in {max_tries} draws (excluding {len(exclude or ())} "
+                             "maps): vary the layouts more (env.wall_shift, env.door_cells_max) or lower env.heldout_every")
+        out.append(m)
+    return np.stack(out)
 
 
 def is_wall(walls: np.ndarray, pos: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from data.seeding import derive_seed
-from data.generated.envs import (EnvConfig, bounce, distance_field, expert_actions, make_layout, render, sample_free,
+from data.generated.envs import (EnvConfig, bounce, distance_field, expert_actions, render, sample_free, sample_maps,
                        step_positions)
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,10 @@ class TrajectoryConfig:
         expert_fraction: share of noisy-expert episodes (the rest are random walks).
         random_persistence: AR(1) coefficient of random-walk actions. random_scale: their std.
         expert_noise: std of the Gaussian noise added to expert actions.
-        num_layouts: distinct wall maps, drawn from layout_seed (1 = one fixed map, the CPU setting).
+        num_layouts: wall maps drawn from layout_seed (1 = one fixed map); every episode draws one of them,
+            so num_layouts in the thousands (with env.wall_shift / door_cells_max) gives each episode its own.
+        layout_split: "train" draws only train-split maps (`data.generated.envs.is_heldout`), the setting
+            for a model evaluated on held-out maps; "all" draws any (the maps of configs before splits).
         seed: policy and start-state randomness. cache_dir: where generated datasets are kept (None = no cache).
     """
 
@@ -50,13 +53,16 @@ class TrajectoryConfig:
     expert_noise: float = 0.3
     num_layouts: int = 1
     layout_seed: int = 0
+    layout_split: str = "all"
     seed: int = 0
     cache_dir: Optional[str] = "data_cache/trajectories"
 
 
-def make_layouts(env: EnvConfig, num_layouts: int, layout_seed: int) -> np.ndarray:
-    """`num_layouts` wall maps `[L, G, G]`, map i drawn from (layout_seed, i)."""
-    return np.stack([make_layout(env, np.random.default_rng(derive_seed(layout_seed, i))) for i in range(num_layouts)])
+def make_layouts(env: EnvConfig, num_layouts: int, layout_seed: int, split: str = "all") -> np.ndarray:
+    """`num_layouts` wall maps `[L, G, G]` of `split`, map i drawn from (layout_seed, i)."""
+    if split not in ("all", "train"):
+        raise ValueError(f"data.layout_split {split!r} unknown; valid: ['all', 'train'] (held-out maps are for planning)")
+    return sample_maps(env, num_layouts, layout_seed, split)
 
 
 def generate(cfg: TrajectoryConfig) -> Dict[str, np.ndarray]:
@@ -68,7 +74,7 @@ def generate(cfg: TrajectoryConfig) -> Dict[str, np.ndarray]:
         raise ValueError(f"expert_fraction {cfg.expert_fraction} must be in [0, 1]")
     rng = np.random.default_rng(derive_seed(cfg.seed, 1))
     N, T, env = cfg.num_trajectories, cfg.length, cfg.env
-    walls_all = make_layouts(env, cfg.num_layouts, cfg.layout_seed)
+    walls_all = make_layouts(env, cfg.num_layouts, cfg.layout_seed, cfg.layout_split)
     layout = rng.integers(cfg.num_layouts, size=N)
     walls = walls_all[layout]
     expert = rng.random(N) < cfg.expert_fraction

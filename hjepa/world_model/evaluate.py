@@ -3,13 +3,15 @@ start/goal tasks binned by shortest-path distance.
 
     python train.py --config configs/plan/two_rooms.yaml [key.sub=value ...] [--dry-run]
 
-Tasks are a pure function of (`tasks.seed`, the world model's layout): `tasks.per_bin` start/goal
-pairs per bin of geodesic distance. Each method runs every task once per seed in `seeds` (seeds change
-the planners' sampling and the random policy). An episode succeeds when the agent comes within
+Tasks are a pure function of (`tasks.seed`, the maps they are drawn on): `tasks.per_bin` start/goal
+pairs per bin of geodesic distance, each on one of `tasks.num_layouts` maps. `tasks.layouts` names the
+map sets, one table each: "heldout" = maps of the held-out split (`data.generated.envs.is_heldout`) that
+are not among the world model's training maps, "train" = the first of the training maps (seen). Each
+method runs every task once per seed in `seeds` (seeds change the planners' sampling and the random policy). An episode succeeds when the agent comes within
 `success_radius` of the goal position (ground truth, never the model's opinion). Standard errors are
 binomial over all episodes of a bin, sqrt(p (1 - p) / n), n = tasks x seeds.
-Written to the run folder: results.csv, results.md (the table), success_vs_distance.png,
-episodes.png (example episodes over the map: executed path, planned path and subgoals decoded to
+Written to the run folder: results.csv, results.md (a table per map set), success_vs_distance.png (all
+sets; the first solid), episodes.png (first set) (example episodes over the map: executed path, planned path and subgoals decoded to
 positions by a linear probe fitted on training frames, for display only).
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ import csv
 import logging
 import time
 from dataclasses import dataclass, field
+from itertools import product
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -25,8 +28,8 @@ import numpy as np
 import torch
 
 from data.seeding import derive_seed
-from data.generated.envs import PointMassEnv, geodesic_distance, render, sample_free
-from data.generated.trajectories import TrajectoryWindows, load_or_generate, make_layouts
+from data.generated.envs import PointMassEnv, geodesic_distance, render, sample_free, sample_maps
+from data.generated.trajectories import TrajectoryConfig, TrajectoryWindows, load_or_generate, make_layouts
 from hjepa.world_model.planning import (FlatPlanner, HierarchicalConfig, HierarchicalPlanner, PlannerConfig, RandomPolicy,
                             check_planner)
 from hjepa.world_model.train import load_trained
@@ -36,17 +39,22 @@ from vjepa.plots import save_with_help
 
 logger = logging.getLogger(__name__)
 METHODS = ("random", "cem", "mppi", "hierarchical")
+LAYOUT_SETS = {"heldout": "held-out layouts (never in training)", "train": "seen layouts (training maps)"}
 
 
 @dataclass
 class TaskConfig:
     """per_bin: tasks per distance bin. bins: [low, high) shortest-path lengths (world units).
-    seed: task draw. margin: minimum clearance of start and goal from walls."""
+    seed: task (and held-out map) draw. margin: minimum clearance of start and goal from walls.
+    layouts: map sets to evaluate on, a table each (`LAYOUT_SETS`; the first is plotted). num_layouts:
+    maps per set (a world model trained on fewer maps gives its "train" set all of them)."""
 
     per_bin: int = 50
     bins: List[List[float]] = field(default_factory=lambda: [[0.1, 0.4], [0.4, 0.7], [0.7, 1.2]])
     seed: int = 0
     margin: float = 0.04
+    layouts: List[str] = field(default_factory=lambda: ["heldout", "train"])
+    num_layouts: int = 50
 
 
 def _hier_default() -> HierarchicalConfig:
@@ -76,6 +84,25 @@ class PlanConfig:
     hierarchical: HierarchicalConfig = field(default_factory=_hier_default)
     examples: int = 4
     folder: Optional[str] = None
+
+
+def check_tasks(cfg: TaskConfig) -> None:
+    bad = [x for x in cfg.layouts if x not in LAYOUT_SETS]
+    if bad or not cfg.layouts or len(set(cfg.layouts)) != len(cfg.layouts):
+        raise ConfigError(f"tasks.layouts {list(cfg.layouts)} must list distinct map sets of {list(LAYOUT_SETS)}")
+    if cfg.num_layouts < 1 or cfg.per_bin < 1:
+        raise ConfigError("tasks.num_layouts and tasks.per_bin must be >= 1")
+
+
+def task_maps(data: TrajectoryConfig, which: str, cfg: TaskConfig) -> np.ndarray:
+    """The maps `[L, G, G]` of set `which` for a world model trained on `data`: "train" = its first
+    `cfg.num_layouts` training maps; "heldout" = `cfg.num_layouts` held-out-split maps drawn from
+    `cfg.seed`, none equal to a training map (even when the model trained on layout_split=all)."""
+    train = make_layouts(data.env, data.num_layouts, data.layout_seed, data.layout_split)
+    if which == "train":
+        return train[:cfg.num_layouts]
+    return sample_maps(data.env, cfg.num_layouts, derive_seed(cfg.seed, 11), "heldout",
+                       exclude={m.tobytes() for m in train})
 
 
 def make_tasks(walls_all: np.ndarray, cfg: TaskConfig) -> Dict[str, np.ndarray]:
@@ -161,64 +188,78 @@ def run(cfg: PlanConfig, dry_run: bool = False) -> Optional[Path]:
         check_planner(p)
     if not cfg.checkpoint:
         raise ConfigError("plan: set checkpoint=<worldmodel run>/wm-latest.pt")
+    check_tasks(cfg.tasks)
     wm_cfg, wm, banks = load_trained(cfg.checkpoint)
     env_cfg = wm_cfg.data.env
-    walls_all = make_layouts(env_cfg, wm_cfg.data.num_layouts, wm_cfg.data.layout_seed)
-    tasks = make_tasks(walls_all, cfg.tasks)
+    sets = {}  # map set -> (its maps [L, G, G], its tasks)
+    for which in cfg.tasks.layouts:
+        maps = task_maps(wm_cfg.data, which, cfg.tasks)
+        sets[which] = (maps, make_tasks(maps, cfg.tasks))
     if dry_run:
         print(to_yaml(cfg))
-        print(f"{len(tasks['start'])} tasks in {len(cfg.tasks.bins)} bins on {env_cfg.name}; compute per plan: "
+        for which, (maps, tasks) in sets.items():
+            print(f"{which}: {len(tasks['start'])} tasks in {len(cfg.tasks.bins)} bins on {len(maps)} maps "
+                  f"({len({m.tobytes() for m in maps})} distinct) of {env_cfg.name}")
+        print("compute per plan: "
               f"cem {cfg.cem.compute()}, mppi {cfg.mppi.compute()}, hierarchical levels 1..K "
               f"{[c.compute() for c in cfg.hierarchical.levels]} + level-0 {cfg.hierarchical.level0.compute()}")
         return None
     run_dir = resolve_run_dir(cfg.folder, "plan", make_accelerator("float32"))
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    walls = walls_all[tasks["layout"]]
     results, episodes = [], {}
-    for method in cfg.methods:
-        for seed in cfg.seeds:
-            policy = build_policy(method, cfg, wm, banks, len(walls), seed)
-            t0 = time.perf_counter()
-            ep = run_episodes(policy, wm, env_cfg, walls, tasks["start"], tasks["goal"], cfg.max_steps,
-                              cfg.success_radius, seed)
-            wall = time.perf_counter() - t0
-            episodes[(method, seed)] = (ep, policy)
-            logger.info("%s seed %d: success %.1f%%, %.0fs, compute/episode %.0f", method, seed,
-                        100 * ep["success"].mean(), wall, ep["compute"].mean())
-            for b in range(len(cfg.tasks.bins)):
-                sel = tasks["bin"] == b
-                results.append({"method": method, "seed": seed, "bin": b, "success": ep["success"][sel],
-                                "steps": ep["steps"][sel], "plan_time": policy.plan_time / len(walls),
-                                "compute": ep["compute"][sel].mean()})
-    table = summarise(results, cfg)
+    for which, (walls_all, tasks) in sets.items():
+        walls = walls_all[tasks["layout"]]
+        for method in cfg.methods:
+            for seed in cfg.seeds:
+                policy = build_policy(method, cfg, wm, banks, len(walls), seed)
+                t0 = time.perf_counter()
+                ep = run_episodes(policy, wm, env_cfg, walls, tasks["start"], tasks["goal"], cfg.max_steps,
+                                  cfg.success_radius, seed)
+                wall = time.perf_counter() - t0
+                if which == cfg.tasks.layouts[0]:
+                    episodes[(method, seed)] = (ep, policy)
+                logger.info("%s layouts, %s seed %d: success %.1f%%, %.0fs, compute/episode %.0f", which, method,
+                            seed, 100 * ep["success"].mean(), wall, ep["compute"].mean())
+                for b in range(len(cfg.tasks.bins)):
+                    sel = tasks["bin"] == b
+                    results.append({"layouts": which, "method": method, "seed": seed, "bin": b,
+                                    "success": ep["success"][sel], "steps": ep["steps"][sel],
+                                    "plan_time": policy.plan_time / len(walls), "compute": ep["compute"][sel].mean()})
+    table = "\n\n".join(f"### {LAYOUT_SETS[w]}: {len({m.tobytes() for m in sets[w][0]})} maps\n\n"
+                        + summarise(results, cfg, w) for w in cfg.tasks.layouts)
     print(table)
     (run_dir / "results.md").write_text(table + "\n")
     _write_csv(results, cfg, run_dir / "results.csv")
-    plot_success(results, cfg.tasks.bins, cfg.methods, run_dir / "success_vs_distance.png")
+    plot_success(results, cfg.tasks.bins, cfg.methods, run_dir / "success_vs_distance.png", cfg.tasks.layouts)
     if cfg.examples > 0:  # examples=0: no episode figure (and no position probe to fit)
         probe = position_probe(wm, load_or_generate(wm_cfg.data), env_cfg)
+        walls_all, tasks = sets[cfg.tasks.layouts[0]]
         plot_episodes(episodes, tasks, walls_all, probe, cfg, run_dir / "episodes.png")
     logger.info("plan evaluation written to %s", run_dir)
     return run_dir
 
 
-def _stats(results, method, b):
-    rows = [r for r in results if r["method"] == method and r["bin"] == b]
+def _stats(results, layouts, method, b):
+    rows = [r for r in results if r.get("layouts") == layouts and r["method"] == method and r["bin"] == b]
     s = np.concatenate([r["success"] for r in rows]).astype(float)
     p = s.mean()
     return p, np.sqrt(p * (1 - p) / len(s)), len(s), rows
 
 
-def summarise(results, cfg: PlanConfig) -> str:
+def summarise(results, cfg: PlanConfig, layouts: str) -> str:
+    """The table of one map set."""
     bins = [f"[{lo:.2f}, {hi:.2f})" for lo, hi in cfg.tasks.bins]
-    head = "| method | " + " | ".join(f"success {b}" for b in bins) + " | plan time / episode (s) | compute / episode |"
-    lines = [head, "|" + " --- |" * (len(bins) + 3)]
+    head = ("| method | " + " | ".join(f"success {b}" for b in bins)
+            + " | success, all bins | plan time / episode (s) | compute / episode |")
+    lines = [head, "|" + " --- |" * (len(bins) + 4)]
     for m in cfg.methods:
         cells, rows_all = [], []
         for b in range(len(bins)):
-            p, se, n, rows = _stats(results, m, b)
+            p, se, n, rows = _stats(results, layouts, m, b)
             cells.append(f"{100 * p:.1f} ± {100 * se:.1f}")
             rows_all += rows
+        s = np.concatenate([r["success"] for r in rows_all]).astype(float)
+        cells.append(f"{100 * s.mean():.1f} ± {100 * np.sqrt(s.mean() * (1 - s.mean()) / len(s)):.1f}")
         t = np.mean([r["plan_time"] for r in rows_all])
         c = np.mean([r["compute"] for r in rows_all])
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {t:.3f} | {c:,.0f} |")
@@ -232,15 +273,14 @@ def summarise(results, cfg: PlanConfig) -> str:
 def _write_csv(results, cfg: PlanConfig, path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "bin_low", "bin_high", "success", "stderr", "episodes", "mean_steps_success",
+        w.writerow(["layouts", "method", "bin_low", "bin_high", "success", "stderr", "episodes", "mean_steps_success",
                     "plan_time_per_episode_s", "compute_per_episode"])
-        for m in cfg.methods:
-            for b, (lo, hi) in enumerate(cfg.tasks.bins):
-                p, se, n, rows = _stats(results, m, b)
-                succ = np.concatenate([r["success"] for r in rows])
-                steps = np.concatenate([r["steps"] for r in rows])[succ]
-                w.writerow([m, lo, hi, f"{p:.4f}", f"{se:.4f}", n, f"{steps.mean() if len(steps) else float('nan'):.1f}",
-                            f"{np.mean([r['plan_time'] for r in rows]):.4f}", int(np.mean([r["compute"] for r in rows]))])
+        for x, m, (b, (lo, hi)) in product(cfg.tasks.layouts, cfg.methods, enumerate(cfg.tasks.bins)):
+            p, se, n, rows = _stats(results, x, m, b)
+            succ = np.concatenate([r["success"] for r in rows])
+            steps = np.concatenate([r["steps"] for r in rows])[succ]
+            w.writerow([x, m, lo, hi, f"{p:.4f}", f"{se:.4f}", n, f"{steps.mean() if len(steps) else float('nan'):.1f}",
+                        f"{np.mean([r['plan_time'] for r in rows]):.4f}", int(np.mean([r["compute"] for r in rows]))])
 
 
 def _pyplot():
@@ -252,23 +292,28 @@ def _pyplot():
     return plt
 
 
-def plot_success(results, bins, methods, out_png: Path) -> None:
-    """Success rate (± s.e.) against the distance bin's centre, one line per method."""
+def plot_success(results, bins, methods, out_png: Path, layouts: Optional[List[str]] = None) -> None:
+    """Success rate (± s.e.) against the distance bin's centre, one line per method and map set: the
+    first set solid, the others dashed in the same colour (layouts None: rows carry no map set)."""
+    layouts = layouts or [None]
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     x = [0.5 * (lo + hi) for lo, hi in bins]
-    for m in methods:
-        stats = [_stats(results, m, b)[:2] for b in range(len(bins))]
-        p = np.array([s[0] for s in stats]) * 100
-        se = np.array([s[1] for s in stats]) * 100
-        ax.errorbar(x, p, yerr=se, marker="o", capsize=3, label=m)
+    for k, which in enumerate(layouts):
+        for i, m in enumerate(methods):
+            stats = [_stats(results, which, m, b)[:2] for b in range(len(bins))]
+            p = np.array([s[0] for s in stats]) * 100
+            se = np.array([s[1] for s in stats]) * 100
+            ax.errorbar(x, p, yerr=se, marker="o" if k == 0 else "x", capsize=3, color=f"C{i}",
+                        ls="-" if k == 0 else "--", alpha=1.0 if k == 0 else 0.5,
+                        label=m if which is None else f"{m} ({which})")
     ax.set_xlabel("shortest-path distance start -> goal (bin centre)")
     ax.set_ylabel("success rate (%)")
     ax.set_ylim(-3, 103)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    save_with_help(fig, out_png, "Success falls with distance. A planner that keeps its success in the far\nbins "
-                   "plans long horizons; bars: ± 1 s.e. over tasks and seeds.", dpi=110)
+    save_with_help(fig, out_png, f"Success falls with distance; solid: {layouts[0] or 'all'} maps. A planner that keeps its success\n"
+                   "in the far bins plans long horizons; bars: ± 1 s.e. over tasks and seeds.", dpi=110)
 
 
 def plot_episodes(episodes, tasks, walls_all, probe, cfg: PlanConfig, out_png: Path) -> None:
