@@ -228,3 +228,29 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch,
     for k, v in whole["model"].items():
         assert torch.equal(v, resumed["model"][k]), k
     assert all(torch.equal(a, b) for a, b in zip(whole["banks"], resumed["banks"]))
+
+
+def test_within_window_variance_ignores_the_scene_and_static_channels_hold_it():
+    """A state whose first channels move within a window and whose last channels only differ between
+    windows (a scene): batch statistics count the scene as variance; within-window centring does not;
+    scene channels (`static_dim`) are scored on their window means and their drift within a window."""
+    torch.manual_seed(0)
+    B, T = 64, 4
+    moving = 3.0 * torch.randn(B, T + 1, 2)
+    scene = 3.0 * torch.randn(B, 1, 2).expand(B, T + 1, 2)
+    z = torch.cat([moving, scene], -1)
+    frames, actions = torch.zeros(B, T + 1, 3, 16, 16), torch.zeros(B, T, 2)
+
+    def var_of(static_dim, within):
+        level = FrameLevel(EncoderConfig(dim=4, width=8, static_dim=static_dim), PredictorConfig(dim=16, depth=1, num_heads=2),
+                           img_size=16)
+        level.encode = lambda frames: z  # noqa: E731 (a fixed state instead of the encoder's)
+        return level.loss(frames, actions, LossWeights(rollout_steps=0, var_within_window=within))
+
+    assert var_of(0, False)["var"] < 0.05  # the scene meets the hinge over the batch
+    assert var_of(0, True)["var"] > 0.45  # centred: the two scene channels miss it entirely (hinge 1 each)
+    out = var_of(2, True)
+    assert out["var"] < 0.05 and out["static_var"] < 0.05  # agent channels move, scene channels spread
+    assert out["static_drift"] < 1e-10
+    with pytest.raises(ValueError, match="static_dim"):
+        FrameLevel(EncoderConfig(dim=4, width=8, static_dim=4), PredictorConfig(dim=16, depth=1, num_heads=2))

@@ -27,6 +27,8 @@ class EncoderConfig:
         travel, correlation with position distance 0.67); 8 dims gave a near-metric map (0.94).
         width: conv channels. vit: ViT shape (model_name etc.). patch_size / tubelet_size: ViT tokenisation.
         checkpoint: V-JEPA checkpoint to load (its `target_encoder`, else `encoder`). frozen: no training.
+        static_dim: the last `static_dim` of the `dim` channels are scene channels (walls): regularised to stay
+            constant within an episode and to differ across scenes (`loss.static`); the rest is the agent's state.
     """
 
     type: str = "conv"
@@ -37,6 +39,7 @@ class EncoderConfig:
     tubelet_size: int = 2
     checkpoint: Optional[str] = None
     frozen: bool = False
+    static_dim: int = 0
 
 
 class ConvEncoder(nn.Module):
