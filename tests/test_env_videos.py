@@ -245,6 +245,8 @@ def test_grid_pooling_keeps_cells_apart():
     torch.testing.assert_close(g[:, 0], torch.nn.functional.layer_norm(top_left, (96,)), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="grid"):
         VJEPAEncoder(EncoderConfig(type="vjepa", patch_size=8, grid=3), 64)
+    with pytest.raises(ValueError, match="grid"):
+        EncoderConfig(type="conv", grid=2)
 
 
 def test_world_model_run_caches_the_backbone_once_and_never_reads_a_stale_cache(tmp_path, monkeypatch):

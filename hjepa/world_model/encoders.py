@@ -54,8 +54,8 @@ class EncoderConfig:
             raise ValueError(f"encoder.head {self.head!r} unknown; valid: {list(HEADS)}")
         if self.head != "none" and not self.frozen:
             raise ValueError("encoder.head trains on a frozen encoder: set encoder.frozen: true (or head: none)")
-        if self.grid < 1:
-            raise ValueError(f"encoder.grid must be >= 1, got {self.grid}")
+        if self.grid < 1 or (self.grid > 1 and self.type != "vjepa"):
+            raise ValueError(f"encoder.grid {self.grid}: must be >= 1, and 1 unless encoder.type is vjepa (token grid)")
 
 
 HEADS = ("none", "linear", "mlp")
