@@ -1,6 +1,8 @@
 """Environment videos for V-JEPA pretraining, and the world model's frozen V-JEPA frame encoder."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -172,3 +174,117 @@ def test_standardized_frozen_features_have_unit_spread_and_survive_a_checkpoint(
     again.load_state_dict(enc.state_dict())  # the map is part of the world model's state
     with torch.no_grad():
         torch.testing.assert_close(again.eval()(frames), z, atol=1e-4, rtol=1e-4)
+
+
+def _frame_and_feature_batches(enc, data, env, window, idx, cache_dir=None):
+    from hjepa.world_model.encoders import frozen_part
+    from hjepa.world_model.feature_cache import FeatureWindows, encode_dataset
+
+    z = encode_dataset(frozen_part(enc), data, env, batch=7, cache_dir=cache_dir)
+    return (TrajectoryWindows(data, env, window).batch(idx), FeatureWindows(z, data, window).batch(idx))
+
+
+@pytest.mark.parametrize("head", ["none", "linear", "mlp"])
+def test_cached_features_give_the_frame_path_loss(head):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(num_trajectories=4, length=6)
+    data = generate(cfg)
+    enc = EncoderConfig(type="vjepa", patch_size=16, frozen=True, head=head, dim=8)
+    level = FrameLevel(enc, PredictorConfig(dim=16, depth=1, num_heads=2)).train()
+    idx = np.array([0, 3, 5, 9, 12])
+    frames, feats = _frame_and_feature_batches(level.encoder, data, cfg.env, 4, idx)
+    assert feats["features"].shape == (5, 4, 96)
+    assert torch.equal(frames["actions"], feats["actions"]) and torch.equal(frames["states"], feats["states"])
+    w = LossWeights(rollout_steps=2)
+    a = level.loss(frames["frames"], frames["actions"][:, :, 0], w)
+    b = level.loss(feats["features"], feats["actions"][:, :, 0], w)
+    assert a.keys() == b.keys() and (("var" in a) == (head != "none"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5)
+
+
+def test_head_trains_on_a_frozen_backbone_that_gets_no_gradient():
+    from hjepa.world_model.encoders import HeadedEncoder, build_frame_encoder
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg(num_trajectories=4, length=6)
+    batch = TrajectoryWindows(generate(cfg), cfg.env, window=3).batch(np.arange(6))
+    enc = EncoderConfig(type="vjepa", patch_size=16, frozen=True, head="mlp", dim=8)
+    level = FrameLevel(enc, PredictorConfig(dim=16, depth=1, num_heads=2)).train()
+    assert isinstance(level.encoder, HeadedEncoder) and not level.encoder.backbone.training
+    before = {k: v.clone() for k, v in level.encoder.backbone.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in level.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        out = level.loss(batch["frames"], batch["actions"][:, :, 0], LossWeights(rollout_steps=1))
+        opt.zero_grad()
+        out["loss"].backward()
+        assert all(p.grad is None for p in level.encoder.backbone.parameters())
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in level.encoder.head.parameters())
+        opt.step()
+    assert out["z"].shape == (6, 3, 8) and {"var", "cov", "idm", "smooth"} <= out.keys()
+    assert all(torch.equal(v, level.encoder.backbone.state_dict()[k]) for k, v in before.items())
+    # head: none is today's frozen encoder (pooled ViT feature, no regularisers); a head needs frozen: true
+    assert isinstance(build_frame_encoder(EncoderConfig(type="vjepa", patch_size=16), 64), VJEPAEncoder)
+    with pytest.raises(ValueError, match="frozen"):
+        EncoderConfig(type="vjepa", head="linear")
+    with pytest.raises(ValueError, match="valid"):
+        EncoderConfig(type="vjepa", frozen=True, head="deep")
+
+
+def test_grid_pooling_keeps_cells_apart():
+    torch.manual_seed(0)
+    cfg = tiny_cfg(num_trajectories=2, length=3)
+    frames = TrajectoryWindows(generate(cfg), cfg.env, window=4).batch(np.arange(2))["frames"].flatten(0, 1)
+    one = VJEPAEncoder(EncoderConfig(type="vjepa", patch_size=8), 64).eval()
+    two = VJEPAEncoder(EncoderConfig(type="vjepa", patch_size=8, grid=2), 64).eval()
+    two.vit.load_state_dict(one.vit.state_dict())
+    with torch.no_grad():
+        h = one.vit((frames - one.mean) / one.std)  # [8, 64 tokens, 96]
+        g = two(frames).view(8, 4, 96)
+    top_left = h.view(8, 8, 8, 96)[:, :4, :4].mean((1, 2))
+    torch.testing.assert_close(g[:, 0], torch.nn.functional.layer_norm(top_left, (96,)), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="grid"):
+        VJEPAEncoder(EncoderConfig(type="vjepa", patch_size=8, grid=3), 64)
+    with pytest.raises(ValueError, match="grid"):
+        EncoderConfig(type="conv", grid=2)
+
+
+def test_world_model_run_caches_the_backbone_once_and_never_reads_a_stale_cache(tmp_path, monkeypatch):
+    from hjepa.world_model import feature_cache
+    from hjepa.world_model import train as wm_train
+    from vjepa.engine.config import load_config
+
+    fake_pretrain_checkpoint(tmp_path / "jepa-latest.pt")
+
+    def cfg_for(folder, head="linear"):
+        return load_config(wm_train.WorldModelConfig, overrides=[
+            "data.num_trajectories=6", "data.length=8", "data.cache_dir=null", "encoder.type=vjepa",
+            "encoder.patch_size=8", f"encoder.checkpoint={tmp_path / 'jepa-latest.pt'}", "encoder.frozen=true",
+            f"encoder.head={head}", "encoder.dim=8", f"encoder.cache_dir={tmp_path / 'features'}",
+            "predictor.dim=16", "predictor.depth=1", "stage.steps=2", "stage.batch_size=4", "stage.window=3",
+            "stage.warmup=1", "levels.0.stride=2", "levels.0.pred_embed_dim=16", "levels.0.pred_depth=1",
+            "levels.0.stage.steps=2", "levels.0.stage.batch_size=4", "levels.0.stage.window=2",
+            "levels.0.stage.warmup=1", "levels.0.bank_size=8", "logging.progress_bar=false",
+            "logging.tensorboard=false", f"logging.folder={folder}"])
+
+    rendered = []
+    real_render = wm_train.TrajectoryWindows.batch
+    monkeypatch.setattr(wm_train.TrajectoryWindows, "batch", lambda *a: rendered.append(1) or real_render(*a))
+    wm_train.train(cfg_for(tmp_path / "a"))
+    assert not rendered  # every level read cached features
+    (cached,) = list((tmp_path / "features").glob("*.pt"))
+    state = torch.load(tmp_path / "a" / "wm-latest.pt", weights_only=True)
+    assert state["steps"] == [2, 2]
+    # the same backbone under another head: the cache is read, not recomputed
+    monkeypatch.setattr(feature_cache, "_encode", lambda *a: pytest.fail("encoded again instead of reading"))
+    wm_train.train(cfg_for(tmp_path / "b", head="mlp"))
+    monkeypatch.undo()
+    # other backbone weights: a new cache file, the old one is never read
+    pre = torch.load(tmp_path / "jepa-latest.pt", weights_only=False)
+    pre["target_encoder"] = {k: v + 0.01 for k, v in pre["target_encoder"].items()}
+    torch.save(pre, tmp_path / "jepa-latest.pt")
+    real_load = torch.load
+    monkeypatch.setattr(feature_cache.torch, "load", lambda p, *a, **k: (
+        pytest.fail("read a stale cache") if Path(p) == cached else real_load(p, *a, **k)))
+    wm_train.train(cfg_for(tmp_path / "c"))
+    assert len(list((tmp_path / "features").glob("*.pt"))) == 2

@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from data.config import DataAugConfig
 from vjepa.engine import checkpoint as ckpt
@@ -22,13 +23,20 @@ from vjepa.models import ModelConfig, build_encoder
 class EncoderConfig:
     """Args:
         type: "conv" (small CNN, CPU runs) or "vjepa" (the V-JEPA video ViT of vjepa.models, mean-pooled).
-        dim: representation width (conv only; the ViT gives its embed_dim). Small on purpose: the state is
+        dim: representation width: the conv encoder's, or the trained head's on a frozen backbone (`head` not
+        "none"; with no head the ViT gives its embed_dim). Small on purpose: the state is
         2-D, and with 32 dims the VICReg-spread features saturated (latent distance flat beyond ~0.2 of
         travel, correlation with position distance 0.67); 8 dims gave a near-metric map (0.94).
         width: conv channels. vit: ViT shape (model_name etc.). patch_size / tubelet_size: ViT tokenisation.
         checkpoint: V-JEPA checkpoint to load (its `target_encoder`, else `encoder`). frozen: no training.
         static_dim: the last `static_dim` of the `dim` channels are scene channels (walls): regularised to stay
             constant within an episode and to differ across scenes (`loss.static`); the rest is the agent's state.
+        head: "none" | "linear" | "mlp": a head trained with the predictor on the frozen encoder's output
+        (needs frozen: true); the state is the head's `dim`-d output, the backbone stays frozen in eval mode.
+        grid: the ViT's patch tokens are average-pooled to grid x grid cells (each layer-normed, concatenated:
+        grid^2 x embed_dim features); 1 = one mean-pooled vector.
+        cache_dir: where a frozen encoder's outputs on the training dataset are cached (feature_cache.py;
+        None = encode at every run, still once per run).
     """
 
     type: str = "conv"
@@ -40,6 +48,20 @@ class EncoderConfig:
     checkpoint: Optional[str] = None
     frozen: bool = False
     static_dim: int = 0
+    head: str = "none"
+    grid: int = 1
+    cache_dir: Optional[str] = "data_cache/features"
+
+    def __post_init__(self):
+        if self.head not in HEADS:
+            raise ValueError(f"encoder.head {self.head!r} unknown; valid: {list(HEADS)}")
+        if self.head != "none" and not self.frozen:
+            raise ValueError("encoder.head trains on a frozen encoder: set encoder.frozen: true (or head: none)")
+        if self.grid < 1 or (self.grid > 1 and self.type != "vjepa"):
+            raise ValueError(f"encoder.grid {self.grid}: must be >= 1, and 1 unless encoder.type is vjepa (token grid)")
+
+
+HEADS = ("none", "linear", "mlp")
 
 
 class ConvEncoder(nn.Module):
@@ -78,7 +100,12 @@ class VJEPAEncoder(nn.Module):
         super().__init__()
         self.vit = build_encoder(cfg.vit, img_size=img_size, num_frames=cfg.tubelet_size,
                                  patch_size=cfg.patch_size, tubelet_size=cfg.tubelet_size)
-        self.dim = self.vit.embed_dim
+        if (img_size // cfg.patch_size) % cfg.grid:
+            raise ValueError(f"encoder.grid {cfg.grid} must divide the {img_size // cfg.patch_size} x "
+                             f"{img_size // cfg.patch_size} token grid (data.env.img_size / encoder.patch_size)")
+        self.grid, self.tokens = cfg.grid, img_size // cfg.patch_size
+        self.embed_dim = self.vit.embed_dim
+        self.dim = self.embed_dim * cfg.grid ** 2
         aug = DataAugConfig()
         mean, std = aug.mean, aug.std
         if cfg.checkpoint:
@@ -101,7 +128,12 @@ class VJEPAEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.vit((x - self.mean) / self.std)  # [B, N, D], N = (S / patch)^2 tokens of one tubelet
-        return (F.layer_norm(h.mean(1), (self.dim,)) - self.out_mean) / self.out_std
+        if self.grid == 1:
+            pooled = F.layer_norm(h.mean(1), (self.embed_dim,))
+        else:  # [B, H*W, D] -> [B, g*g, D] cell means, each layer-normed -> [B, g*g*D]
+            cells = F.adaptive_avg_pool2d(rearrange(h, "b (y x) d -> b d y x", y=self.tokens), self.grid)
+            pooled = F.layer_norm(rearrange(cells, "b d y x -> b (y x) d"), (self.embed_dim,)).flatten(1)
+        return (pooled - self.out_mean) / self.out_std
 
     @torch.no_grad()
     def standardize_(self, z: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -112,6 +144,42 @@ class VJEPAEncoder(nn.Module):
         self.out_mean.copy_(raw.mean(0).to(self.out_mean.dtype))
         self.out_std.copy_((raw.std(0) + eps).to(self.out_std.dtype))
         return ((raw - self.out_mean.double()) / self.out_std.double()).to(z.dtype).view_as(z)
+
+
+class HeadedEncoder(nn.Module):
+    """A frozen backbone (any frame encoder `[B, C, S, S]` -> `[B, F]`) and a trained head `[B, F]` -> `[B, D]`.
+
+    The backbone gets no gradient and stays in eval mode whatever `train()` is called with (its dropout,
+    BatchNorm statistics and outputs never change), so its outputs can be cached once per dataset
+    (`feature_cache.encode_dataset(enc.backbone, ...)`) and the head run on them: `head(features)`.
+    A BatchNorm first (running statistics in eval mode, as the conv encoder's): each frozen feature varies
+    little across states (the agent moves a few tokens) around a large shared part; standardised per
+    dimension, the variation is what the head sees.
+    """
+
+    def __init__(self, backbone: nn.Module, kind: str, dim: int):
+        super().__init__()
+        self.backbone = backbone.requires_grad_(False).eval()
+        F_in = backbone.dim
+        if kind == "linear":
+            self.head = nn.Sequential(nn.BatchNorm1d(F_in), nn.Linear(F_in, dim))
+        elif kind == "mlp":
+            self.head = nn.Sequential(nn.BatchNorm1d(F_in), nn.Linear(F_in, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        else:
+            raise ValueError(f"head {kind!r} unknown; valid: ['linear', 'mlp']")
+        self.dim = dim
+
+    def train(self, mode: bool = True) -> "HeadedEncoder":
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
 
 
 def _first_shape(e: Exception) -> str:
@@ -159,7 +227,21 @@ def build_frame_encoder(cfg: EncoderConfig, img_size: int) -> nn.Module:
     if cfg.type == "conv":
         if img_size % 16:
             raise ValueError(f"conv encoder needs img_size divisible by 16, got {img_size}")
-        return ConvEncoder(3, cfg.dim, cfg.width, img_size)
-    if cfg.type == "vjepa":
-        return VJEPAEncoder(cfg, img_size)
-    raise ValueError(f"encoder.type {cfg.type!r} unknown; valid: ['conv', 'vjepa']")
+        enc = ConvEncoder(3, cfg.dim, cfg.width, img_size)
+    elif cfg.type == "vjepa":
+        enc = VJEPAEncoder(cfg, img_size)
+    else:
+        raise ValueError(f"encoder.type {cfg.type!r} unknown; valid: ['conv', 'vjepa']")
+    return enc if cfg.head == "none" else HeadedEncoder(enc, cfg.head, cfg.dim)
+
+
+def frozen_part(encoder: nn.Module) -> nn.Module:
+    """The part of a frozen frame encoder whose outputs can be cached: a headed encoder's backbone, else all of it."""
+    return encoder.backbone if isinstance(encoder, HeadedEncoder) else encoder
+
+
+def from_features(encoder: nn.Module, f: torch.Tensor) -> torch.Tensor:
+    """The encoder's output from its `frozen_part`'s cached output `f [..., F]` -> `[..., D]`."""
+    if not isinstance(encoder, HeadedEncoder):
+        return f
+    return encoder.head(f.reshape(-1, f.shape[-1])).view(*f.shape[:-1], encoder.dim)

@@ -33,7 +33,7 @@ from timm.layers import Mlp
 
 from hjepa.blocks import ACPredictor, MacroActionEncoder, block_causal_mask  # noqa: F401 (re-exported for users)
 from hjepa.levels import Level, LevelConfig, action_level_loss, validate_level
-from hjepa.world_model.encoders import EncoderConfig, build_frame_encoder
+from hjepa.world_model.encoders import EncoderConfig, build_frame_encoder, from_features
 from vjepa.regularizers import vicreg_terms
 
 logger = logging.getLogger(__name__)
@@ -86,8 +86,9 @@ class FrameLevel(nn.Module):
     def __init__(self, enc: EncoderConfig, pred: PredictorConfig, img_size: int = 64, action_dim: int = 2):
         super().__init__()
         self.encoder = build_frame_encoder(enc, img_size)
-        self.frozen_encoder = enc.frozen
-        if enc.frozen:
+        self.frozen_encoder = enc.frozen and enc.head == "none"  # with a head, the head trains (regularised)
+        self.cacheable = enc.frozen  # `frozen_part(encoder)`'s outputs never change: training may read them cached
+        if self.frozen_encoder:
             self.encoder.requires_grad_(False).eval()
         D = self.encoder.dim
         self.static_dim = enc.static_dim
@@ -104,17 +105,31 @@ class FrameLevel(nn.Module):
         B = frames.shape[0]
         return rearrange(self.encoder(rearrange(frames, "b t c h w -> (b t) c h w")), "(b t) d -> b t d", b=B)
 
+    def train(self, mode: bool = True) -> "FrameLevel":
+        super().train(mode)
+        if self.frozen_encoder:
+            self.encoder.eval()  # frozen: its outputs (BatchNorm, dropout) never depend on the mode
+        return self
+
+    def from_features(self, f: torch.Tensor) -> torch.Tensor:
+        """Cached outputs of the frozen encoder (`frozen_part`) `[..., F]` -> states `[..., D]` (the head, if any)."""
+        return from_features(self.encoder, f)
+
     def forward(self, frames: torch.Tensor, actions: torch.Tensor, w: LossWeights) -> Dict[str, torch.Tensor]:
         """The training loss (through `forward`, so a DDP wrapper sees the call and syncs gradients)."""
         return self.loss(frames, actions, w)
 
     def loss(self, frames: torch.Tensor, actions: torch.Tensor, w: LossWeights) -> Dict[str, torch.Tensor]:
-        """frames `[B, T+1, C, H, W]`, actions `[B, T, A]` -> dict of scalar losses ("loss" is the total)."""
+        """frames `[B, T+1, C, H, W]` (or, with a frozen encoder, its cached outputs `[B, T+1, F]`, see
+        feature_cache.py), actions `[B, T, A]` -> dict of scalar losses ("loss" is the total)."""
+        if frames.ndim == 3 and not self.cacheable:
+            raise ValueError(f"cached features {tuple(frames.shape)} given to a trainable encoder; pass frames")
+        enc = self.from_features if frames.ndim == 3 else self.encode
         if self.frozen_encoder:
             with torch.no_grad():
-                z = self.encode(frames)
+                z = enc(frames)
         else:
-            z = self.encode(frames)  # [B, T+1, D]
+            z = enc(frames)  # [B, T+1, D]
         T = actions.shape[1]
         target = z[:, 1:]
         tf = (self.predictor(z[:, :T], actions) - target).abs().mean()

@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from data.generated.trajectories import TrajectoryConfig, TrajectoryWindows, load_or_generate
 from data.seeding import derive_seed
-from hjepa.world_model.encoders import EncoderConfig
+from hjepa.world_model.encoders import EncoderConfig, frozen_part
+from hjepa.world_model.feature_cache import FeatureWindows, encode_dataset
 from hjepa.levels import LevelConfig
 from hjepa.world_model.model import ActionLevelObjective, LossWeights, PredictorConfig, WorldModel
 from vjepa.engine import checkpoint as ckpt
@@ -202,7 +203,8 @@ def level_inputs(wm: WorldModel, k: int, b: Dict[str, torch.Tensor]) -> tuple:
     """Inputs of level k >= 1 from a window batch at its span: (level k-1 states `[B, W, D]`, chunks of level
     k-1 actions `[B, W-1, stride_k, A_{k-1}]`), from the frozen levels below (no gradient)."""
     with torch.no_grad():
-        u = wm.state(wm.encode(b["frames"]), k - 1)
+        z0 = wm.levels[0].from_features(b["features"]) if "features" in b else wm.encode(b["frames"])
+        u = wm.state(z0, k - 1)
         a = b["actions"]  # [B, W-1, span_k, A]
         sub = wm.span(k - 1)
         chunks = wm.macro(a.reshape(*a.shape[:2], -1, sub, a.shape[-1]), k - 1)  # [B, W-1, stride_k, A_{k-1}]
@@ -262,24 +264,31 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
     t0 = time.time()
     data = load_or_generate(cfg.data)
     logger.info("dataset: %d trajectories of %d steps (%.1fs)", *data["actions"].shape[:2], time.time() - t0)
+    feats = None
+    if wm.levels[0].cacheable:  # frozen encoder: its outputs on every state, once (feature_cache.py)
+        t1 = time.time()
+        feats = encode_dataset(frozen_part(wm.encoder), data, cfg.data.env, cache_dir=cfg.encoder.cache_dir)
+        logger.info("frozen-encoder features %s (%.0fs)", tuple(feats.shape), time.time() - t1)
     for k, st in enumerate(stages):
         if stop and sum(steps) >= stop:
             break
         if steps[k] >= st.steps:
             continue
-        run_level(k, wm, wrapped[k], opts[k], st, steps, stop, data, cfg, accelerator, run_dir, latest, opts)
+        run_level(k, wm, wrapped[k], opts[k], st, steps, stop, data, cfg, accelerator, run_dir, latest, opts, feats)
     save(accelerator, latest, wm, opts, steps, data, cfg)
     logger.info("done in %.0fs: steps %s, checkpoint %s", time.time() - t0, steps, latest)
     return run_dir
 
 
 def run_level(k, wm, model, opt, st: StageConfig, steps, stop, data, cfg: WorldModelConfig, accelerator, run_dir,
-              latest, opts) -> None:
+              latest, opts, feats: Optional[torch.Tensor] = None) -> None:
     """Train level k (level 0: frames and actions; k >= 1: on the frozen levels below) until its stage ends
-    or the run's `max_steps` is reached, logging to `<run>/metrics.csv` (level 0) or `<run>/level<k>/`."""
+    or the run's `max_steps` is reached, logging to `<run>/metrics.csv` (level 0) or `<run>/level<k>/`.
+    `feats`: the frozen encoder's cached outputs `[N, T+1, F]`, read in place of rendered frames."""
     main, lg = accelerator.is_main_process, cfg.logging
     span = wm.span(k)
-    windows = TrajectoryWindows(data, cfg.data.env, st.window, span)
+    windows = (FeatureWindows(feats, data, st.window, span) if feats is not None
+               else TrajectoryWindows(data, cfg.data.env, st.window, span))
     stream = batches(windows, st.batch_size, cfg.meta.seed, k, steps[k], accelerator)
     folder = run_dir / f"level{k}" if k else run_dir
     folder.mkdir(exist_ok=True)
@@ -292,7 +301,8 @@ def run_level(k, wm, model, opt, st: StageConfig, steps, stop, data, cfg: WorldM
     while steps[k] < st.steps and not (stop and sum(steps) >= stop):
         lr = set_lr(opt, st, steps[k])
         b = next(stream)
-        inputs = (b["frames"], b["actions"][:, :, 0], cfg.loss) if k == 0 else level_inputs(wm, k, b)
+        x = b["features"] if "features" in b else b["frames"]
+        inputs = (x, b["actions"][:, :, 0], cfg.loss) if k == 0 else level_inputs(wm, k, b)
         out = optimizer_step(accelerator, opt, partial(objective, model, *inputs), (model,), sum(steps),
                              st.clip_grad, {"": model})
         if k:
