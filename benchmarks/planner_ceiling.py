@@ -1,0 +1,88 @@
+"""What the planners can reach with a perfect world model: flat planning (CEM / MPPI of a plan config) with
+the TRUE dynamics (state = the agent's position, the environment's own step function with its walls) and
+the same cost as with a learned model (sum over the horizon of the Euclidean distance to the goal state),
+on the plan config's own task set. If this ceiling is low, a better learned model cannot fix the planner.
+
+    python benchmarks/planner_ceiling.py [--world configs/worldmodel/two_rooms.yaml]
+        [--plan configs/plan/two_rooms.yaml] [--layouts heldout] [--method cem] [key.sub=value ...]
+
+Overrides apply to the plan config (e.g. tasks.per_bin=25 cem.horizon=32). Prints success per distance bin.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data.generated.envs import EnvConfig, step_positions  # noqa: E402
+from hjepa.world_model.evaluate import PlanConfig, make_tasks, run_episodes, task_maps  # noqa: E402
+from hjepa.world_model.planning import FlatPlanner  # noqa: E402
+from hjepa.world_model.train import WorldModelConfig  # noqa: E402
+from vjepa.engine.config import load_config  # noqa: E402
+
+
+class TrueDynamics:
+    """`ACPredictor`-shaped rollout of the real step function: problems `[B]` each with its own walls; the
+    B x N candidates of a planner come problem-major, N per problem."""
+
+    def __init__(self, walls: np.ndarray, env: EnvConfig):
+        self.walls, self.env = walls, env
+
+    def rollout(self, z0: torch.Tensor, actions: torch.Tensor, context=None) -> torch.Tensor:
+        walls = np.repeat(self.walls, z0.shape[0] // len(self.walls), 0)
+        pos = z0[:, -1].numpy().astype(np.float64)
+        out = []
+        for h in range(actions.shape[1]):
+            pos = step_positions(walls, pos, actions[:, h].numpy(), self.env)
+            out.append(torch.from_numpy(pos).float())
+        return torch.stack(out, 1)
+
+
+class PositionEncoder:
+    """Image -> the agent's position (centroid of the agent channel): a perfect encoder."""
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        m = frames[:, 1]
+        c = (torch.arange(m.shape[-1], dtype=torch.float32) + 0.5) / m.shape[-1]
+        w = m / m.sum((1, 2), keepdim=True)
+        return torch.stack([(w.sum(1) * c).sum(-1), (w.sum(2) * c).sum(-1)], -1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--world", default="configs/worldmodel/two_rooms.yaml", help="world-model config (its maps)")
+    p.add_argument("--plan", default="configs/plan/two_rooms.yaml")
+    p.add_argument("--layouts", default="heldout", choices=["heldout", "train"])
+    p.add_argument("--method", default="cem", choices=["cem", "mppi"])
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    wm_cfg = load_config(WorldModelConfig, args.world)
+    cfg = load_config(PlanConfig, args.plan, overrides=args.overrides)
+    env = wm_cfg.data.env
+    maps = task_maps(wm_cfg.data, args.layouts, cfg.tasks)
+    tasks = make_tasks(maps, cfg.tasks)
+    walls = maps[tasks["layout"]]
+    pc = getattr(cfg, args.method)
+    print(f"{env.name}, {args.layouts} maps, {args.method} horizon {pc.horizon} samples {pc.samples} "
+          f"iterations {pc.iterations} replan_every {pc.replan_every}, true dynamics, seeds {cfg.seeds}")
+    print("| seed | " + " | ".join(f"[{lo}, {hi})" for lo, hi in cfg.tasks.bins) + " | all | s/episode |")
+    print("|---" * (len(cfg.tasks.bins) + 3) + "|")
+    for seed in cfg.seeds:
+        planner = FlatPlanner(TrueDynamics(walls, env), pc, seed)
+        t0 = time.perf_counter()
+        ep = run_episodes(planner, PositionEncoder(), env, walls, tasks["start"], tasks["goal"], cfg.max_steps,
+                          cfg.success_radius, seed)
+        s = ep["success"]
+        cells = [f"{100 * s[tasks['bin'] == b].mean():.0f}" for b in range(len(cfg.tasks.bins))]
+        print(f"| {seed} | " + " | ".join(cells) + f" | {100 * s.mean():.1f} | {(time.perf_counter() - t0) / len(s):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
