@@ -268,8 +268,8 @@ def test_world_model_run_caches_the_backbone_once_and_never_reads_a_stale_cache(
             "logging.tensorboard=false", f"logging.folder={folder}"])
 
     rendered = []
-    real_render = wm_train.TrajectoryWindows.batch
-    monkeypatch.setattr(wm_train.TrajectoryWindows, "batch", lambda *a: rendered.append(1) or real_render(*a))
+    real_render = wm_train.TrajectoryWindows.observe
+    monkeypatch.setattr(wm_train.TrajectoryWindows, "observe", lambda *a: rendered.append(1) or real_render(*a))
     wm_train.train(cfg_for(tmp_path / "a"))
     assert not rendered  # every level read cached features
     (cached,) = list((tmp_path / "features").glob("*.pt"))

@@ -158,15 +158,20 @@ class TrajectoryWindows:
         if idx.min() < 0 or idx.max() >= len(self):
             raise IndexError(f"window index out of range [0, {len(self)})")
         n, t0 = idx // self.starts_per_traj, idx % self.starts_per_traj
-        W, s = self.window, self.stride
+        W, s, B = self.window, self.stride, len(idx)
         t = t0[:, None] + s * np.arange(W)[None]  # [B, W]
+        steps = t0[:, None] + np.arange((W - 1) * s)[None]  # [B, (W-1) s]
+        actions = self.data["actions"][n[:, None], steps].reshape(B, W - 1, s, 2)
+        out = self.observe(n, t)
+        out.update({"actions": torch.from_numpy(actions), "states": torch.from_numpy(self.data["states"][n[:, None], t])})
+        return out
+
+    def observe(self, n: np.ndarray, t: np.ndarray) -> Dict[str, torch.Tensor]:
+        """What the model sees at states (n `[B]`, t `[B, W]`): rendered frames `[B, W, 3, S, S]`."""
+        B, W = t.shape
         states = self.data["states"][n[:, None], t]  # [B, W, 2]
         dis = self.data["distractors"][n[:, None], t]  # [B, W, K, 4]
         walls = self.data["walls"][self.data["layout"][n]]  # [B, G, G]
-        B = len(idx)
         frames = render(np.repeat(walls, W, axis=0), states.reshape(B * W, 2), self.env,
                         dis.reshape(B * W, *dis.shape[2:]))
-        steps = t0[:, None] + np.arange((W - 1) * s)[None]  # [B, (W-1) s]
-        actions = self.data["actions"][n[:, None], steps].reshape(B, W - 1, s, 2)
-        return {"frames": torch.from_numpy(frames).view(B, W, *frames.shape[1:]),
-                "actions": torch.from_numpy(actions), "states": torch.from_numpy(states)}
+        return {"frames": torch.from_numpy(frames).view(B, W, *frames.shape[1:])}

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from data.generated.envs import EnvConfig, render
+from data.generated.trajectories import TrajectoryWindows
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def encode_dataset(encoder: nn.Module, data: Dict[str, np.ndarray], env: EnvConf
     return z
 
 
-class FeatureWindows:
+class FeatureWindows(TrajectoryWindows):
     """`data.generated.trajectories.TrajectoryWindows` on cached features: the same windows, index for
     index, with `features` `[B, W, F]` (= `z[n, t]`) in place of rendered `frames`.
 
@@ -115,26 +116,10 @@ class FeatureWindows:
     """
 
     def __init__(self, z: torch.Tensor, data: Dict[str, np.ndarray], window: int, stride: int = 1):
-        T = data["actions"].shape[1]
         if tuple(z.shape[:2]) != tuple(data["states"].shape[:2]):
             raise ValueError(f"features {tuple(z.shape)} do not fit the dataset's states {data['states'].shape[:2]}")
-        span = (window - 1) * stride
-        if window < 2 or stride < 1 or span > T:
-            raise ValueError(f"window {window} x stride {stride} does not fit trajectories of {T} steps")
-        self.z, self.data, self.window, self.stride = z, data, window, stride
-        self.starts_per_traj = T - span + 1
+        super().__init__(data, None, window, stride)
+        self.z = z
 
-    def __len__(self) -> int:
-        return len(self.data["states"]) * self.starts_per_traj
-
-    def batch(self, idx: np.ndarray) -> Dict[str, torch.Tensor]:
-        idx = np.asarray(idx)
-        if idx.min() < 0 or idx.max() >= len(self):
-            raise IndexError(f"window index out of range [0, {len(self)})")
-        n, t0 = idx // self.starts_per_traj, idx % self.starts_per_traj
-        W, s, B = self.window, self.stride, len(idx)
-        t = t0[:, None] + s * np.arange(W)[None]  # [B, W]
-        steps = t0[:, None] + np.arange((W - 1) * s)[None]  # [B, (W-1) s]
-        actions = self.data["actions"][n[:, None], steps].reshape(B, W - 1, s, 2)
-        return {"features": self.z[torch.from_numpy(n[:, None]), torch.from_numpy(t)],
-                "actions": torch.from_numpy(actions), "states": torch.from_numpy(self.data["states"][n[:, None], t])}
+    def observe(self, n: np.ndarray, t: np.ndarray) -> Dict[str, torch.Tensor]:
+        return {"features": self.z[torch.from_numpy(n[:, None]), torch.from_numpy(t)]}
