@@ -254,3 +254,18 @@ def test_within_window_variance_ignores_the_scene_and_static_channels_hold_it():
     assert out["static_drift"] < 1e-10
     with pytest.raises(ValueError, match="static_dim"):
         FrameLevel(EncoderConfig(dim=4, width=8, static_dim=4), PredictorConfig(dim=16, depth=1, num_heads=2))
+
+
+def test_a_level_can_roll_out_further_than_level_zero():
+    from hjepa.world_model.train import WorldModelConfig, build_model, level_objectives
+    from vjepa.engine.config import load_config
+
+    cfg = load_config(WorldModelConfig, raw={"loss": {"rollout_steps": 2},
+                                             "levels": [{"stride": 2, "rollout_steps": 5}, {"stride": 2}]})
+    objs = level_objectives(build_model(cfg), cfg)
+    assert [o.w.rollout_steps for o in objs[1:]] == [5, 2] and objs[0] is not objs[1].level
+    torch.manual_seed(0)
+    u, sub = torch.randn(2, 7, 8), torch.randn(2, 6, 2, 2)  # level-0 states (8-d), primitive actions
+    assert "rollout" in objs[1](u, sub)
+    cfg0 = load_config(WorldModelConfig, raw={"levels": [{"stride": 2, "rollout_steps": 0}]})
+    assert "rollout" not in level_objectives(build_model(cfg0), cfg0)[1](u, sub)

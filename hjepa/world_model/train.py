@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Dict, Iterator, List, Optional
@@ -64,7 +64,9 @@ def _level_stage() -> StageConfig:
 class WorldLevelConfig(LevelConfig):
     """A world-model level above level 0 (an entry of `levels:`): an H-JEPA level (`hjepa.levels.LevelConfig`,
     with `actions: true`), plus its optimisation `stage` (windows of `stage.window` level steps) and
-    `bank_size`: training chunks whose macro codes form the support the hierarchical planner is confined to.
+    `bank_size`: training chunks whose macro codes form the support the hierarchical planner is confined to;
+    `rollout_steps`: this level's autoregressive rollout loss steps (None = `loss.rollout_steps`; a level is
+    accurate about as far as its training rollout reaches, so a long-horizon level wants `stage.window - 1`).
     Defaults: today's CPU level 1 (stride 8, 2-d macro-actions, a 2 x 32 predictor, `encoder: identity`)."""
 
     stride: int = 8
@@ -75,6 +77,7 @@ class WorldLevelConfig(LevelConfig):
     pred_depth: int = 2
     stage: StageConfig = field(default_factory=_level_stage)
     bank_size: int = 4096
+    rollout_steps: Optional[int] = None
 
 
 def upgrade_level1(raw: dict) -> dict:
@@ -211,6 +214,16 @@ def level_inputs(wm: WorldModel, k: int, b: Dict[str, torch.Tensor]) -> tuple:
     return u, chunks
 
 
+def level_objectives(wm: WorldModel, cfg: WorldModelConfig) -> List[torch.nn.Module]:
+    """The module each level trains through: level 0 itself, then an `ActionLevelObjective` per level
+    (with its own rollout steps where `levels[k].rollout_steps` is set)."""
+    out: List[torch.nn.Module] = [wm.levels[0]]
+    for level, lv in zip(wm.levels[1:], cfg.levels):
+        w = cfg.loss if lv.rollout_steps is None else replace(cfg.loss, rollout_steps=lv.rollout_steps)
+        out.append(ActionLevelObjective(level, w))
+    return out
+
+
 def update_ema(level, step: int, total: int) -> None:
     """EMA of an action level's target encoder, momentum linear from ema[0] to ema[1] over its stage."""
     if level.target is None:
@@ -256,7 +269,7 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
         logger.info("resumed from %s at steps %s", resume_from, steps)
     if accelerator.is_main_process:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    wrapped = [ActionLevelObjective(level, cfg.loss) if k else level for k, level in enumerate(wm.levels)]
+    wrapped = level_objectives(wm, cfg)
     prepared = accelerator.prepare(*wrapped, *opts)
     wrapped, opts = list(prepared[:len(wrapped)]), list(prepared[len(wrapped):])
     stop = cfg.meta.max_steps  # over all levels
