@@ -146,3 +146,18 @@ def test_snap_to_bank():
     bank = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
     out = snap_to_bank(bank)(torch.tensor([[[0.2, 0.1], [0.9, 0.6]]]))
     assert torch.equal(out, torch.tensor([[[0.0, 0.0], [1.0, 1.0]]]))
+
+
+def test_goal_cost_reductions_over_the_horizon():
+    from hjepa.world_model.planning import LatentGoalCost, check_planner
+
+    class Straight:  # z moves by the action each step
+        def rollout(self, z0, actions, context=None):
+            return z0[:, -1:] + actions.cumsum(1)
+
+    z_now, goal = torch.zeros(1, 1), torch.tensor([[2.0]])
+    actions = torch.tensor([[[[1.0], [1.0], [1.0]]]])  # one candidate: z = 1, 2, 3 -> distances 1, 0, 1
+    costs = {r: float(LatentGoalCost(Straight(), z_now, goal, reduce=r)(actions)) for r in ("sum", "final", "min")}
+    assert costs == {"sum": 2.0, "final": 1.0, "min": 0.0}
+    with pytest.raises(ValueError, match="cost"):
+        check_planner(PlannerConfig(cost="max"))

@@ -35,6 +35,8 @@ class PlannerConfig:
         (relative to the cost spread of each iteration). init_std / min_std: sampling std (action units).
         replan_every: execute this many planned actions before replanning (MPC). low / high: action bounds.
         context: frames of history the predictor sees in rollouts (1 = Markov; cheaper).
+        cost: how a candidate's distances to the goal over the horizon become its cost: `sum` (every step),
+        `final` (the last predicted state) or `min` (the closest state).
     """
 
     method: str = "cem"
@@ -49,6 +51,7 @@ class PlannerConfig:
     low: float = -1.0
     high: float = 1.0
     context: int = 1
+    cost: str = "sum"
 
     def compute(self) -> int:
         """Predictor steps per plan and problem: samples x iterations x horizon."""
@@ -58,6 +61,8 @@ class PlannerConfig:
 def check_planner(cfg: PlannerConfig) -> None:
     if cfg.method not in ("cem", "mppi"):
         raise ValueError(f"planner method {cfg.method!r} unknown; valid: ['cem', 'mppi']")
+    if cfg.cost not in COSTS:
+        raise ValueError(f"planner cost {cfg.cost!r} unknown; valid: {list(COSTS)}")
     if min(cfg.horizon, cfg.samples, cfg.iterations, cfg.replan_every) < 1:
         raise ValueError("horizon, samples, iterations and replan_every must be >= 1")
     if cfg.replan_every > cfg.horizon:
@@ -106,11 +111,13 @@ def optimize(cost_fn: CostFn, mean: torch.Tensor, cfg: PlannerConfig, generator:
 
 
 Distance = Callable[[torch.Tensor], torch.Tensor]  # predicted states [B, N, H, D] -> distances [B, N, H]
+COSTS = {"sum": lambda d: d.sum(-1), "final": lambda d: d[..., -1], "min": lambda d: d.min(-1).values}
 
 
 class LatentGoalCost:
-    """Cost of candidate action sequences: sum over the horizon of the distance of each predicted state to
-    the goal, ||z_pred_h - z_goal||_2 (or `distance(z_pred)` when given: a goal in another level's space).
+    """Cost of candidate action sequences: the distances of the predicted states to the goal,
+    ||z_pred_h - z_goal||_2 (or `distance(z_pred)` when given: a goal in another level's space), summed over
+    the horizon (`reduce="sum"`, the default), or the last one (`final`), or the smallest (`min`).
 
     Args:
         predictor: an `ACPredictor`. z_now `[B, D]`: current representation. z_goal `[B, D]` (unused when
@@ -119,9 +126,10 @@ class LatentGoalCost:
     """
 
     def __init__(self, predictor, z_now: torch.Tensor, z_goal: Optional[torch.Tensor], context: int = 1,
-                 distance: Optional[Distance] = None):
+                 distance: Optional[Distance] = None, reduce: str = "sum"):
         self.predictor, self.z_now, self.z_goal, self.context = predictor, z_now, z_goal, context
         self.distance = distance or (lambda z: (z - self.z_goal[:, None, None]).norm(dim=-1))
+        self.reduce = COSTS[reduce]
 
     @torch.no_grad()
     def predict(self, actions: torch.Tensor) -> torch.Tensor:
@@ -131,7 +139,7 @@ class LatentGoalCost:
         return self.predictor.rollout(z0, actions.reshape(B * N, H, A), self.context).view(B, N, H, -1)
 
     def __call__(self, actions: torch.Tensor) -> torch.Tensor:
-        return self.distance(self.predict(actions)).sum(-1)  # [B, N]
+        return self.reduce(self.distance(self.predict(actions)))  # [B, N]
 
 
 def snap_to_bank(bank: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -184,7 +192,7 @@ class FlatPlanner:
 
     def replan(self, z_now: torch.Tensor, z_goal: Optional[torch.Tensor], distance: Optional[Distance] = None) -> None:
         t0 = time.perf_counter()
-        cost = LatentGoalCost(self.predictor, z_now, z_goal, self.cfg.context, distance)
+        cost = LatentGoalCost(self.predictor, z_now, z_goal, self.cfg.context, distance, self.cfg.cost)
         shifted = torch.cat([self.plan[:, self.k:], torch.zeros(len(z_now), self.k, 2)], 1)  # warm start
         self.plan, _ = optimize(cost, shifted, self.cfg, self.gen)
         self.planned_z = cost.predict(self.plan[:, None])[:, 0]
@@ -285,7 +293,7 @@ class HierarchicalPlanner:
         t0 = time.perf_counter()
         zk = self.wm.state(z_now, k)
         dist = self.distance(k, self.targets[k])
-        cost = LatentGoalCost(self.wm.predictor_of(k), zk, None, c.context, dist)
+        cost = LatentGoalCost(self.wm.predictor_of(k), zk, None, c.context, dist, c.cost)
         plan = self.plans[k - 1]
         shifted = torch.cat([plan[:, 1:], plan[:, -1:]], 1)
         self.plans[k - 1], _ = optimize(cost, shifted, c, self.gens[k - 1], self.projects[k - 1])
