@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.generated.envs import EnvConfig, step_positions  # noqa: E402
+from data.generated.envs import EnvConfig, distance_field, step_positions  # noqa: E402
 from hjepa.world_model.evaluate import PlanConfig, make_tasks, run_episodes, task_maps  # noqa: E402
 from hjepa.world_model.planning import FlatPlanner  # noqa: E402
 from hjepa.world_model.train import WorldModelConfig  # noqa: E402
@@ -54,12 +54,29 @@ class PositionEncoder:
         return torch.stack([(w.sum(1) * c).sum(-1), (w.sum(2) * c).sum(-1)], -1)
 
 
+def geodesic_replan(planner: FlatPlanner, fields: torch.Tensor):
+    """`planner.replan` with distances read from each problem's shortest-path field `[B, G, G]` (walls inf,
+    capped at 4 units) instead of the Euclidean distance to the goal state."""
+    real = planner.replan
+    G = fields.shape[-1]
+
+    def distance(z: torch.Tensor) -> torch.Tensor:  # positions [B, N, H, 2] -> [B, N, H]
+        cell = (z * G).long().clamp(0, G - 1)
+        B = fields.shape[0]
+        b = torch.arange(B).view(B, *([1] * (z.ndim - 2))).expand(z.shape[:-1])
+        return fields[b, cell[..., 1], cell[..., 0]].clamp(max=4.0)
+
+    return lambda z_now, z_goal, dist=None: real(z_now, z_goal, distance)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--world", default="configs/worldmodel/two_rooms.yaml", help="world-model config (its maps)")
     p.add_argument("--plan", default="configs/plan/two_rooms.yaml")
     p.add_argument("--layouts", default="heldout", choices=["heldout", "train"])
     p.add_argument("--method", default="cem", choices=["cem", "mppi"])
+    p.add_argument("--geodesic", action="store_true", help="cost = shortest-path distance to the goal (the "
+                   "environment's distance field) instead of the Euclidean one: a path-aware cost's ceiling")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -70,12 +87,15 @@ def main() -> None:
     tasks = make_tasks(maps, cfg.tasks)
     walls = maps[tasks["layout"]]
     pc = getattr(cfg, args.method)
-    print(f"{env.name}, {args.layouts} maps, {args.method} horizon {pc.horizon} samples {pc.samples} "
+    print(f"{env.name}, {args.layouts} maps, {'geodesic' if args.geodesic else 'Euclidean'} cost, {args.method} horizon {pc.horizon} samples {pc.samples} "
           f"iterations {pc.iterations} replan_every {pc.replan_every}, true dynamics, seeds {cfg.seeds}")
     print("| seed | " + " | ".join(f"[{lo}, {hi})" for lo, hi in cfg.tasks.bins) + " | all | s/episode |")
     print("|---" * (len(cfg.tasks.bins) + 3) + "|")
+    fields = torch.from_numpy(distance_field(walls, tasks["goal"])).float() if args.geodesic else None
     for seed in cfg.seeds:
         planner = FlatPlanner(TrueDynamics(walls, env), pc, seed)
+        if fields is not None:  # the planner calls replan(z_now, z_goal): swap in the distance-field lookup
+            planner.replan = geodesic_replan(planner, fields)
         t0 = time.perf_counter()
         ep = run_episodes(planner, PositionEncoder(), env, walls, tasks["start"], tasks["goal"], cfg.max_steps,
                           cfg.success_radius, seed)
