@@ -84,7 +84,7 @@ def main() -> None:
         from hjepa.world_model.train import load_trained
 
         arms["conv (trained world model)"] = [load_trained(a.wm_checkpoint)[1].encoder]
-    print(f"| encoder | maps | R^2 (x, y) | mean error | seeds |\n| --- | --- | --- | --- | --- |")
+    print("| encoder | maps | R^2 (x, y) | mean error | seeds |\n| --- | --- | --- | --- | --- |")
     for name, encs in arms.items():
         for set_name, data in sets.items():
             t0 = time.time()
