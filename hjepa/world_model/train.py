@@ -261,7 +261,8 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
         state = upgrade_state(ckpt.load(resume_from))
         ckpt.load_state_strict(wm, state["model"], "world model")
         if len(state["opts"]) != len(opts):
-            raise ValueError(f"{resume_from} holds {len(state['opts'])} levels, this config {len(opts)}")
+            raise ckpt.CheckpointMismatch(f"{resume_from} holds {len(state['opts'])} levels, this config has "
+                                          f"{len(opts)}: resume with the config that wrote it")
         for o, so in zip(opts, state["opts"]):
             o.load_state_dict(so)
         steps = list(state["steps"])
