@@ -139,7 +139,16 @@ def test_bad_layout_settings_are_clear_errors():
     with pytest.raises(ValueError, match="heldout_every"):
         make_layout(EnvConfig(heldout_every=1), np.random.default_rng(0))
     with pytest.raises(ValueError, match="layout_split"):
-        generate(TrajectoryConfig(num_trajectories=2, length=2, layout_split="heldout", cache_dir=None))
+        generate(TrajectoryConfig(num_trajectories=2, length=2, layout_split="seen", cache_dir=None))
+    # held-out episodes exist for evaluation (crossover study), on held-out maps only; training refuses them
+    varied = EnvConfig(name="two_rooms", wall_shift=6, door_cells=4, door_cells_max=8)
+    held = generate(TrajectoryConfig(env=varied, num_trajectories=4, length=2, num_layouts=4, layout_split="heldout",
+                                     cache_dir=None))
+    assert all(is_heldout(m, varied.heldout_every)[0] for m in held["walls"])
+    from hjepa.world_model.train import WorldModelConfig, train
+    from vjepa.engine.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match="held-out maps are for evaluation"):
+        train(load_config(WorldModelConfig, overrides=["data.layout_split=heldout"]))
     fixed = EnvConfig(name="two_rooms")  # a fixed wall: 25 maps, all of them excluded here
     with pytest.raises(ValueError, match="no heldout map"):
         sample_maps(fixed, 1, 0, "heldout", exclude=as_set(sample_maps(fixed, 300, 0)), max_tries=200)

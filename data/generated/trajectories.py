@@ -60,8 +60,8 @@ class TrajectoryConfig:
 
 def make_layouts(env: EnvConfig, num_layouts: int, layout_seed: int, split: str = "all") -> np.ndarray:
     """`num_layouts` wall maps `[L, G, G]` of `split`, map i drawn from (layout_seed, i)."""
-    if split not in ("all", "train"):
-        raise ValueError(f"data.layout_split {split!r} unknown; valid: ['all', 'train'] (held-out maps are for planning)")
+    if split not in ("all", "train", "heldout"):
+        raise ValueError(f"data.layout_split {split!r} unknown; valid: ['all', 'train', 'heldout']")
     return sample_maps(env, num_layouts, layout_seed, split)
 
 

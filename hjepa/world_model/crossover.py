@@ -401,9 +401,10 @@ def plot(bands: Dict[str, np.ndarray], levels: Dict[int, List[int]], wm: WorldMo
 
 def layout_note(data: dict, trained: TrajectoryConfig) -> str:
     """How many of the episodes' wall maps the checkpoint was trained on."""
-    seen_maps = make_layouts(trained.env, trained.num_layouts, trained.layout_seed)
+    seen_maps = {m.tobytes() for m in make_layouts(trained.env, trained.num_layouts, trained.layout_seed,
+                                                     trained.layout_split)}
     maps = data["walls"][data["layout"]]  # [N, G, G]
-    seen = sum(any(np.array_equal(m, s) for s in seen_maps) for m in maps)
+    seen = sum(m.tobytes() in seen_maps for m in maps)
     return f"{seen} of {len(maps)} episodes on a wall map the world model was trained on"
 
 

@@ -237,6 +237,9 @@ def update_ema(level, step: int, total: int) -> None:
 
 def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
     check_logging(cfg.logging)
+    if cfg.data.layout_split == "heldout":
+        raise ConfigError("data.layout_split=heldout: held-out maps are for evaluation (plan, crossover); "
+                          "train on `train` (or `all`)")
     accelerator = make_accelerator(cfg.meta.dtype)
     torch.manual_seed(cfg.meta.seed)  # identical initial weights on every rank
     wm = build_model(cfg)
