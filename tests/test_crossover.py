@@ -130,3 +130,18 @@ def test_bad_study_configs_fail_with_a_clear_error(tmp_path):
         run(study_config(ckpt, tmp_path / "s", [], 8))
     with pytest.raises(ConfigError, match="unknown|horizon_list"):
         load_config(CrossoverConfig, raw={"horizon_list": [2]})
+
+
+def test_layout_note_counts_only_the_maps_the_model_trained_on():
+    from data.generated.envs import EnvConfig
+    from data.generated.trajectories import TrajectoryConfig, generate
+    from hjepa.world_model.crossover import layout_note
+
+    env = EnvConfig(name="two_rooms", wall_shift=6, door_cells=4, door_cells_max=8)
+    trained = TrajectoryConfig(env=env, num_layouts=40, layout_split="train", cache_dir=None)
+    held = generate(TrajectoryConfig(env=env, num_trajectories=6, length=2, num_layouts=6, layout_split="heldout",
+                                     cache_dir=None))
+    seen = generate(TrajectoryConfig(env=env, num_trajectories=6, length=2, num_layouts=40, layout_split="train",
+                                     seed=3, cache_dir=None))
+    assert layout_note(held, trained).startswith("0 of 6")
+    assert layout_note(seen, trained).startswith("6 of 6")
