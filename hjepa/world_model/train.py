@@ -33,10 +33,10 @@ from vjepa.engine import checkpoint as ckpt
 from vjepa.engine.checkpoint import save_checkpoint
 from vjepa.engine.config import ConfigError, to_dict, to_yaml, upgrade
 from vjepa.engine.monitor import monitor
-from vjepa.engine.optim import optimizer_step, param_groups, scalars
+from vjepa.engine.optim import ema_update, optimizer_step, param_groups, scalars
 from vjepa.engine.runtime import MetricLog, checkpoint_paths, make_accelerator, resolve_run_dir
 from vjepa.engine.sampling import ResumableBatchSampler
-from vjepa.engine.schedules import lr_at, set_lr_wd
+from vjepa.engine.schedules import linear_at, lr_at, set_lr_wd
 from vjepa.engine.sections import LoggingConfig, MetaConfig, check_logging, due
 
 logger = logging.getLogger(__name__)
@@ -224,17 +224,6 @@ def level_objectives(wm: WorldModel, cfg: WorldModelConfig) -> List[torch.nn.Mod
     return out
 
 
-def update_ema(level, step: int, total: int) -> None:
-    """EMA of an action level's target encoder, momentum linear from ema[0] to ema[1] over its stage."""
-    if level.target is None:
-        return
-    m0, m1 = level.cfg.ema
-    m = m0 + (m1 - m0) * min(1.0, step / max(1, total))
-    with torch.no_grad():
-        for pt, po in zip(level.target.parameters(), level.encoder.parameters()):
-            pt.mul_(m).add_(po.detach(), alpha=1 - m)
-
-
 def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
     check_logging(cfg.logging)
     if cfg.data.layout_split == "heldout":
@@ -322,8 +311,9 @@ def run_level(k, wm, model, opt, st: StageConfig, steps, stop, data, cfg: WorldM
         inputs = (x, b["actions"][:, :, 0], cfg.loss) if k == 0 else level_inputs(wm, k, b)
         out = optimizer_step(accelerator, opt, partial(objective, model, *inputs), (model,), sum(steps),
                              st.clip_grad, {"": model})
-        if k:
-            update_ema(level, steps[k] + 1, st.steps)
+        if k and level.target is not None:  # momentum linear from ema[0] to ema[1] over the level's stage
+            ema_update(level.target, level.encoder,
+                       linear_at(steps[k] + 1, total_steps=st.steps, start=level.cfg.ema[0], end=level.cfg.ema[1]))
         steps[k] += 1
         pbar.update(1)
         end = steps[k] == st.steps
