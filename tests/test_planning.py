@@ -161,3 +161,13 @@ def test_goal_cost_reductions_over_the_horizon():
     assert costs == {"sum": 2.0, "final": 1.0, "min": 0.0}
     with pytest.raises(ValueError, match="cost"):
         check_planner(PlannerConfig(cost="max"))
+
+
+def test_old_plan_config_level1_becomes_levels():
+    from hjepa.world_model.evaluate import PlanConfig
+    from vjepa.engine.config import ConfigError, load_config
+
+    cfg = load_config(PlanConfig, raw={"hierarchical": {"level1": {"horizon": 5}}})
+    assert [c.horizon for c in cfg.hierarchical.levels] == [5]
+    with pytest.raises(ConfigError, match="keep `levels`"):
+        load_config(PlanConfig, raw={"hierarchical": {"level1": {"horizon": 5}, "levels": []}})

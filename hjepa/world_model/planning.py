@@ -22,6 +22,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from vjepa.engine.config import ConfigError
+
 logger = logging.getLogger(__name__)
 
 CostFn = Callable[[torch.Tensor], torch.Tensor]  # [B, N, H, A] -> [B, N]
@@ -227,7 +229,7 @@ class HierarchicalConfig:
         """A plan config written for the two-level model named its one upper planner `level1`."""
         if "level1" in raw:
             if "levels" in raw:
-                raise ValueError("hierarchical: both `level1` (old name) and `levels` are set; keep `levels`")
+                raise ConfigError("hierarchical: both `level1` (old name) and `levels` are set; keep `levels`")
             raw["levels"] = [raw.pop("level1")]
 
 
