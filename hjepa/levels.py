@@ -350,7 +350,7 @@ def action_level_loss(level: Level, u: torch.Tensor, codes: torch.Tensor, rollou
     states "z" (detached, for the monitors)."""
     cfg = level.cfg
     z = level.step_states(u, online=True)  # [B, T+1, D]
-    h = level.step_states(u) if level.target is not None else z
+    h = level.step_states(u)  # the EMA target's states (the input itself under `encoder: identity`)
     T = codes.shape[1]
     target = h[:, 1:]
     out = {"teacher_forcing": (level.predictor(z[:, :T], codes) - target).abs().mean()}
