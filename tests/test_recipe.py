@@ -253,7 +253,8 @@ def test_small_dataset_config_loads_and_keeps_the_published_recipe_untouched():
     assert [m.spatial_scale for m in small.mask] == [[0.15, 0.15], [0.5, 0.5]]
     # every new ingredient is off in the published ViT-L recipe
     vitl = load_config(PretrainConfig, "configs/pretrain/vitl16.yaml")
-    assert (vitl.loss.target_layers, vitl.loss.vicreg_var, vitl.loss.vicreg_cov, vitl.loss.sigreg_coeff) == (1, 0, 0, 0)
+    assert (vitl.loss.target_layers, vitl.loss.vicreg_var, vitl.loss.vicreg_cov, vitl.loss.sigreg_coeff,
+            vitl.loss.view_coeff) == (1, 0, 0, 0, 0)
     assert not any(m.pad_to_longest for m in vitl.mask) and not vitl.logging.knn_monitor
     assert (vitl.data.synthetic.extra_objects, vitl.data.synthetic.pan) == (0, 0.0)
 
@@ -288,3 +289,121 @@ def test_variance_hinge_ignores_padding():
     padded = torch.cat([x, 100.0 * torch.randn(3, 4, 5)], 1)  # garbage in the padding rows
     valid = torch.cat([full, torch.zeros(3, 4, dtype=torch.bool)], 1)
     torch.testing.assert_close(_token_std(padded, valid), _token_std(x, None))
+
+
+def test_view_term_on_known_cases():
+    from vjepa.objective import pooled_views, view_term
+
+    torch.manual_seed(0)
+    g = torch.randn(512, 16)
+    term, inv, sig = view_term(torch.stack([g, g]), 0.05, 64)  # identical Gaussian views: both parts ~0
+    assert inv.item() == 0.0 and sig.item() < 5e-3
+    term, inv, sig = view_term(torch.stack([g + 1.0, g - 1.0]), 0.5, 64)  # views 2 apart on every channel
+    assert inv.item() == pytest.approx(16.0)  # each view is 1 from the mean on 16 channels
+    torch.testing.assert_close(term, 0.5 * inv + 0.5 * sig)
+    collapsed = torch.zeros(2, 512, 16)  # invariant but collapsed: SIGReg is what forbids it
+    assert view_term(collapsed, 0.05, 64)[2].item() > 0.1
+    # pooling respects padding: padded tokens (valid False) do not count
+    z = torch.tensor([[[1.0], [3.0], [100.0]]])
+    pooled = pooled_views([z, z], [torch.tensor([[True, True, False]]), None])
+    torch.testing.assert_close(pooled[:, 0, 0], torch.tensor([2.0, 104.0 / 3]))
+
+
+def test_view_coeff_adds_the_term_with_gradient_and_needs_two_views(tmp_path):
+    from vjepa.objective import pooled_views, view_term
+
+    cfg, _, _, _ = _models(tmp_path)
+    two = [short_range_mask(), MaskConfig(num_blocks=2, spatial_scale=(0.5, 0.5))]
+    cfg.mask = two
+    torch.manual_seed(0)
+    encoder, predictor, target = build_models(cfg)
+    clips = torch.randn(8, 3, cfg.data.num_frames, 64, 64)
+    batch = MaskCollator(two, encoder.grid, seed=0)([{"clip": c, "label": 0, "seed": i, "step": 0}
+                                                      for i, c in enumerate(clips)])
+    base, _, extra = jepa_loss(encoder, predictor, target, batch, LossConfig())
+    assert "view_inv" not in extra
+    torch.manual_seed(3)
+    on, _, extra = jepa_loss(encoder, predictor, target, batch, LossConfig(view_coeff=2.0, sigreg_slices=32))
+    torch.manual_seed(3)
+    term, inv, sig = view_term(pooled_views(encoder(batch["clip"], batch["masks_ctx"]), [None, None]), 0.05, 32)
+    torch.testing.assert_close(on, base + 2.0 * term)
+    torch.testing.assert_close(extra["view_inv"], inv.detach())
+    assert inv.item() > 0  # two different contexts of the same clip pool to different vectors at init
+    encoder.zero_grad()
+    predictor.zero_grad()
+    (on - base.detach()).backward()
+    assert encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in target.parameters())
+    one = MaskCollator([short_range_mask()], encoder.grid, seed=0)([{"clip": c, "label": 0, "seed": i, "step": 0}
+                                                                    for i, c in enumerate(clips)])
+    with pytest.raises(ValueError, match="2 mask configs"):
+        jepa_loss(encoder, predictor, target, one, LossConfig(view_coeff=1.0))
+
+
+def test_view_coeff_with_one_mask_config_is_a_config_error(tmp_path):
+    from vjepa.engine.config import ConfigError
+    from vjepa.pretrain import train
+
+    cfg = tiny_cfg(tmp_path, "loss.view_coeff=1.0")
+    cfg.mask = [short_range_mask()]
+    with pytest.raises(ConfigError, match="view_coeff"):
+        train(cfg, dry_run=True)
+
+
+def test_view_projector_belongs_to_the_predictor_and_learns(tmp_path):
+    cfg = tiny_cfg(tmp_path, "data.crop_size=64", "model.pred_depth=1", "loss.view_coeff=1.0", "loss.view_proj_dim=8")
+    cfg.mask = [short_range_mask(), MaskConfig(num_blocks=2, spatial_scale=(0.5, 0.5))]
+    encoder, predictor, target = build_models(cfg)
+    assert predictor.view_proj[-1].out_features == 8
+    assert not any(k.startswith("view_proj") for k in build_models(tiny_cfg(tmp_path))[1].state_dict())  # off: absent
+    clips = torch.randn(8, 3, cfg.data.num_frames, 64, 64)
+    batch = MaskCollator(cfg.mask, encoder.grid, seed=0)([{"clip": c, "label": 0, "seed": i, "step": 0}
+                                                           for i, c in enumerate(clips)])
+    loss, _, extra = jepa_loss(encoder, predictor, target, batch, cfg.loss)
+    loss.backward()
+    assert predictor.view_proj[0].weight.grad.abs().sum() > 0 and extra["view_sigreg"] > 0
+
+
+def test_next_neighbours_on_a_known_grid():
+    from vjepa.objective import next_neighbours
+
+    # grid T, H, W = 2, 3, 3; token 4 = (t 0, y 1, x 1): its whole 3 x 3 neighbourhood at t 1 is 9 ... 17
+    idx, ok = next_neighbours(torch.tensor([[4, 0, 13]]), (2, 3, 3))
+    assert idx[0, 0].tolist() == list(range(9, 18)) and ok[0, 0].all()
+    # token 0 = corner (0, 0, 0): only (dy, dx) in {0, 1}^2 exist, at 9, 10, 12, 13
+    assert idx[0, 1][ok[0, 1]].tolist() == [9, 10, 12, 13]
+    assert not ok[0, 2].any()  # token 13 is at the last time step: nothing follows
+
+
+def test_local_coeff_adds_a_per_token_term_with_gradient(tmp_path):
+    from vjepa.objective import local_term
+
+    cfg = tiny_cfg(tmp_path, "data.crop_size=64", "model.pred_depth=1", "loss.local_coeff=0.5")
+    cfg.mask = [short_range_mask()]
+    torch.manual_seed(0)
+    encoder, predictor, target = build_models(cfg)
+    batch = tiny_batch(cfg, encoder)
+    base, h, _ = jepa_loss(encoder, predictor, target, batch, LossConfig())
+    on, _, extra = jepa_loss(encoder, predictor, target, batch, cfg.loss)
+    z = encoder(batch["clip"], batch["masks_ctx"])
+    manual = local_term(predictor.local_head, z, batch["masks_ctx"], [None], h, encoder.grid, 1.0)
+    torch.testing.assert_close(on, base + 0.5 * manual)
+    torch.testing.assert_close(extra["local"], manual.detach())
+    encoder.zero_grad()
+    (on - base.detach()).backward()
+    assert encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert predictor.local_head[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in target.parameters())
+    # a head that outputs exactly the next-step neighbourhood has zero loss: the indexing is the target's
+    B, K = batch["masks_ctx"][0].shape
+    from vjepa.objective import next_neighbours
+
+    idx, ok = next_neighbours(batch["masks_ctx"][0], encoder.grid)
+    D = h.shape[-1]
+    exact = torch.gather(h, 1, idx.view(B, -1, 1).expand(-1, -1, D)).view(B, K, 9 * D)
+
+    class Oracle(torch.nn.Module):
+        def forward(self, zi):
+            return exact
+
+    assert local_term(Oracle(), z, batch["masks_ctx"], [None], h, encoder.grid, 1.0).item() == 0.0

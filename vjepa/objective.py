@@ -25,6 +25,17 @@ class LossConfig:
         vicreg_var / vicreg_cov: VICReg variance hinge (std target 1) / covariance weights on the context
             encoder's output tokens (every real context token of the batch is a row).
         sigreg_coeff: SIGReg weight on the same tokens (LeJEPA). sigreg_slices: its random projections.
+        view_coeff: weight of the pooled-view term (LeJEPA's objective, with the mask configs as views):
+            each mask config's context tokens, mean-pooled per clip, are one view of that clip; the term is
+            (1 - view_lambda) x the views' squared distance to their mean + view_lambda x SIGReg of the
+            pooled embeddings (per view, averaged). Needs >= 2 mask configs. 0 = off.
+        view_lambda: LeJEPA's lambda, the SIGReg share of the pooled-view term.
+        local_coeff: weight of the local-motion term: from each context token alone (a per-token MLP, no
+            communication between tokens), predict the target features of the 3 x 3 neighbourhood of its
+            patch one time step (tubelet) later; L1 like the JEPA loss. What is there next depends on how
+            the content moves, so each token has to carry its local motion. 0 = off.
+        view_proj_dim: > 0 passes the pooled views through a projector MLP (D -> 4D -> view_proj_dim, with
+            BatchNorm, as LeJEPA's) held by the predictor and used only by this term; 0 = none.
     """
 
     loss_exp: float = 1.0
@@ -34,6 +45,10 @@ class LossConfig:
     vicreg_cov: float = 0.0
     sigreg_coeff: float = 0.0
     sigreg_slices: int = 256
+    view_coeff: float = 0.0
+    view_lambda: float = 0.05
+    view_proj_dim: int = 0
+    local_coeff: float = 0.0
 
 
 def jepa_targets(target: nn.Module, clip: torch.Tensor, layers: int = 1) -> torch.Tensor:
@@ -67,6 +82,70 @@ def _token_std(x: torch.Tensor, valid) -> torch.Tensor:
     return torch.sqrt(var + 1e-4).mean()
 
 
+def pooled_views(z, valid) -> torch.Tensor:
+    """Mean over each clip's real context tokens, per mask config: `[V, B, D]` from V lists `[B, K, D]`."""
+    out = []
+    for zi, v in zip(z, valid):
+        if v is None:
+            out.append(zi.float().mean(1))
+        else:
+            w = v.unsqueeze(-1).to(torch.float32)
+            out.append((zi.float() * w).sum(1) / w.sum(1).clamp(min=1))
+    return torch.stack(out)
+
+
+def view_projector(dim: int, out_dim: int) -> nn.Module:
+    """LeJEPA-style projector for the pooled views: Linear-BN-GELU-Linear (`[N, dim]` -> `[N, out_dim]`)."""
+    return nn.Sequential(nn.Linear(dim, 4 * dim), nn.BatchNorm1d(4 * dim), nn.GELU(), nn.Linear(4 * dim, out_dim))
+
+
+NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+
+
+def local_head(dim: int) -> nn.Module:
+    """Per-token MLP for `local_coeff`: `[..., dim]` -> `[..., 9 * dim]` (one feature per neighbour)."""
+    return nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, len(NEIGHBOURS) * dim))
+
+
+def next_neighbours(masks: torch.Tensor, grid) -> tuple[torch.Tensor, torch.Tensor]:
+    """For token indices `[B, K]` on a (T, H, W) grid (t-major flat order): the flat indices `[B, K, 9]` of
+    the 3 x 3 patches around each one at the next time step, and whether each exists `[B, K, 9]` (bool:
+    the last time step and the grid's border have fewer)."""
+    T, H, W = grid
+    t, y, x = masks // (H * W), (masks // W) % H, masks % W
+    dy = torch.tensor([d[0] for d in NEIGHBOURS], device=masks.device)
+    dx = torch.tensor([d[1] for d in NEIGHBOURS], device=masks.device)
+    ny, nx, nt = y.unsqueeze(-1) + dy, x.unsqueeze(-1) + dx, (t + 1).unsqueeze(-1).expand(*t.shape, 9)
+    ok = (nt < T) & (ny >= 0) & (ny < H) & (nx >= 0) & (nx < W)
+    idx = nt * H * W + ny.clamp(0, H - 1) * W + nx.clamp(0, W - 1)
+    return idx.clamp(max=T * H * W - 1), ok
+
+
+def local_term(head: nn.Module, z, masks_ctx, valid_ctx, h: torch.Tensor, grid, p: float) -> torch.Tensor:
+    """Mean |head(z) - next-step neighbourhood targets|^p / p over existing neighbours of real context
+    tokens, averaged over mask configs."""
+    terms = []
+    for zi, m, v in zip(z, masks_ctx, valid_ctx):
+        B, K, D = zi.shape
+        pred = head(zi).view(B, K, len(NEIGHBOURS), D)
+        idx, ok = next_neighbours(m, grid)
+        tgt = torch.gather(h, 1, idx.view(B, -1, 1).expand(-1, -1, D)).view(B, K, len(NEIGHBOURS), D)
+        if v is not None:
+            ok = ok & v.unsqueeze(-1)
+        err = (pred.float() - tgt.float()).abs().pow(p).mean(-1) / p  # [B, K, 9]
+        terms.append((err * ok).sum() / ok.sum().clamp(min=1))
+    return torch.stack(terms).mean()
+
+
+def view_term(views: torch.Tensor, lam: float, slices: int):
+    """LeJEPA's objective on `[V, B, D]` pooled views: (invariance, SIGReg) with invariance = mean squared
+    distance of each view to the views' mean (summed over channels, averaged over views and clips) and
+    SIGReg averaged over views; the term is (1 - lam) * invariance + lam * SIGReg."""
+    inv = (views - views.mean(0, keepdim=True)).pow(2).sum(-1).mean()
+    sig = torch.stack([sigreg(v, slices) for v in views]).mean()
+    return (1 - lam) * inv + lam * sig, inv, sig
+
+
 def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch: dict, cfg: LossConfig):
     """Returns (loss, layer-normed target features `[B, N, D]`, extra metrics as 0-dim tensors).
 
@@ -98,4 +177,24 @@ def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch
             sr = sigreg(tokens, cfg.sigreg_slices)
             loss = loss + cfg.sigreg_coeff * sr
             extra["sigreg"] = sr.detach()
+    if cfg.view_coeff > 0:
+        if len(z) < 2:
+            raise ValueError("loss.view_coeff needs at least 2 mask configs (each one is a view)")
+        views = pooled_views(z, valid_ctx)
+        proj = getattr(getattr(predictor, "module", predictor), "view_proj", None)  # DDP wraps the predictor
+        if proj is not None:
+            V, B = views.shape[:2]
+            views = proj(views.flatten(0, 1)).view(V, B, -1)
+        term, inv, sig = view_term(views, cfg.view_lambda, cfg.sigreg_slices)
+        loss = loss + cfg.view_coeff * term
+        extra.update(view_inv=inv.detach(), view_sigreg=sig.detach())
+    if cfg.local_coeff > 0:
+        head = getattr(predictor, "module", predictor).local_head
+        local = local_term(head, z, masks_ctx, valid_ctx, h, encoder_grid(encoder), p)
+        loss = loss + cfg.local_coeff * local
+        extra["local"] = local.detach()
     return loss, h, extra
+
+
+def encoder_grid(encoder: nn.Module):
+    return getattr(encoder, "module", encoder).grid

@@ -40,7 +40,7 @@ from vjepa.engine.schedules import cosine_at, linear_at, lr_at, set_lr_wd
 from vjepa.engine.sections import EpochMetaConfig, LoggingConfig, OptimizationConfig, check_logging
 from vjepa.engine.speed import build_adamw, compile_modules, keep_fused_flag, make_finite_watch
 from vjepa.models import ModelConfig, build_encoder, build_predictor
-from vjepa.objective import LossConfig, jepa_loss
+from vjepa.objective import LossConfig, jepa_loss, local_head, view_projector
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,10 @@ def build_models(cfg: PretrainConfig):
     encoder = build_encoder(cfg.model, img_size=d.crop_size, num_frames=d.num_frames, patch_size=d.patch_size,
                             tubelet_size=d.tubelet_size)
     predictor = build_predictor(cfg.model, encoder, num_mask_tokens=len(cfg.mask))
+    if cfg.loss.view_coeff > 0 and cfg.loss.view_proj_dim > 0:  # trained with the predictor, dropped after
+        predictor.view_proj = view_projector(encoder.embed_dim, cfg.loss.view_proj_dim)
+    if cfg.loss.local_coeff > 0:
+        predictor.local_head = local_head(encoder.embed_dim)
     target = copy.deepcopy(encoder).requires_grad_(False).eval()
     return encoder, predictor, target
 
@@ -157,6 +161,8 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     opt = cfg.optimization
     mode = pick_mode(cfg)
     video = mode is sys.modules[__name__]  # V-JEPA only: the k-NN monitor and the mask figure
+    if video and cfg.loss.view_coeff > 0 and len(cfg.mask) < 2:
+        raise ConfigError("loss.view_coeff treats each mask config as a view of the clip: it needs >= 2 mask configs")
     accelerator = make_accelerator(cfg.meta.dtype, opt.grad_accum_steps)
     main = accelerator.is_main_process
     torch.manual_seed(cfg.meta.seed)  # identical initial weights on every rank
