@@ -373,6 +373,8 @@ def test_next_neighbours_on_a_known_grid():
     # token 0 = corner (0, 0, 0): only (dy, dx) in {0, 1}^2 exist, at 9, 10, 12, 13
     assert idx[0, 1][ok[0, 1]].tolist() == [9, 10, 12, 13]
     assert not ok[0, 2].any()  # token 13 is at the last time step: nothing follows
+    idx, ok = next_neighbours(torch.tensor([[4, 13]]), (3, 3, 3), steps=2)  # two steps ahead
+    assert idx[0, 0].tolist() == list(range(18, 27)) and ok[0, 0].all() and not ok[0, 1].any()
 
 
 def test_local_coeff_adds_a_per_token_term_with_gradient(tmp_path):

@@ -34,6 +34,7 @@ class LossConfig:
             communication between tokens), predict the target features of the 3 x 3 neighbourhood of its
             patch one time step (tubelet) later; L1 like the JEPA loss. What is there next depends on how
             the content moves, so each token has to carry its local motion. 0 = off.
+        local_steps: how many time steps (tubelets) ahead the local-motion term predicts.
         view_proj_dim: > 0 passes the pooled views through a projector MLP (D -> 4D -> view_proj_dim, with
             BatchNorm, as LeJEPA's) held by the predictor and used only by this term; 0 = none.
     """
@@ -49,6 +50,7 @@ class LossConfig:
     view_lambda: float = 0.05
     view_proj_dim: int = 0
     local_coeff: float = 0.0
+    local_steps: int = 1
 
 
 def jepa_targets(target: nn.Module, clip: torch.Tensor, layers: int = 1) -> torch.Tensor:
@@ -107,28 +109,29 @@ def local_head(dim: int) -> nn.Module:
     return nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, len(NEIGHBOURS) * dim))
 
 
-def next_neighbours(masks: torch.Tensor, grid) -> tuple[torch.Tensor, torch.Tensor]:
+def next_neighbours(masks: torch.Tensor, grid, steps: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """For token indices `[B, K]` on a (T, H, W) grid (t-major flat order): the flat indices `[B, K, 9]` of
-    the 3 x 3 patches around each one at the next time step, and whether each exists `[B, K, 9]` (bool:
-    the last time step and the grid's border have fewer)."""
+    the 3 x 3 patches around each one `steps` time steps later, and whether each exists `[B, K, 9]` (bool:
+    the last time steps and the grid's border have fewer)."""
     T, H, W = grid
     t, y, x = masks // (H * W), (masks // W) % H, masks % W
     dy = torch.tensor([d[0] for d in NEIGHBOURS], device=masks.device)
     dx = torch.tensor([d[1] for d in NEIGHBOURS], device=masks.device)
-    ny, nx, nt = y.unsqueeze(-1) + dy, x.unsqueeze(-1) + dx, (t + 1).unsqueeze(-1).expand(*t.shape, 9)
+    ny, nx, nt = y.unsqueeze(-1) + dy, x.unsqueeze(-1) + dx, (t + steps).unsqueeze(-1).expand(*t.shape, 9)
     ok = (nt < T) & (ny >= 0) & (ny < H) & (nx >= 0) & (nx < W)
     idx = nt * H * W + ny.clamp(0, H - 1) * W + nx.clamp(0, W - 1)
     return idx.clamp(max=T * H * W - 1), ok
 
 
-def local_term(head: nn.Module, z, masks_ctx, valid_ctx, h: torch.Tensor, grid, p: float) -> torch.Tensor:
+def local_term(head: nn.Module, z, masks_ctx, valid_ctx, h: torch.Tensor, grid, p: float,
+               steps: int = 1) -> torch.Tensor:
     """Mean |head(z) - next-step neighbourhood targets|^p / p over existing neighbours of real context
     tokens, averaged over mask configs."""
     terms = []
     for zi, m, v in zip(z, masks_ctx, valid_ctx):
         B, K, D = zi.shape
         pred = head(zi).view(B, K, len(NEIGHBOURS), D)
-        idx, ok = next_neighbours(m, grid)
+        idx, ok = next_neighbours(m, grid, steps)
         tgt = torch.gather(h, 1, idx.view(B, -1, 1).expand(-1, -1, D)).view(B, K, len(NEIGHBOURS), D)
         if v is not None:
             ok = ok & v.unsqueeze(-1)
@@ -190,7 +193,7 @@ def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch
         extra.update(view_inv=inv.detach(), view_sigreg=sig.detach())
     if cfg.local_coeff > 0:
         head = getattr(predictor, "module", predictor).local_head
-        local = local_term(head, z, masks_ctx, valid_ctx, h, encoder_grid(encoder), p)
+        local = local_term(head, z, masks_ctx, valid_ctx, h, encoder_grid(encoder), p, cfg.local_steps)
         loss = loss + cfg.local_coeff * local
         extra["local"] = local.detach()
     return loss, h, extra
