@@ -2,7 +2,11 @@
 flattened trainable encoder weights from those the run started from (rebuilt from the checkpoint's own
 config and seed), for the online encoder and its EMA target.
 
-    python benchmarks/weight_drift.py runs/quickstart-*/jepa-latest.pt
+    python benchmarks/weight_drift.py runs/quickstart-*/jepa-latest.pt [--monitor]
+
+--monitor adds the quality monitor's k-NN / ridge top-1 (vjepa/knn_monitor.py, the built-in motion
+benchmark at the run's clip geometry) for both encoders of the checkpoint: the run's own monitor reads
+only the EMA target.
 
 A target that has covered a small fraction of the online encoder's path is still mostly its random
 initialisation: a frozen probe of it will read out close to a random encoder's.
@@ -34,14 +38,36 @@ def drift(path: str) -> dict:
     return {"step": int(state["step"]), "online": online, "target": target, "ratio": target / online}
 
 
+def monitor_scores(path: str) -> dict:
+    """The motion monitor's {"online": {knn_top1, linear_top1}, "target": {...}} for a checkpoint."""
+    from vjepa.knn_monitor import MotionKNNMonitor
+
+    state = ckpt.load(path)
+    cfg = load_config(PretrainConfig, raw=state["config"])
+    encoder, _, target = build_models(cfg)
+    encoder.load_state_dict(state["encoder"])
+    target.load_state_dict(state["target_encoder"])
+    monitor = MotionKNNMonitor(cfg.data.num_frames, cfg.data.crop_size, num_speeds=cfg.data.synthetic.num_speeds,
+                               mean=cfg.data_aug.mean, std=cfg.data_aug.std)
+    return {"online": monitor.scores(encoder.eval(), None), "target": monitor.scores(target.eval(), None)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+")
+    p.add_argument("--monitor", action="store_true", help="also the k-NN / ridge monitor of both encoders")
     args = p.parse_args()
-    print("| checkpoint | step | online moved | target moved | target / online |\n|---|---|---|---|---|")
+    head = "| checkpoint | step | online moved | target moved | target / online |"
+    if args.monitor:
+        head += " online k-NN / linear | target k-NN / linear |"
+    print(head + "\n" + "|---" * (head.count("|") - 1) + "|")
     for path in args.checkpoints:
         d = drift(path)
-        print(f"| {path} | {d['step']} | {d['online']:.1%} | {d['target']:.1%} | {d['ratio']:.2f} |")
+        row = f"| {path} | {d['step']} | {d['online']:.1%} | {d['target']:.1%} | {d['ratio']:.2f} |"
+        if args.monitor:
+            m = monitor_scores(path)
+            row += "".join(f" {m[k]['knn_top1']:.1f} / {m[k]['linear_top1']:.1f} |" for k in ("online", "target"))
+        print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -259,7 +259,7 @@ def test_small_dataset_config_loads_and_keeps_the_published_recipe_untouched():
     assert (vitl.data.synthetic.extra_objects, vitl.data.synthetic.pan) == (0, 0.0)
 
 
-def test_weight_drift_measures_how_far_the_target_lags_the_online_encoder(tmp_path):
+def test_weight_drift_measures_how_far_the_target_lags_the_online_encoder(tmp_path, monkeypatch):
     import importlib.util
 
     from vjepa.pretrain import train
@@ -270,6 +270,23 @@ def test_weight_drift_measures_how_far_the_target_lags_the_online_encoder(tmp_pa
     train(tiny_cfg(tmp_path, "optimization.epochs=1", "optimization.ipe=3", "optimization.ema=[0.9,0.9]"))
     d = wd.drift(str(tmp_path / "jepa-latest.pt"))
     assert d["step"] == 3 and d["online"] > 0 and 0 < d["target"] < d["online"]
+    # --monitor scores the two encoders of the checkpoint (a tiny benchmark here; the real one is 512 clips)
+    import vjepa.knn_monitor as km
+
+    seen = []
+
+    class Tiny(km.MotionKNNMonitor):
+        def __init__(self, num_frames, size, **kw):
+            super().__init__(num_frames, size, num_speeds=1, num_train=16, num_val=8, k=3)
+
+        def scores(self, encoder, device):
+            seen.append(encoder)
+            return super().scores(encoder, device)
+
+    monkeypatch.setattr(km, "MotionKNNMonitor", Tiny)
+    m = wd.monitor_scores(str(tmp_path / "jepa-latest.pt"))
+    assert set(m) == {"online", "target"} and all(0 <= v["knn_top1"] <= 100 for v in m.values())
+    assert len(seen) == 2 and seen[0] is not seen[1]
 
 
 def test_a_monitor_list_without_its_pair_is_a_config_error(tmp_path):
