@@ -426,3 +426,34 @@ def test_local_coeff_adds_a_per_token_term_with_gradient(tmp_path):
             return exact
 
     assert local_term(Oracle(), z, batch["masks_ctx"], [None], h, encoder.grid, 1.0).item() == 0.0
+
+
+def test_pooled_coeff_predicts_targets_from_the_pooled_context_only(tmp_path):
+    from vjepa.objective import PooledDecoder, pooled_term, pooled_views
+
+    cfg = tiny_cfg(tmp_path, "data.crop_size=64", "model.pred_depth=1", "loss.pooled_coeff=0.5")
+    cfg.mask = [short_range_mask()]
+    torch.manual_seed(0)
+    encoder, predictor, target = build_models(cfg)
+    dec = predictor.pooled_decoder
+    assert dec.pos.num_embeddings == encoder.grid[0] * encoder.grid[1] * encoder.grid[2]
+    batch = tiny_batch(cfg, encoder)
+    base, h, _ = jepa_loss(encoder, predictor, target, batch, LossConfig())
+    on, _, extra = jepa_loss(encoder, predictor, target, batch, cfg.loss)
+    z = encoder(batch["clip"], batch["masks_ctx"])
+    manual = pooled_term(dec, z, batch["masks_tgt"], [None], [None], h, 1.0)
+    torch.testing.assert_close(on, base + 0.5 * manual)
+    torch.testing.assert_close(extra["pooled"], manual.detach())
+    encoder.zero_grad()
+    (on - base.detach()).backward()
+    assert encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0 and dec.pos.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in target.parameters())
+    # the decoder sees the context only through its mean: permuting context tokens changes nothing
+    perm = torch.randperm(z[0].shape[1])
+    pooled = pooled_views([z[0][:, perm]], [None])[0]
+    torch.testing.assert_close(dec(pooled, batch["masks_tgt"][0]), dec(pooled_views(z, [None])[0], batch["masks_tgt"][0]))
+    # and each target from its own position only: same pooled vector + same index -> same prediction
+    d = PooledDecoder(4, 10)
+    out = d(torch.ones(1, 4), torch.tensor([[3, 3, 5]]))
+    torch.testing.assert_close(out[0, 0], out[0, 1])
+    assert not torch.allclose(out[0, 0], out[0, 2])

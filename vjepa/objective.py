@@ -35,6 +35,10 @@ class LossConfig:
             patch one time step (tubelet) later; L1 like the JEPA loss. What is there next depends on how
             the content moves, so each token has to carry its local motion. 0 = off.
         local_steps: how many time steps (tubelets) ahead the local-motion term predicts.
+        pooled_coeff: weight of the pooled-context term: a small MLP predicts the target features at each
+            target position from only the mean of the clip's context tokens and a learned embedding of that
+            position (no attention), so that the pooled representation must carry where things are at every
+            time step: appearance, position and motion. L1 like the JEPA loss. 0 = off.
         view_proj_dim: > 0 passes the pooled views through a projector MLP (D -> 4D -> view_proj_dim, with
             BatchNorm, as LeJEPA's) held by the predictor and used only by this term; 0 = none.
     """
@@ -51,6 +55,7 @@ class LossConfig:
     view_proj_dim: int = 0
     local_coeff: float = 0.0
     local_steps: int = 1
+    pooled_coeff: float = 0.0
 
 
 def jepa_targets(target: nn.Module, clip: torch.Tensor, layers: int = 1) -> torch.Tensor:
@@ -140,6 +145,30 @@ def local_term(head: nn.Module, z, masks_ctx, valid_ctx, h: torch.Tensor, grid, 
     return torch.stack(terms).mean()
 
 
+class PooledDecoder(nn.Module):
+    """For `pooled_coeff`: (pooled context `[B, D]`, target indices `[B, K]`) -> features `[B, K, D]`, each
+    from the pooled vector and a learned embedding of its position only."""
+
+    def __init__(self, dim: int, num_tokens: int):
+        super().__init__()
+        self.pos = nn.Embedding(num_tokens, dim)
+        self.mlp = nn.Sequential(nn.Linear(2 * dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, 4 * dim), nn.GELU(),
+                                 nn.Linear(4 * dim, dim))
+
+    def forward(self, pooled: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        q = self.pos(idx)  # [B, K, D]
+        return self.mlp(torch.cat([pooled.unsqueeze(1).expand_as(q), q], -1))
+
+
+def pooled_term(decoder: nn.Module, z, masks_tgt, valid_ctx, valid_tgt, h: torch.Tensor, p: float) -> torch.Tensor:
+    """Mean |decoder(mean context, target index) - target|^p / p over real target tokens, averaged over
+    mask configs."""
+    pooled = pooled_views(z, valid_ctx)  # [V, B, D]
+    terms = [_masked_mean((decoder(pv, m).float() - gather_tokens(h, m).float()).abs().pow(p), v) / p
+             for pv, m, v in zip(pooled, masks_tgt, valid_tgt)]
+    return torch.stack(terms).mean()
+
+
 def view_term(views: torch.Tensor, lam: float, slices: int):
     """LeJEPA's objective on `[V, B, D]` pooled views: (invariance, SIGReg) with invariance = mean squared
     distance of each view to the views' mean (summed over channels, averaged over views and clips) and
@@ -191,6 +220,11 @@ def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch
         term, inv, sig = view_term(views, cfg.view_lambda, cfg.sigreg_slices)
         loss = loss + cfg.view_coeff * term
         extra.update(view_inv=inv.detach(), view_sigreg=sig.detach())
+    if cfg.pooled_coeff > 0:
+        decoder = getattr(predictor, "module", predictor).pooled_decoder
+        pooled = pooled_term(decoder, z, masks_tgt, valid_ctx, valid_tgt, h, p)
+        loss = loss + cfg.pooled_coeff * pooled
+        extra["pooled"] = pooled.detach()
     if cfg.local_coeff > 0:
         head = getattr(predictor, "module", predictor).local_head
         local = local_term(head, z, masks_ctx, valid_ctx, h, encoder_grid(encoder), p, cfg.local_steps)

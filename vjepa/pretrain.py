@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from vjepa.engine.schedules import cosine_at, linear_at, lr_at, set_lr_wd
 from vjepa.engine.sections import EpochMetaConfig, LoggingConfig, OptimizationConfig, check_logging
 from vjepa.engine.speed import build_adamw, compile_modules, keep_fused_flag, make_finite_watch
 from vjepa.models import ModelConfig, build_encoder, build_predictor
-from vjepa.objective import LossConfig, jepa_loss, local_head, view_projector
+from vjepa.objective import LossConfig, PooledDecoder, jepa_loss, local_head, view_projector
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,8 @@ def build_models(cfg: PretrainConfig):
         predictor.view_proj = view_projector(encoder.embed_dim, cfg.loss.view_proj_dim)
     if cfg.loss.local_coeff > 0:
         predictor.local_head = local_head(encoder.embed_dim)
+    if cfg.loss.pooled_coeff > 0:
+        predictor.pooled_decoder = PooledDecoder(encoder.embed_dim, math.prod(encoder.grid))
     target = copy.deepcopy(encoder).requires_grad_(False).eval()
     return encoder, predictor, target
 
