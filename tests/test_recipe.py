@@ -457,3 +457,27 @@ def test_pooled_coeff_predicts_targets_from_the_pooled_context_only(tmp_path):
     out = d(torch.ones(1, 4), torch.tensor([[3, 3, 5]]))
     torch.testing.assert_close(out[0, 0], out[0, 1])
     assert not torch.allclose(out[0, 0], out[0, 2])
+
+
+def test_motion_weights_favour_positions_that_change_over_time(tmp_path):
+    from vjepa.objective import motion_weights
+
+    T, H, W, D = 4, 2, 2, 3
+    h = torch.ones(1, T, H * W, D)
+    h[0, :, 3] = torch.arange(T, dtype=torch.float32).view(T, 1)  # only position 3 changes over time
+    w = motion_weights(h.view(1, T * H * W, D), (T, H, W), 1.0)
+    assert w.shape == (1, T * H * W)
+    torch.testing.assert_close(w[0, :4], torch.tensor([0.0, 0.0, 0.0, 4.0]))  # mean 1 over positions
+    torch.testing.assert_close(w[0, 4:8], w[0, :4])  # the same weights at every time step
+    torch.testing.assert_close(motion_weights(h.view(1, -1, D), (T, H, W), 0.0), torch.ones(1, T * H * W))
+    # in the loss: a=0 is the plain loss; a>0 is the weighted mean written out
+    cfg, encoder, predictor, target = _models(tmp_path)
+    batch = tiny_batch(cfg, encoder)
+    base, hh, _ = jepa_loss(encoder, predictor, target, batch, LossConfig())
+    torch.testing.assert_close(jepa_loss(encoder, predictor, target, batch, LossConfig(dynamic_weight=0.0))[0], base)
+    on, _, _ = jepa_loss(encoder, predictor, target, batch, LossConfig(dynamic_weight=0.5))
+    m = batch["masks_tgt"][0]
+    pred = predictor(encoder(batch["clip"], batch["masks_ctx"]), batch["masks_ctx"], batch["masks_tgt"])[0]
+    err = (pred - gather_tokens(hh, m)).abs().mean(-1)
+    wt = torch.gather(motion_weights(hh, encoder.grid, 0.5), 1, m)
+    torch.testing.assert_close(on, (err * wt).sum() / wt.sum())

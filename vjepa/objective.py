@@ -39,6 +39,10 @@ class LossConfig:
             target position from only the mean of the clip's context tokens and a learned embedding of that
             position (no attention), so that the pooled representation must carry where things are at every
             time step: appearance, position and motion. L1 like the JEPA loss. 0 = off.
+        dynamic_weight: a in [0, 1]: the JEPA loss and the pooled-context term weight each target token by
+            (1 - a) + a * s, with s the temporal std of the target features at its patch position (over the
+            clip's time steps, normalised to mean 1 per clip), so that tokens where something moves count
+            more than static background. 0 = off (every token counts alike).
         view_proj_dim: > 0 passes the pooled views through a projector MLP (D -> 4D -> view_proj_dim, with
             BatchNorm, as LeJEPA's) held by the predictor and used only by this term; 0 = none.
     """
@@ -56,6 +60,7 @@ class LossConfig:
     local_coeff: float = 0.0
     local_steps: int = 1
     pooled_coeff: float = 0.0
+    dynamic_weight: float = 0.0
 
 
 def jepa_targets(target: nn.Module, clip: torch.Tensor, layers: int = 1) -> torch.Tensor:
@@ -70,11 +75,21 @@ def jepa_targets(target: nn.Module, clip: torch.Tensor, layers: int = 1) -> torc
 
 
 def _masked_mean(x: torch.Tensor, valid) -> torch.Tensor:
-    """Mean of `[B, K, D]` over real tokens (`valid` `[B, K]` bool, None = all)."""
+    """Mean of `[B, K, D]` over real tokens (`valid` `[B, K]` bool, None = all; float = token weights)."""
     if valid is None:
         return x.mean()
     w = valid.unsqueeze(-1).to(x.dtype)
     return (x * w).sum() / (w.sum() * x.shape[-1])
+
+
+def motion_weights(h: torch.Tensor, grid, a: float) -> torch.Tensor:
+    """Token weights `[B, N]` for `dynamic_weight` a: (1 - a) + a * (temporal std of `h` `[B, N, D]` at each
+    patch position of the (T, H, W) grid, mean over channels, normalised to mean 1 over a clip's positions)."""
+    T, H, W = grid
+    B, N, D = h.shape
+    s = h.float().view(B, T, H * W, D).std(1).mean(-1)  # [B, H*W]
+    s = s / s.mean(1, keepdim=True).clamp(min=1e-6)
+    return ((1 - a) + a * s).repeat(1, T)  # t-major token order: token n sits at position n % (H*W)
 
 
 def _token_std(x: torch.Tensor, valid) -> torch.Tensor:
@@ -192,8 +207,12 @@ def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch
     # targets feed the predictor's queries only without mask tokens (model.use_mask_tokens=false)
     preds = predictor(z, masks_ctx, masks_tgt, targets=h_tgt, valid_ctx=valid_ctx, valid_tgt=valid_tgt)
     p = cfg.loss_exp
+    weight_tgt = valid_tgt  # what each target token counts for in the loss: padding 0, real tokens 1
+    if cfg.dynamic_weight > 0:
+        w = motion_weights(h, encoder_grid(encoder), cfg.dynamic_weight)
+        weight_tgt = [torch.gather(w, 1, m) * (1.0 if v is None else v) for m, v in zip(masks_tgt, valid_tgt)]
     loss = sum(
-        _masked_mean((pr.float() - ht.float()).abs().pow(p), v) / p for pr, ht, v in zip(preds, h_tgt, valid_tgt)
+        _masked_mean((pr.float() - ht.float()).abs().pow(p), v) / p for pr, ht, v in zip(preds, h_tgt, weight_tgt)
     ) / len(preds)
     extra = {}
     if cfg.reg_coeff > 0:
@@ -222,7 +241,7 @@ def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch
         extra.update(view_inv=inv.detach(), view_sigreg=sig.detach())
     if cfg.pooled_coeff > 0:
         decoder = getattr(predictor, "module", predictor).pooled_decoder
-        pooled = pooled_term(decoder, z, masks_tgt, valid_ctx, valid_tgt, h, p)
+        pooled = pooled_term(decoder, z, masks_tgt, valid_ctx, weight_tgt, h, p)
         loss = loss + cfg.pooled_coeff * pooled
         extra["pooled"] = pooled.detach()
     if cfg.local_coeff > 0:
