@@ -1,4 +1,5 @@
-"""Video decoding: metadata and frames at given indices, with decord or PyAV.
+"""Video decoding: metadata and frames at given indices, with PyAV, decord or torchcodec (optional, see
+data/video_torchcodec.py: bit-identical to PyAV in our tests).
 
 Both backends number frames the same way (0 .. num_frames-1 in presentation order) and return the same
 uint8 RGB frames `[T, H, W, C]` for the same indices (bit-identical in our tests: h264, hevc, mpeg4,
@@ -29,7 +30,7 @@ from data.errors import UnsupportedOption
 
 logger = logging.getLogger(__name__)
 
-DECODERS = ("auto", "decord", "pyav")
+DECODERS = ("auto", "decord", "pyav", "torchcodec")
 
 # Without a measured GOP, only re-seek across gaps longer than the longest common GOP (x264 default
 # keyint 250); a shorter jump may land on the keyframe already decoded and decode it all again.
@@ -77,6 +78,10 @@ def resolve_decoder(decoder: str) -> str:
     if decoder == "decord" and not decord_available():
         raise UnsupportedOption("data.decoder=decord but decord is not installed on this machine (pip install decord, "
                                 "x86_64 only); use data.decoder=pyav")
+    if decoder == "torchcodec":
+        from data import video_torchcodec
+
+        video_torchcodec.check_available()
     return decoder
 
 
@@ -336,9 +341,14 @@ def _first_line(e: BaseException) -> str:
 
 
 def open_video(path: str, decoder: str = "auto", threads: int = 0) -> VideoReader:
-    """Open `path` with `decoder` (`auto`, `decord`, `pyav`); raises DecodeError for a bad file."""
-    if resolve_decoder(decoder) == "decord":
+    """Open `path` with `decoder` (`auto`, `decord`, `pyav`, `torchcodec`); raises DecodeError for a bad file."""
+    decoder = resolve_decoder(decoder)
+    if decoder == "decord":
         return DecordReader(path, threads=threads)
+    if decoder == "torchcodec":
+        from data.video_torchcodec import TorchCodecReader  # optional dependency
+
+        return TorchCodecReader(path, threads=threads)
     return PyAVReader(path, threads=threads)
 
 
