@@ -10,10 +10,13 @@ import pytest
 import torch
 
 from data import check
+from data import video_torchcodec
 from data.video import DecodeError, decord_available, decode_frames, open_video, read_video_info, resolve_decoder
 from tests.videos import frame_index, truncate, write_bad_files, write_video
 
-DECODERS = ["pyav"] + (["decord"] if decord_available() else [])
+# torchcodec (optional) also needs the system's FFmpeg; tests/test_torchcodec.py covers its absence.
+DECODERS = ["pyav"] + (["decord"] if decord_available() else []) + (
+    ["torchcodec"] if video_torchcodec.problem() is None else [])
 
 # name -> (codec, file name, frames, fps, gop, B-frames)
 SPECS = {
@@ -59,7 +62,7 @@ def test_info(videos: Dict[str, Path], name: str, decoder: str) -> None:
 
 
 def decoder_cases() -> List[Tuple[str, str, int]]:
-    """(video, decoder, threads): PyAV single- and frame-threaded, decord; decord's known misses xfail."""
+    """(video, decoder, threads): PyAV and torchcodec single- and multi-threaded, decord; known misses xfail."""
     cases = []
     for name in ALL_SPECS:
         cases += [pytest.param(name, "pyav", 1), pytest.param(name, "pyav", 0)]
@@ -67,6 +70,10 @@ def decoder_cases() -> List[Tuple[str, str, int]]:
             marks = [pytest.mark.xfail(strict=True, reason="decord 0.6 misnumbers mpeg4 B-frames")] if (
                 name in BFRAME_SPECS) else []
             cases.append(pytest.param(name, "decord", 0, marks=marks))
+        if video_torchcodec.problem() is None:
+            marks = [pytest.mark.xfail(strict=True, raises=DecodeError, reason="torchcodec 0.17 cannot decode "
+                                       "the last frame of AVI mpeg4 with B-frames")] if name == "mpeg4_bf_avi" else []
+            cases += [pytest.param(name, "torchcodec", 1, marks=marks), pytest.param(name, "torchcodec", 0, marks=marks)]
     return cases
 
 
