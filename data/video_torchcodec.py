@@ -1,8 +1,9 @@
 """The torchcodec backend (PyTorch's FFmpeg-based decoder): optional, chosen only by name.
 
-It needs the `torchcodec` wheel and the system's shared FFmpeg libraries (4 to 9 for torchcodec 0.17):
-the wheel bundles no FFmpeg, imports without one, and fails when a decoder is created. `problem()` says
-which part is missing, once per process.
+It needs the `torchcodec` wheel built for the installed torch (PyPI's Linux wheels are the CUDA build; a
+CPU-only torch takes the CPU wheel from download.pytorch.org/whl/cpu) and the system's shared FFmpeg
+libraries (4 to 9 for torchcodec 0.17): the wheel bundles no FFmpeg, imports without one, and fails when a
+decoder is created. `problem()` says which part is missing, once per process.
 
 Frame numbering and content match PyAV: in exact seek mode torchcodec scans the packets on open and
 numbers frames by presentation timestamp, and it converts to RGB with the same swscale call, so its
@@ -23,7 +24,8 @@ import torch
 from data.errors import UnsupportedOption
 from data.video import DecodeError, VideoInfo, VideoReader, _check_file, _check_indices
 
-INSTALL = ("pip install -e \".[torchcodec]\" (or pip install torchcodec) and the system's shared FFmpeg "
+INSTALL = ("pip install -e \".[torchcodec]\" (or pip install torchcodec; with a CPU-only torch add --index-url "
+           "https://download.pytorch.org/whl/cpu) and the system's shared FFmpeg "
            "libraries, major version 4 to 9 (Debian/Ubuntu: apt-get install libavcodec-dev libavformat-dev "
            "libavutil-dev libswscale-dev libswresample-dev libavfilter-dev libavdevice-dev; or conda "
            "install ffmpeg)")
@@ -44,7 +46,8 @@ def problem() -> Optional[str]:
         return f"torchcodec cannot load FFmpeg: {_first_line(e)}"
     # Since 0.3 the import succeeds without FFmpeg and leaves ffmpeg_major_version None.
     if getattr(torchcodec, "ffmpeg_major_version", 0) is None:
-        return "torchcodec is installed but finds no shared FFmpeg libraries (4 to 9)"
+        return ("torchcodec is installed but cannot load its FFmpeg core: no shared FFmpeg libraries 4 to 9 "
+                "found, or a torchcodec wheel built for another torch (CPU/CUDA build, version)")
     return None
 
 

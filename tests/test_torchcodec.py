@@ -50,7 +50,7 @@ def test_torchcodec_without_ffmpeg_is_a_clear_error(monkeypatch: pytest.MonkeyPa
     fake.ffmpeg_major_version = None  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "torchcodec", fake)
     monkeypatch.setitem(sys.modules, "torchcodec.decoders", types.ModuleType("torchcodec.decoders"))
-    with pytest.raises(UnsupportedOption, match="finds no shared FFmpeg libraries .* apt-get install libavcodec-dev"):
+    with pytest.raises(UnsupportedOption, match="cannot load its FFmpeg core: no shared FFmpeg libraries 4 to 9 found.* apt-get install libavcodec-dev"):
         resolve_decoder("torchcodec")
 
 
