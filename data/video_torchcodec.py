@@ -6,8 +6,9 @@ libraries (4 to 9 for torchcodec 0.17): the wheel bundles no FFmpeg, imports wit
 decoder is created. `problem()` says which part is missing, once per process.
 
 Frame numbering and content match PyAV: in exact seek mode torchcodec scans the packets on open and
-numbers frames by presentation timestamp, and it converts to RGB with the same swscale call, so its
-frames are bit-identical to PyAV's in our tests (h264, mpeg4, vp9 in mp4/avi/mkv/webm). Known
+numbers frames by presentation timestamp, and its 8-bit frames are bit-identical to PyAV's (h264, hevc,
+mpeg4, vp9, mjpeg, 4:2:0/4:4:4 and full-range, in mp4/avi/mkv/webm). 10-bit video converts to 8 bits
+differently: mean |diff| ~1.5 levels (h264/hevc 10-bit; torchcodec slightly nearer the source). Known
 exception: mpeg4 part 2 with B-frames in AVI (XviD/DivX): the last frame is counted but not
 decodable, so a clip that reaches it raises DecodeError (PyAV decodes it). Approximate seek mode
 (no scan) is not used: it counts 39 of the 40 frames of a vp9 webm.
