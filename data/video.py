@@ -40,6 +40,9 @@ _DEFAULT_SEEK_GAP = 300
 SKIP_NONREF_FRAMES = True
 # Packets read on open to find the first timestamp: more than any B-frame reordering delay.
 _HEAD_PACKETS = 32
+# PyAV >= 17 converts to RGB with swscale threads, one per core unless told: a reader asked for one
+# thread (DataLoader workers) would still convert with one thread per core (2.8x the CPU, 128 px frames).
+_REFORMAT_HAS_THREADS = int(av.__version__.split(".")[0]) >= 17
 
 
 class DecodeError(Exception):
@@ -192,6 +195,7 @@ class PyAVReader(VideoReader):
         except (av.FFmpegError, UnicodeDecodeError) as e:
             raise DecodeError(path, f"cannot open: {_first_line(e)}") from e
         try:
+            self._reformat = {"threads": threads} if _REFORMAT_HAS_THREADS else {}
             self._info = self._read_info(threads)
         except BaseException:
             self.close()
@@ -305,7 +309,7 @@ class PyAVReader(VideoReader):
             hit = False
             while k < len(targets) and targets[k] <= i:
                 if not hit:
-                    rgb = frame.to_ndarray(format="rgb24")  # [H, W, C]
+                    rgb = frame.to_ndarray(format="rgb24", **self._reformat)  # [H, W, C]
                     hit = True
                 out[targets[k]] = rgb
                 k += 1

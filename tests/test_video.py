@@ -2,6 +2,7 @@
 the `data.check` scanner."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -170,3 +171,20 @@ def test_check_duration_filter(videos: Dict[str, Path]) -> None:
     reports = check.check_samples(samples, workers=1, decoder="pyav", full=True, min_duration=3.0, progress=False)
     assert reports[0].filtered is None and reports[0].error is None
     assert reports[1].filtered is not None and "shorter" in reports[1].filtered
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="counts context switches with getrusage (Linux)")
+def test_one_thread_pyav_reader_starts_no_threads(videos: Dict[str, Path]) -> None:
+    # A worker's reader asked for one thread must not start any: PyAV >= 17's RGB conversion (swscale)
+    # otherwise uses one thread per core and wakes them for each frame (measured: ~170 voluntary
+    # context switches for these 16 frames, 0 with threads=1).
+    import resource
+
+    def switches() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+
+    with open_video(str(videos["h264_mp4"]), "pyav", threads=1) as reader:
+        reader.get_frames([0])  # warm: first packets read from disk
+        before = switches()
+        reader.get_frames(range(0, 64, 4))
+        assert switches() - before < 20
