@@ -1,6 +1,6 @@
 """Clip loading speed per decoding backend, on generated videos.
 
-    python benchmarks/data_loading.py [--clips 48] [--videos 3] [--workers 2]
+    python benchmarks/data_loading.py [--clips 48] [--videos 3] [--workers 2] [--decoders pyav torchcodec]
 
 Writes 256x256, 30 fps, 10 s videos (h264 and mpeg4, GOP 30 and 250) with PyAV into a temp folder, then
 measures for each backend x codec x GOP:
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from data.config import DataAugConfig  # noqa: E402
 from data.datasets import VideoDataset  # noqa: E402
 from data.transforms import make_train_transform  # noqa: E402
-from data import video  # noqa: E402
+from data import video, video_torchcodec  # noqa: E402
 from data.video import decord_available, open_video  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -117,9 +117,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--clips", type=int, default=48, help="clips timed per measurement")
     parser.add_argument("--videos", type=int, default=3, help="videos per codec x GOP")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--decoders", nargs="+", default=None, choices=["decord", "pyav", "torchcodec"],
+                        help="backends to measure (default: every one installed)")
     args = parser.parse_args(argv)
 
-    decoders = (["decord"] if decord_available() else []) + ["pyav"]
+    decoders = (["decord"] if decord_available() else []) + ["pyav"] + (
+        ["torchcodec"] if video_torchcodec.problem() is None else [])
+    if args.decoders is not None:
+        for d in args.decoders:
+            video.resolve_decoder(d)  # a backend that is not installed: its install message
+        decoders = args.decoders
     rows: List[Tuple[str, ...]] = []
     with tempfile.TemporaryDirectory() as tmp:
         files: Dict[Tuple[str, int], List[Path]] = {}

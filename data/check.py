@@ -1,6 +1,6 @@
 """Scan a video list for broken files before training, in parallel.
 
-    python -m data.check LIST.csv [--workers N] [--out clean.csv] [--decoder auto|decord|pyav] [--full]
+    python -m data.check LIST.csv [--workers N] [--out clean.csv] [--decoder auto|decord|pyav|torchcodec] [--full]
         [--min-duration S] [--max-duration S]
         [--config PRETRAIN_OR_PROBE.yaml | --frames N [--sampling-rate K | --fps F | --clip-duration S]]
 
@@ -31,7 +31,7 @@ from tqdm import tqdm
 from data.config import DataConfig
 from data.datasets import VIDEO_EXTENSIONS, Sample, clip_span, frame_step, load_source
 from data.errors import UserError
-from data.video import DecodeError, VideoInfo, open_video, resolve_decoder
+from data.video import DECODERS, DecodeError, VideoInfo, open_video, resolve_decoder
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("list", help="CSV (`path label` per line) or folder tree")
     parser.add_argument("--workers", type=int, default=max(1, mp.cpu_count()))
     parser.add_argument("--out", default=None, help="write the usable files to this CSV")
-    parser.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav"])
+    parser.add_argument("--decoder", default="auto", choices=list(DECODERS))
     parser.add_argument("--full", action="store_true", help="decode every frame (slow, thorough)")
     parser.add_argument("--min-duration", type=float, default=None, help="report shorter files as filtered")
     parser.add_argument("--max-duration", type=float, default=None, help="report longer files as filtered")

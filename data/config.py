@@ -47,7 +47,8 @@ class DataConfig:
         fps: sample frames at this rate (V-JEPA 2 style) instead of a fixed frame step.
         filter_short_videos / clip_duration: drop videos shorter than one clip / sample clips spanning
             this many seconds.
-        decoder: `auto` (= PyAV: decord misreads mpeg4 B-frames, see data/video.py), `decord` or `pyav`.
+        decoder: `auto` (= PyAV: decord misreads mpeg4 B-frames, see data/video.py), `decord`, `pyav` or
+            `torchcodec` (optional: pip extra + system FFmpeg, see data/video_torchcodec.py).
         decoder_threads: decoding threads per video (0 = one inside DataLoader workers, which already
             share the cores; the backend's default, one per core, in the main process).
         num_views: spatial views per clip at evaluation (1 = centre crop; 3 = along the long side).

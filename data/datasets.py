@@ -297,7 +297,7 @@ class VideoDataset(ClipDataset):
     """Clips decoded from video files (see ClipDataset for the shared Args).
 
     Args:
-        decoder: `auto`, `decord` or `pyav`.
+        decoder: `auto`, `decord`, `pyav` or `torchcodec`.
         sampling_rate / fps / clip_duration: frame step (see `frame_step`).
         filter_short_videos: skip videos shorter than one clip (counted in `skipped`) instead of padding
             them with their last frame.

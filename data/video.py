@@ -1,4 +1,5 @@
-"""Video decoding: metadata and frames at given indices, with decord or PyAV.
+"""Video decoding: metadata and frames at given indices, with PyAV, decord or torchcodec (optional, see
+data/video_torchcodec.py: bit-identical to PyAV in our tests).
 
 Both backends number frames the same way (0 .. num_frames-1 in presentation order) and return the same
 uint8 RGB frames `[T, H, W, C]` for the same indices (bit-identical in our tests: h264, hevc, mpeg4,
@@ -29,7 +30,7 @@ from data.errors import UnsupportedOption
 
 logger = logging.getLogger(__name__)
 
-DECODERS = ("auto", "decord", "pyav")
+DECODERS = ("auto", "decord", "pyav", "torchcodec")
 
 # Without a measured GOP, only re-seek across gaps longer than the longest common GOP (x264 default
 # keyint 250); a shorter jump may land on the keyframe already decoded and decode it all again.
@@ -39,6 +40,9 @@ _DEFAULT_SEEK_GAP = 300
 SKIP_NONREF_FRAMES = True
 # Packets read on open to find the first timestamp: more than any B-frame reordering delay.
 _HEAD_PACKETS = 32
+# PyAV >= 17 converts to RGB with swscale threads, one per core unless told: a reader asked for one
+# thread (DataLoader workers) would still convert with one thread per core (2.8x the CPU, 128 px frames).
+_REFORMAT_HAS_THREADS = int(av.__version__.split(".")[0]) >= 17
 
 
 class DecodeError(Exception):
@@ -77,6 +81,10 @@ def resolve_decoder(decoder: str) -> str:
     if decoder == "decord" and not decord_available():
         raise UnsupportedOption("data.decoder=decord but decord is not installed on this machine (pip install decord, "
                                 "x86_64 only); use data.decoder=pyav")
+    if decoder == "torchcodec":
+        from data import video_torchcodec
+
+        video_torchcodec.check_available()
     return decoder
 
 
@@ -187,6 +195,7 @@ class PyAVReader(VideoReader):
         except (av.FFmpegError, UnicodeDecodeError) as e:
             raise DecodeError(path, f"cannot open: {_first_line(e)}") from e
         try:
+            self._reformat = {"threads": threads} if _REFORMAT_HAS_THREADS else {}
             self._info = self._read_info(threads)
         except BaseException:
             self.close()
@@ -300,7 +309,7 @@ class PyAVReader(VideoReader):
             hit = False
             while k < len(targets) and targets[k] <= i:
                 if not hit:
-                    rgb = frame.to_ndarray(format="rgb24")  # [H, W, C]
+                    rgb = frame.to_ndarray(format="rgb24", **self._reformat)  # [H, W, C]
                     hit = True
                 out[targets[k]] = rgb
                 k += 1
@@ -336,9 +345,14 @@ def _first_line(e: BaseException) -> str:
 
 
 def open_video(path: str, decoder: str = "auto", threads: int = 0) -> VideoReader:
-    """Open `path` with `decoder` (`auto`, `decord`, `pyav`); raises DecodeError for a bad file."""
-    if resolve_decoder(decoder) == "decord":
+    """Open `path` with `decoder` (`auto`, `decord`, `pyav`, `torchcodec`); raises DecodeError for a bad file."""
+    decoder = resolve_decoder(decoder)
+    if decoder == "decord":
         return DecordReader(path, threads=threads)
+    if decoder == "torchcodec":
+        from data.video_torchcodec import TorchCodecReader  # optional dependency
+
+        return TorchCodecReader(path, threads=threads)
     return PyAVReader(path, threads=threads)
 
 

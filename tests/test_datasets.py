@@ -19,10 +19,12 @@ from data.datasets import (
     read_csv_list,
     read_folder,
 )
+from data import video_torchcodec
 from data.video import decord_available
 from tests.videos import frame_index, write_bad_files, write_image, write_video
 
-DECODERS = ["pyav"] + (["decord"] if decord_available() else [])
+DECODERS = ["pyav"] + (["decord"] if decord_available() else []) + (
+    ["torchcodec"] if video_torchcodec.problem() is None else [])
 
 
 def identity(clip: torch.Tensor) -> torch.Tensor:
