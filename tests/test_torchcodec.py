@@ -8,7 +8,6 @@ import types
 from pathlib import Path
 from typing import Dict, Iterator
 
-import av
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -16,7 +15,7 @@ from torch.utils.data import DataLoader
 from data import video_torchcodec
 from data.errors import UnsupportedOption
 from data.video import DecodeError, decode_frames, open_video, read_video_info, resolve_decoder
-from tests.videos import frame_index, truncate, write_video
+from tests.videos import faststart, frame_index, truncate, write_video
 
 needs_torchcodec = pytest.mark.skipif(
     video_torchcodec.problem() is not None, reason=f"torchcodec unusable here: {video_torchcodec.problem()}")
@@ -101,13 +100,7 @@ def test_truncated_stream_counts_the_frames_present(tmp_path: Path, clips: Dict[
     # A faststart mp4 cut short: PyAV trusts the header's 50 frames (and raises for the missing ones);
     # torchcodec's scan counts only the packets present, the last of them cut mid-way.
     fast = tmp_path / "fast.mp4"
-    with av.open(str(clips["h264_mp4"])) as i, av.open(str(fast), "w", options={"movflags": "faststart"}) as o:
-        s = o.add_stream_from_template(i.streams.video[0])
-        for p in i.demux(i.streams.video[0]):
-            if p.dts is not None:
-                p.stream = s
-                o.mux(p)
-    cut = truncate(fast, tmp_path / "cut.mp4", 0.5)
+    cut = truncate(faststart(clips["h264_mp4"], fast), tmp_path / "cut.mp4", 0.5)
     with open_video(str(cut), "torchcodec") as reader:
         assert 0 < reader.num_frames < 50
         assert frame_index(reader.get_frames([1])[0]) == 1

@@ -6,14 +6,13 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-import av
 import pytest
 import torch
 
 from data import check
 from data import video_torchcodec
 from data.video import DecodeError, decord_available, decode_frames, open_video, read_video_info, resolve_decoder
-from tests.videos import frame_index, truncate, write_bad_files, write_video
+from tests.videos import faststart, frame_index, truncate, write_bad_files, write_video
 
 # torchcodec (optional) also needs the system's FFmpeg; tests/test_torchcodec.py covers its absence.
 DECODERS = ["pyav"] + (["decord"] if decord_available() else []) + (
@@ -132,13 +131,7 @@ def test_truncated_stream_with_intact_header(tmp_path: Path, videos: Dict[str, P
     # A "faststart" mp4 has its index first: cut short, it opens but the later frames are gone.
     src = videos["h264_mp4"]
     fast = tmp_path / "fast.mp4"
-    with av.open(str(src)) as i, av.open(str(fast), "w", options={"movflags": "faststart"}) as o:
-        s = o.add_stream_from_template(i.streams.video[0])
-        for p in i.demux(i.streams.video[0]):
-            if p.dts is not None:
-                p.stream = s
-                o.mux(p)
-    cut = truncate(fast, tmp_path / "cut.mp4", 0.5)
+    cut = truncate(faststart(src, fast), tmp_path / "cut.mp4", 0.5)
     with open_video(str(cut), "pyav") as reader:
         assert reader.info.num_frames == 100  # the header still says so
         assert frame_index(reader.get_frames([1])[0]) == 1

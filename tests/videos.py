@@ -91,6 +91,17 @@ def truncate(src: Path, dst: Path, fraction: float) -> Path:
     return dst
 
 
+def faststart(src: Path, dst: Path) -> Path:
+    """Remux `src` into a "faststart" mp4 at `dst` (the index before the frames, as web video is)."""
+    with av.open(str(src)) as i, av.open(str(dst), "w", options={"movflags": "faststart"}) as o:
+        s = o.add_stream_from_template(i.streams.video[0])
+        for p in i.demux(i.streams.video[0]):
+            if p.dts is not None:
+                p.stream = s
+                o.mux(p)
+    return dst
+
+
 def corrupt(src: Path, dst: Path, start: float, stop: float) -> Path:
     """Copy `src` with the bytes between fractions `start` and `stop` of its size overwritten by noise.
 
