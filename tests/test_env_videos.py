@@ -288,3 +288,21 @@ def test_world_model_run_caches_the_backbone_once_and_never_reads_a_stale_cache(
         pytest.fail("read a stale cache") if Path(p) == cached else real_load(p, *a, **k)))
     wm_train.train(cfg_for(tmp_path / "c"))
     assert len(list((tmp_path / "features").glob("*.pt"))) == 2
+
+
+def test_env_videos_cli_draws_varied_train_split_maps_only(tmp_path):
+    import json
+
+    from data.generated.env_videos import main
+    from data.generated.envs import is_heldout
+
+    out = tmp_path / "v"
+    main(["--world", "two_rooms", "--out", str(out), "--num-trajectories", "6", "--length", "4", "--num-layouts",
+          "40", "--wall-shift", "6", "--door-cells", "4", "--door-cells-max", "8", "--layout-split", "train"])
+    cfg = json.loads((out / "manifest.json").read_text())["trajectories"]
+    assert cfg["layout_split"] == "train" and cfg["env"]["wall_shift"] == 6 and cfg["env"]["door_cells_max"] == 8
+    env = EnvConfig(name="two_rooms", wall_shift=6, door_cells=4, door_cells_max=8)
+    data = generate(TrajectoryConfig(env=env, num_trajectories=6, length=4, num_layouts=40, layout_seed=1000,
+                                     seed=1000, layout_split="train", expert_fraction=0.5, cache_dir=None))
+    maps = data["walls"][np.unique(data["layout"])]
+    assert len(maps) > 1 and not is_heldout(maps, env.heldout_every).any()

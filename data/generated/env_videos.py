@@ -113,11 +113,18 @@ def main(argv: Optional[list] = None) -> None:
     p.add_argument("--seed", type=int, default=1000)
     p.add_argument("--img-size", type=int, default=64)
     p.add_argument("--fps", type=int, default=10)
+    p.add_argument("--wall-shift", type=int, default=0, help="env.wall_shift (two_rooms: wall column varies)")
+    p.add_argument("--door-cells", type=int, default=EnvConfig.door_cells, help="env.door_cells")
+    p.add_argument("--door-cells-max", type=int, default=0, help="env.door_cells_max (door width varies)")
+    p.add_argument("--layout-split", choices=["all", "train"], default="all",
+                   help="train: only maps of the train split, so a world model's held-out maps stay unseen")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    cfg = TrajectoryConfig(env=EnvConfig(name=a.world, img_size=a.img_size), num_trajectories=a.num_trajectories,
-                           length=a.length, num_layouts=a.num_layouts, layout_seed=a.layout_seed,
-                           expert_fraction=a.expert_fraction, seed=a.seed)
+    env = EnvConfig(name=a.world, img_size=a.img_size, wall_shift=a.wall_shift, door_cells=a.door_cells,
+                    door_cells_max=a.door_cells_max)
+    cfg = TrajectoryConfig(env=env, num_trajectories=a.num_trajectories, length=a.length, num_layouts=a.num_layouts,
+                           layout_seed=a.layout_seed, expert_fraction=a.expert_fraction, seed=a.seed,
+                           layout_split=a.layout_split)
     write_env_videos(cfg, a.out, a.fps)
 
 
