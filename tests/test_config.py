@@ -57,3 +57,15 @@ def test_dry_run_prints_config_params_and_mask_statistics(capsys):
     assert "model_name: vit_micro" in out
     assert "trainable params" in out and "token grid (2, 8, 8) = 128 tokens" in out
     assert "mask 0 (tube" in out and "target 96 tokens (75.0%)" in out
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")))
+def test_every_shipped_config_loads_with_its_task_config(path):
+    """A typo'd key or a wrong type in a shipped YAML fails here, not at the start of someone's run."""
+    import importlib
+
+    from train import TASKS
+
+    raw = read_yaml(ROOT / path)
+    module_name, cfg_name, _ = TASKS[pick_task(raw, [])]
+    load_config(getattr(importlib.import_module(module_name), cfg_name), raw=raw)
