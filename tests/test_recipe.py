@@ -481,3 +481,19 @@ def test_motion_weights_favour_positions_that_change_over_time(tmp_path):
     err = (pred - gather_tokens(hh, m)).abs().mean(-1)
     wt = torch.gather(motion_weights(hh, encoder.grid, 0.5), 1, m)
     torch.testing.assert_close(on, (err * wt).sum() / wt.sum())
+
+
+def test_pooling_readouts_poolings_on_a_known_case():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pooling_readouts", "benchmarks/pooling_readouts.py")
+    pr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pr)
+    z = torch.zeros(1, 2 * 2 * 2, 3)  # grid T, H, W = 2, 2, 2
+    z[0, 4 + 1, 0] = 2.0  # one token (t 1, position 1) lights channel 0
+    p = pr.poolings(z, (2, 2, 2))
+    torch.testing.assert_close(p["mean"][0], torch.tensor([2.0 / 8, 0.0, 0.0]))
+    torch.testing.assert_close(p["per-time mean"][0], torch.tensor([0.0, 0.0, 0.0, 0.5, 0.0, 0.0]))
+    torch.testing.assert_close(p["mean |dz/dt|"][0], torch.tensor([0.5, 0.0, 0.0]))
+    # only position 1 changes over time: its two tokens (0 and 2) share the weight; their mean is 1
+    torch.testing.assert_close(p["motion-weighted mean"][0], torch.tensor([1.0, 0.0, 0.0]))
