@@ -9,7 +9,7 @@ EMA target and online encoder:
 - per-time mean: tokens averaged over space per time step, concatenated in time order;
 - motion-weighted mean: tokens averaged with weights proportional to how far each one is from its patch
   position's mean over time (tokens where something moves count more);
-- mean |dz/dt|: mean absolute difference between consecutive time steps' tokens, per channel.
+- mean abs(dz/dt): mean absolute difference between consecutive time steps' tokens, per channel.
 The evaluation of issue 10 stays the mean pool; this is a diagnostic of where motion is in the tokens.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from vjepa.engine.config import load_config  # noqa: E402
 from vjepa.knn_monitor import MotionKNNMonitor, ridge_top1  # noqa: E402
 from vjepa.pretrain import PretrainConfig, build_models  # noqa: E402
 
-POOLINGS = ("mean", "per-time mean", "motion-weighted mean", "mean |dz/dt|")
+POOLINGS = ("mean", "per-time mean", "motion-weighted mean", "mean abs(dz/dt)")
 
 
 def poolings(z: torch.Tensor, grid) -> dict:
@@ -40,7 +40,7 @@ def poolings(z: torch.Tensor, grid) -> dict:
     w = dev / dev.sum((1, 2), keepdim=True).clamp(min=1e-12)
     return {"mean": z.mean(1), "per-time mean": zt.mean(2).reshape(M, -1),
             "motion-weighted mean": (zt * w.unsqueeze(-1)).sum((1, 2)),
-            "mean |dz/dt|": (zt[:, 1:] - zt[:, :-1]).abs().mean((1, 2))}
+            "mean abs(dz/dt)": (zt[:, 1:] - zt[:, :-1]).abs().mean((1, 2))}
 
 
 @torch.no_grad()

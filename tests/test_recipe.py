@@ -494,6 +494,6 @@ def test_pooling_readouts_poolings_on_a_known_case():
     p = pr.poolings(z, (2, 2, 2))
     torch.testing.assert_close(p["mean"][0], torch.tensor([2.0 / 8, 0.0, 0.0]))
     torch.testing.assert_close(p["per-time mean"][0], torch.tensor([0.0, 0.0, 0.0, 0.5, 0.0, 0.0]))
-    torch.testing.assert_close(p["mean |dz/dt|"][0], torch.tensor([0.5, 0.0, 0.0]))
+    torch.testing.assert_close(p["mean abs(dz/dt)"][0], torch.tensor([0.5, 0.0, 0.0]))
     # only position 1 changes over time: its two tokens (0 and 2) share the weight; their mean is 1
     torch.testing.assert_close(p["motion-weighted mean"][0], torch.tensor([1.0, 0.0, 0.0]))
