@@ -183,3 +183,16 @@ def test_spatial_config_errors():
         load_config(WorldModelConfig, raw={"encoder": {"type": "conv_mop"}})
     with pytest.raises(Exception, match="map_siz"):
         load_config(WorldModelConfig, raw={"encoder": {"map_siz": 8}})
+
+
+def test_wall_probe_reads_the_wall_column_and_door_row():
+    from benchmarks.wall_probe import wall_geometry
+    from data.generated.envs import EnvConfig, sample_maps
+
+    env = EnvConfig(name="two_rooms", wall_shift=6, door_cells=4, door_cells_max=8)
+    maps = sample_maps(env, 6, 0, "heldout")
+    for m, (col, door) in zip(maps, wall_geometry(maps)):
+        col = int(col)
+        assert m[5:-5, col].any() and not m[5:-5, col - 1].any()  # the wall's first column, nothing left of it
+        gap = np.flatnonzero(~m[1:-1, col]) + 1
+        assert door == gap.mean() and np.all(np.diff(gap) == 1)  # one door, its centre row
