@@ -196,3 +196,22 @@ def test_wall_probe_reads_the_wall_column_and_door_row():
         assert m[5:-5, col].any() and not m[5:-5, col - 1].any()  # the wall's first column, nothing left of it
         gap = np.flatnonzero(~m[1:-1, col]) + 1
         assert door == gap.mean() and np.all(np.diff(gap) == 1)  # one door, its centre row
+
+
+def test_replicate_padding_hides_the_map_edge():
+    """On a uniform map, zero padding makes the edge cells' change differ (the edge is visible as such);
+    replicated padding makes every cell change alike."""
+    z, a = torch.full((1, 1, 2 * 6 * 6), 0.7), torch.tensor([[[0.5, -0.3]]])
+    for padding, uniform in (("zeros", False), ("replicate", True)):
+        torch.manual_seed(0)
+        p = ConvPredictor((2, 6, 6), 2, width=8, depth=1, padding=padding)
+        torch.nn.init.normal_(p.out.weight, std=0.1)
+        d = (p(z, a) - z).view(2, 36)
+        assert torch.allclose(d, d[:, :1].expand(-1, 36), atol=1e-6) == uniform, padding
+
+
+def test_padding_config_errors():
+    with pytest.raises(ValueError, match="padding"):
+        PredictorConfig(padding="replicate")  # a transformer has no padding
+    with pytest.raises(ValueError, match="padding"):
+        ConvPredictor((2, 4, 4), 2, padding="reflect")

@@ -46,6 +46,7 @@ class PredictorConfig:
         type: "transformer" (block-causal `ACPredictor`) or "conv" (`spatial.ConvPredictor`, Markov, on the map
         of `encoder.type: conv_map`). dim / depth / num_heads: the transformer's shape; for "conv", dim is
         the hidden channels and depth the residual blocks (num_heads unused). max_frames: longest context.
+        padding: "conv" only, how its convolutions pad the map ("zeros" | "replicate", see `ConvPredictor`).
     """
 
     type: str = "transformer"
@@ -53,10 +54,13 @@ class PredictorConfig:
     depth: int = 2
     num_heads: int = 2
     max_frames: int = 16
+    padding: str = "zeros"
 
     def __post_init__(self):
         if self.type not in PREDICTORS:
             raise ValueError(f"predictor.type {self.type!r} unknown; valid: {list(PREDICTORS)}")
+        if self.padding != "zeros" and self.type != "conv":
+            raise ValueError(f"predictor.padding {self.padding!r} is for predictor.type conv only")
 
 
 PREDICTORS = ("transformer", "conv")
@@ -112,7 +116,8 @@ class FrameLevel(nn.Module):
         if pred.type == "conv":
             if self.map_shape is None:
                 raise ValueError("predictor.type conv needs a feature-map state: set encoder.type: conv_map")
-            self.predictor = ConvPredictor(self.map_shape, action_dim, pred.dim, pred.depth, pred.max_frames)
+            self.predictor = ConvPredictor(self.map_shape, action_dim, pred.dim, pred.depth, pred.max_frames,
+                                           pred.padding)
         else:
             self.predictor = ACPredictor(D, action_dim, pred.dim, pred.depth, pred.num_heads, pred.max_frames)
         self.idm = Mlp(2 * D, 64, action_dim, act_layer=nn.GELU)

@@ -49,6 +49,9 @@ class ConvMapEncoder(nn.Module):
         return self.conv(x).flatten(1)  # [B, C, h, w] -> [B, C*h*w]
 
 
+PADDINGS = ("zeros", "replicate")
+
+
 class ConvPredictor(nn.Module):
     """Markov convolutional predictor with `ACPredictor`'s interface: (z `[B, T, D]`, a `[B, T, A]`) ->
     z_next `[B, T, D]`, output t a prediction of z_{t+1} from (z_t, a_t) alone.
@@ -61,20 +64,28 @@ class ConvPredictor(nn.Module):
     Args:
         map_shape: (C, h, w) of the state. action_dim: A. width: hidden channels. depth: residual blocks.
         max_frames: accepted for the interface (`rollout`'s context cap); a Markov predictor reads one frame.
+        padding: "zeros" or "replicate" (border cells repeated): with zeros the map's edge is visible as such
+            and the predictor can learn to stop the agent there from the padding alone, a rule that does not
+            carry to walls inside the map; replicated, the border wall is seen as wall cells like any other.
     """
 
     def __init__(self, map_shape: Tuple[int, int, int], action_dim: int, width: int = 16, depth: int = 2,
-                 max_frames: int = 16):
+                 max_frames: int = 16, padding: str = "zeros"):
         super().__init__()
         if width < 1 or depth < 0:
             raise ValueError(f"conv predictor needs width >= 1 and depth >= 0, got {width}, {depth}")
+        if padding not in PADDINGS:
+            raise ValueError(f"predictor.padding {padding!r} unknown; valid: {list(PADDINGS)}")
         self.map_shape, self.max_frames = tuple(map_shape), max_frames
         C = map_shape[0]
-        self.inp = nn.Conv2d(C + action_dim, width, 3, padding=1)
-        self.blocks = nn.ModuleList(
-            nn.Sequential(nn.GELU(), nn.Conv2d(width, width, 3, padding=1), nn.GELU(), nn.Conv2d(width, width, 3, padding=1))
-            for _ in range(depth))
-        self.out = nn.Conv2d(width, C, 3, padding=1)
+
+        def conv(i: int, o: int) -> nn.Conv2d:
+            return nn.Conv2d(i, o, 3, padding=1, padding_mode=padding)
+
+        self.inp = conv(C + action_dim, width)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.GELU(), conv(width, width), nn.GELU(), conv(width, width))
+                                    for _ in range(depth))
+        self.out = conv(width, C)
         nn.init.zeros_(self.out.weight)  # start as the identity dynamics z_{t+1} = z_t
         nn.init.zeros_(self.out.bias)
 
