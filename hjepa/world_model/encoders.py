@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from data.config import DataAugConfig
+from hjepa.world_model.spatial import ConvMapEncoder
 from vjepa.engine import checkpoint as ckpt
 from vjepa.models import ModelConfig, build_encoder
 
@@ -22,7 +23,9 @@ from vjepa.models import ModelConfig, build_encoder
 @dataclass
 class EncoderConfig:
     """Args:
-        type: "conv" (small CNN, CPU runs) or "vjepa" (the V-JEPA video ViT of vjepa.models, mean-pooled).
+        type: "conv" (small CNN, CPU runs), "conv_map" (a CNN that keeps a `map_size` x `map_size` feature map
+        of `dim` channels per cell; the state is the map flattened, dim x map_size^2 wide: spatial.py) or
+        "vjepa" (the V-JEPA video ViT of vjepa.models, mean-pooled).
         dim: representation width: the conv encoder's, or the trained head's on a frozen backbone (`head` not
         "none"; with no head the ViT gives its embed_dim). Small on purpose: the state is
         2-D, and with 32 dims the VICReg-spread features saturated (latent distance flat beyond ~0.2 of
@@ -37,6 +40,7 @@ class EncoderConfig:
         grid^2 x embed_dim features); 1 = one mean-pooled vector.
         cache_dir: where a frozen encoder's outputs on the training dataset are cached (feature_cache.py;
         None = encode at every run, still once per run).
+        map_size: conv_map only, the map's cells per side (must divide data.env.img_size).
     """
 
     type: str = "conv"
@@ -51,8 +55,14 @@ class EncoderConfig:
     head: str = "none"
     grid: int = 1
     cache_dir: Optional[str] = "data_cache/features"
+    map_size: int = 8
 
     def __post_init__(self):
+        if self.type not in ENCODERS:
+            raise ValueError(f"encoder.type {self.type!r} unknown; valid: {list(ENCODERS)}")
+        if self.type == "conv_map" and (self.head != "none" or self.static_dim):
+            raise ValueError("encoder.type conv_map keeps the map as the state: it takes no encoder.head and no "
+                             "encoder.static_dim")
         if self.head not in HEADS:
             raise ValueError(f"encoder.head {self.head!r} unknown; valid: {list(HEADS)}")
         if self.head != "none" and not self.frozen:
@@ -62,6 +72,7 @@ class EncoderConfig:
 
 
 HEADS = ("none", "linear", "mlp")
+ENCODERS = ("conv", "conv_map", "vjepa")
 
 
 class ConvEncoder(nn.Module):
@@ -228,10 +239,12 @@ def build_frame_encoder(cfg: EncoderConfig, img_size: int) -> nn.Module:
         if img_size % 16:
             raise ValueError(f"conv encoder needs img_size divisible by 16, got {img_size}")
         enc = ConvEncoder(3, cfg.dim, cfg.width, img_size)
+    elif cfg.type == "conv_map":
+        enc = ConvMapEncoder(3, cfg.dim, cfg.width, img_size, cfg.map_size)
     elif cfg.type == "vjepa":
         enc = VJEPAEncoder(cfg, img_size)
     else:
-        raise ValueError(f"encoder.type {cfg.type!r} unknown; valid: ['conv', 'vjepa']")
+        raise ValueError(f"encoder.type {cfg.type!r} unknown; valid: {list(ENCODERS)}")
     return enc if cfg.head == "none" else HeadedEncoder(enc, cfg.head, cfg.dim)
 
 

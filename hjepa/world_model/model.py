@@ -34,6 +34,7 @@ from timm.layers import Mlp
 from hjepa.blocks import ACPredictor, MacroActionEncoder, block_causal_mask  # noqa: F401 (re-exported for users)
 from hjepa.levels import Level, LevelConfig, action_level_loss, validate_level
 from hjepa.world_model.encoders import EncoderConfig, build_frame_encoder, from_features
+from hjepa.world_model.spatial import ConvPredictor, channel_features
 from vjepa.regularizers import vicreg_terms
 
 logger = logging.getLogger(__name__)
@@ -41,12 +42,28 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PredictorConfig:
-    """Block-causal transformer. dim/depth/num_heads: its shape. max_frames: longest context (blocks)."""
+    """Args:
+        type: "transformer" (block-causal `ACPredictor`) or "conv" (`spatial.ConvPredictor`, Markov, on the map
+        of `encoder.type: conv_map`). dim / depth / num_heads: the transformer's shape; for "conv", dim is
+        the hidden channels and depth the residual blocks (num_heads unused). max_frames: longest context.
+        padding: "conv" only, how its convolutions pad the map ("zeros" | "replicate", see `ConvPredictor`).
+    """
 
+    type: str = "transformer"
     dim: int = 32
     depth: int = 2
     num_heads: int = 2
     max_frames: int = 16
+    padding: str = "zeros"
+
+    def __post_init__(self):
+        if self.type not in PREDICTORS:
+            raise ValueError(f"predictor.type {self.type!r} unknown; valid: {list(PREDICTORS)}")
+        if self.padding != "zeros" and self.type != "conv":
+            raise ValueError(f"predictor.padding {self.padding!r} is for predictor.type conv only")
+
+
+PREDICTORS = ("transformer", "conv")
 
 
 @dataclass
@@ -95,7 +112,14 @@ class FrameLevel(nn.Module):
         if not 0 <= enc.static_dim < D:
             raise ValueError(f"encoder.static_dim {enc.static_dim} must be in [0, encoder width {D})")
         self.embed_dim, self.action_dim = D, action_dim
-        self.predictor = ACPredictor(D, action_dim, pred.dim, pred.depth, pred.num_heads, pred.max_frames)
+        self.map_shape = getattr(self.encoder, "map_shape", None)  # (C, h, w) of a spatial state, else None
+        if pred.type == "conv":
+            if self.map_shape is None:
+                raise ValueError("predictor.type conv needs a feature-map state: set encoder.type: conv_map")
+            self.predictor = ConvPredictor(self.map_shape, action_dim, pred.dim, pred.depth, pred.max_frames,
+                                           pred.padding)
+        else:
+            self.predictor = ACPredictor(D, action_dim, pred.dim, pred.depth, pred.num_heads, pred.max_frames)
         self.idm = Mlp(2 * D, 64, action_dim, act_layer=nn.GELU)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
@@ -143,7 +167,8 @@ class FrameLevel(nn.Module):
         if not self.frozen_encoder:
             dyn, sta = z[..., :z.shape[-1] - self.static_dim], z[..., z.shape[-1] - self.static_dim:]
             # within-window centring: only change over time can meet the variance hinge (the scene cannot)
-            var, cov = vicreg_terms(dyn - dyn.mean(1, keepdim=True) if w.var_within_window else dyn)
+            reg = dyn - dyn.mean(1, keepdim=True) if w.var_within_window else dyn
+            var, cov = vicreg_terms(reg if self.map_shape is None else channel_features(reg, self.map_shape))
             a_hat = self.idm(torch.cat([z[:, :-1], z[:, 1:]], -1))  # [B, T, A]
             out["var"], out["cov"] = var, cov
             out["idm"] = F.mse_loss(a_hat, actions)
