@@ -115,3 +115,27 @@ def test_windows_match_trajectory_states():
     np.testing.assert_array_equal(b["actions"][0, 1].numpy(), data["actions"][0, 4:8])
     with pytest.raises(ValueError):
         TrajectoryWindows(data, cfg.env, window=5, stride=4)
+
+
+def test_greedy_episodes_press_against_the_inner_wall_and_change_nothing_when_off():
+    from data.generated.trajectories import config_hash
+
+    env = EnvConfig(name="two_rooms", wall_shift=6, door_cells=4, door_cells_max=8)
+    kw = dict(env=env, num_trajectories=200, length=24, num_layouts=200, cache_dir=None)
+    base = generate(TrajectoryConfig(**kw))
+    off = generate(TrajectoryConfig(**kw, greedy_fraction=0.0))
+    on = generate(TrajectoryConfig(**kw, greedy_fraction=1.0))
+    for k in base:  # off: the dataset (and its cache name) of a config without the key
+        np.testing.assert_array_equal(base[k], off[k])
+    assert config_hash(TrajectoryConfig(**kw)) == config_hash(TrajectoryConfig(**kw, greedy_fraction=0.0))
+    np.testing.assert_array_equal(on["expert"], base["expert"])  # experts unchanged; every other episode greedy
+
+    def inner_blocked(d):  # steps that moved < 60% of the command, away from the border
+        s, a = d["states"], d["actions"]
+        moved = np.linalg.norm(np.diff(s, axis=1), axis=-1)
+        inner = ((s[:, 1:] > 0.1) & (s[:, 1:] < 0.9)).all(-1)
+        return ((moved < 0.6 * np.linalg.norm(a, axis=-1) * env.max_step) & inner & ~d["expert"][:, None]).mean()
+
+    assert inner_blocked(on) > 3 * inner_blocked(base)
+    with pytest.raises(ValueError, match="greedy_fraction"):
+        generate(TrajectoryConfig(**kw, greedy_fraction=1.5))

@@ -37,6 +37,10 @@ class TrajectoryConfig:
         expert_fraction: share of noisy-expert episodes (the rest are random walks).
         random_persistence: AR(1) coefficient of random-walk actions. random_scale: their std.
         expert_noise: std of the Gaussian noise added to expert actions.
+        greedy_fraction: share of the non-expert episodes driven straight at a goal, walls ignored (unit
+            actions towards it plus expert_noise): they press against the walls between them and their goal,
+            the transitions a model needs to learn that walls block (random walks seldom meet the inner wall).
+            0 = none (the dataset is then bit for bit the one of configs without this key).
         num_layouts: wall maps drawn from layout_seed (1 = one fixed map); every episode draws one of them,
             so num_layouts in the thousands (with env.wall_shift / door_cells_max) gives each episode its own.
         layout_split: "train" draws only train-split maps (`data.generated.envs.is_heldout`), the setting
@@ -51,6 +55,7 @@ class TrajectoryConfig:
     random_persistence: float = 0.8
     random_scale: float = 0.7
     expert_noise: float = 0.3
+    greedy_fraction: float = 0.0
     num_layouts: int = 1
     layout_seed: int = 0
     layout_split: str = "all"
@@ -72,12 +77,17 @@ def generate(cfg: TrajectoryConfig) -> Dict[str, np.ndarray]:
         raise ValueError("num_trajectories, length and num_layouts must be >= 1")
     if not 0.0 <= cfg.expert_fraction <= 1.0:
         raise ValueError(f"expert_fraction {cfg.expert_fraction} must be in [0, 1]")
+    if not 0.0 <= cfg.greedy_fraction <= 1.0:
+        raise ValueError(f"greedy_fraction {cfg.greedy_fraction} must be in [0, 1]")
     rng = np.random.default_rng(derive_seed(cfg.seed, 1))
     N, T, env = cfg.num_trajectories, cfg.length, cfg.env
     walls_all = make_layouts(env, cfg.num_layouts, cfg.layout_seed, cfg.layout_split)
     layout = rng.integers(cfg.num_layouts, size=N)
     walls = walls_all[layout]
     expert = rng.random(N) < cfg.expert_fraction
+    greedy = np.zeros(N, dtype=bool)
+    if cfg.greedy_fraction > 0:  # its own stream: the other draws stay those of a dataset without greedy episodes
+        greedy = ~expert & (np.random.default_rng(derive_seed(cfg.seed, 2)).random(N) < cfg.greedy_fraction)
     states = np.zeros((N, T + 1, 2))
     actions = np.zeros((N, T, 2))
     K = env.num_distractors
@@ -96,11 +106,15 @@ def generate(cfg: TrajectoryConfig) -> Dict[str, np.ndarray]:
         noise = rho * noise + np.sqrt(1 - rho ** 2) * rng.normal(0, cfg.random_scale, (N, 2))
         a_exp = expert_actions(field_, pos, goal) + rng.normal(0, cfg.expert_noise, (N, 2))
         a = np.clip(np.where(expert[:, None], a_exp, noise), -1.0, 1.0)
+        if greedy.any():
+            to_goal = goal - pos
+            a_greedy = to_goal / np.maximum(np.linalg.norm(to_goal, axis=-1, keepdims=True), 1e-9)
+            a = np.where(greedy[:, None], np.clip(a_greedy + rng.normal(0, cfg.expert_noise, (N, 2)), -1.0, 1.0), a)
         pos = step_positions(walls, pos, a, env)
         actions[:, t], states[:, t + 1] = a, pos
         if K:
             distractors[:, t + 1] = bounce(distractors[:, t])
-        reached = expert & (np.linalg.norm(pos - goal, axis=-1) < 2 * env.max_step)
+        reached = (expert | greedy) & (np.linalg.norm(pos - goal, axis=-1) < 2 * env.max_step)
         if reached.any():  # experts get a fresh goal and keep moving
             goal[reached] = sample_free(walls[reached], rng)
             field_[reached] = distance_field(walls[reached], goal[reached])
@@ -111,6 +125,8 @@ def generate(cfg: TrajectoryConfig) -> Dict[str, np.ndarray]:
 def config_hash(cfg: TrajectoryConfig) -> str:
     d = asdict(cfg)
     d.pop("cache_dir")
+    if d["greedy_fraction"] == 0:  # datasets without greedy episodes keep their cache names
+        d.pop("greedy_fraction")
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
