@@ -441,7 +441,7 @@ def test_pooled_coeff_predicts_targets_from_the_pooled_context_only(tmp_path):
     base, h, _ = jepa_loss(encoder, predictor, target, batch, LossConfig())
     on, _, extra = jepa_loss(encoder, predictor, target, batch, cfg.loss)
     z = encoder(batch["clip"], batch["masks_ctx"])
-    manual = pooled_term(dec, z, batch["masks_tgt"], [None], [None], h, 1.0)
+    manual = pooled_term(dec, pooled_views(z, [None]), batch["masks_tgt"], [None], h, 1.0)
     torch.testing.assert_close(on, base + 0.5 * manual)
     torch.testing.assert_close(extra["pooled"], manual.detach())
     encoder.zero_grad()

@@ -175,10 +175,10 @@ class PooledDecoder(nn.Module):
         return self.mlp(torch.cat([pooled.unsqueeze(1).expand_as(q), q], -1))
 
 
-def pooled_term(decoder: nn.Module, z, masks_tgt, valid_ctx, valid_tgt, h: torch.Tensor, p: float) -> torch.Tensor:
+def pooled_term(decoder: nn.Module, pooled: torch.Tensor, masks_tgt, valid_tgt, h: torch.Tensor,
+                p: float) -> torch.Tensor:
     """Mean |decoder(mean context, target index) - target|^p / p over real target tokens, averaged over
-    mask configs."""
-    pooled = pooled_views(z, valid_ctx)  # [V, B, D]
+    mask configs; `pooled` `[V, B, D]` is `pooled_views` of the context."""
     terms = [_masked_mean((decoder(pv, m).float() - gather_tokens(h, m).float()).abs().pow(p), v) / p
              for pv, m, v in zip(pooled, masks_tgt, valid_tgt)]
     return torch.stack(terms).mean()
@@ -209,7 +209,7 @@ def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch
     p = cfg.loss_exp
     weight_tgt = valid_tgt  # what each target token counts for in the loss: padding 0, real tokens 1
     if cfg.dynamic_weight > 0:
-        w = motion_weights(h, encoder_grid(encoder), cfg.dynamic_weight)
+        w = motion_weights(h, _unwrap(encoder).grid, cfg.dynamic_weight)
         weight_tgt = [torch.gather(w, 1, m) * (1.0 if v is None else v) for m, v in zip(masks_tgt, valid_tgt)]
     loss = sum(
         _masked_mean((pr.float() - ht.float()).abs().pow(p), v) / p for pr, ht, v in zip(preds, h_tgt, weight_tgt)
@@ -228,11 +228,12 @@ def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch
             sr = sigreg(tokens, cfg.sigreg_slices)
             loss = loss + cfg.sigreg_coeff * sr
             extra["sigreg"] = sr.detach()
+    heads = _unwrap(predictor)  # the auxiliary heads live on the (possibly DDP-wrapped) predictor
+    pooled = pooled_views(z, valid_ctx) if cfg.view_coeff > 0 or cfg.pooled_coeff > 0 else None  # [V, B, D]
     if cfg.view_coeff > 0:
         if len(z) < 2:
             raise ValueError("loss.view_coeff needs at least 2 mask configs (each one is a view)")
-        views = pooled_views(z, valid_ctx)
-        proj = getattr(getattr(predictor, "module", predictor), "view_proj", None)  # DDP wraps the predictor
+        views, proj = pooled, getattr(heads, "view_proj", None)
         if proj is not None:
             V, B = views.shape[:2]
             views = proj(views.flatten(0, 1)).view(V, B, -1)
@@ -240,17 +241,16 @@ def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch
         loss = loss + cfg.view_coeff * term
         extra.update(view_inv=inv.detach(), view_sigreg=sig.detach())
     if cfg.pooled_coeff > 0:
-        decoder = getattr(predictor, "module", predictor).pooled_decoder
-        pooled = pooled_term(decoder, z, masks_tgt, valid_ctx, weight_tgt, h, p)
-        loss = loss + cfg.pooled_coeff * pooled
-        extra["pooled"] = pooled.detach()
+        term = pooled_term(heads.pooled_decoder, pooled, masks_tgt, weight_tgt, h, p)
+        loss = loss + cfg.pooled_coeff * term
+        extra["pooled"] = term.detach()
     if cfg.local_coeff > 0:
-        head = getattr(predictor, "module", predictor).local_head
-        local = local_term(head, z, masks_ctx, valid_ctx, h, encoder_grid(encoder), p, cfg.local_steps)
+        local = local_term(heads.local_head, z, masks_ctx, valid_ctx, h, _unwrap(encoder).grid, p, cfg.local_steps)
         loss = loss + cfg.local_coeff * local
         extra["local"] = local.detach()
     return loss, h, extra
 
 
-def encoder_grid(encoder: nn.Module):
-    return getattr(encoder, "module", encoder).grid
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The module itself under a DDP wrapper (which keeps it as `.module`)."""
+    return getattr(module, "module", module)
