@@ -1,4 +1,6 @@
 """Planners: CEM/MPPI on known costs, bounds, MPC with a ground-truth model, hierarchical support."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -44,6 +46,7 @@ class TruePredictor:
 
     def __init__(self, env_cfg, walls, stride=1):
         self.env_cfg, self.walls, self.stride = env_cfg, walls, stride
+        self.cfg = SimpleNamespace(encoder="identity")  # as a level: its states are level 0's
 
     def rollout(self, z0, actions, context=None):
         pos = z0[:, -1].numpy().astype(np.float64)

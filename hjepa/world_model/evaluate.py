@@ -163,7 +163,7 @@ def build_policy(method: str, cfg: PlanConfig, wm, banks, batch: int, seed: int)
     if method == "random":
         return RandomPolicy(batch, seed)
     if method in ("cem", "mppi"):
-        return FlatPlanner(wm.predictor, getattr(cfg, method), seed)
+        return FlatPlanner(wm.predictor, getattr(cfg, method), seed, wm.distance)
     if method == "hierarchical":
         return HierarchicalPlanner(wm, banks, cfg.hierarchical, seed)
     raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")

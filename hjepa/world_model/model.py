@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -34,6 +34,7 @@ from timm.layers import Mlp
 from hjepa.blocks import ACPredictor, MacroActionEncoder, block_causal_mask  # noqa: F401 (re-exported for users)
 from hjepa.levels import Level, LevelConfig, action_level_loss, validate_level
 from hjepa.world_model.encoders import EncoderConfig, build_frame_encoder, from_features
+from hjepa.world_model.goal_distance import DistanceConfig, GoalDistance
 from hjepa.world_model.spatial import ConvPredictor, channel_features
 from vjepa.regularizers import vicreg_terms
 
@@ -205,10 +206,11 @@ class WorldModel(nn.Module):
 
     Args:
         enc / pred: level 0's encoder and predictor. levels: configs of levels 1..K. img_size / action_dim: world.
+        distance: the learned goal distance's config (`goal_distance.py`; built when its `steps` > 0).
     """
 
     def __init__(self, enc: EncoderConfig, pred: PredictorConfig, levels: Sequence[LevelConfig] = (),
-                 img_size: int = 64, action_dim: int = 2):
+                 img_size: int = 64, action_dim: int = 2, distance: Optional[DistanceConfig] = None):
         super().__init__()
         mods: List[nn.Module] = [FrameLevel(enc, pred, img_size, action_dim)]
         for k, cfg in enumerate(levels, start=1):
@@ -218,6 +220,9 @@ class WorldModel(nn.Module):
             below = mods[-1]
             mods.append(Level(cfg, below.embed_dim, below.action_dim if k == 1 else below.cfg.macro_dim))
         self.levels = nn.ModuleList(mods)
+        # learned goal distance on level-0 states (goal_distance.py); None unless `distance.steps` > 0
+        self.distance = (GoalDistance(mods[0].embed_dim, mods[0].map_shape, distance)
+                         if distance is not None and distance.steps > 0 else None)
 
     # level 0's parts, under the names the planners and evaluations use
     @property

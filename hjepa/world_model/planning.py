@@ -39,6 +39,9 @@ class PlannerConfig:
         context: frames of history the predictor sees in rollouts (1 = Markov; cheaper).
         cost: how a candidate's distances to the goal over the horizon become its cost: `sum` (every step),
         `final` (the last predicted state) or `min` (the closest state).
+        distance: what a distance to the goal is: `l2`, the Euclidean distance between representations, or
+        `learned`, the world model's learned goal distance in steps (`goal_distance.py`; the checkpoint must
+        hold one: `distance.steps` > 0 in the world-model config). Flat planners and level 0 only.
     """
 
     method: str = "cem"
@@ -54,6 +57,7 @@ class PlannerConfig:
     high: float = 1.0
     context: int = 1
     cost: str = "sum"
+    distance: str = "l2"
 
     def compute(self) -> int:
         """Predictor steps per plan and problem: samples x iterations x horizon."""
@@ -69,6 +73,8 @@ def check_planner(cfg: PlannerConfig) -> None:
         raise ValueError("horizon, samples, iterations and replan_every must be >= 1")
     if cfg.replan_every > cfg.horizon:
         raise ValueError(f"replan_every {cfg.replan_every} exceeds the horizon {cfg.horizon}")
+    if cfg.distance not in DISTANCES:
+        raise ValueError(f"planner distance {cfg.distance!r}; valid: {list(DISTANCES)}")
     if not cfg.low < cfg.high:
         raise ValueError(f"action bounds low {cfg.low} >= high {cfg.high}")
 
@@ -113,6 +119,7 @@ def optimize(cost_fn: CostFn, mean: torch.Tensor, cfg: PlannerConfig, generator:
 
 
 Distance = Callable[[torch.Tensor], torch.Tensor]  # predicted states [B, N, H, D] -> distances [B, N, H]
+DISTANCES = ("l2", "learned")
 COSTS = {"sum": lambda d: d.sum(-1), "final": lambda d: d[..., -1], "min": lambda d: d.min(-1).values}
 
 
@@ -141,7 +148,10 @@ class LatentGoalCost:
         return self.predictor.rollout(z0, actions.reshape(B * N, H, A), self.context).view(B, N, H, -1)
 
     def __call__(self, actions: torch.Tensor) -> torch.Tensor:
-        return self.reduce(self.distance(self.predict(actions)))  # [B, N]
+        z = self.predict(actions)
+        if self.reduce is COSTS["final"]:
+            z = z[:, :, -1:]  # only the last state counts: measure only it (a learned distance is not free)
+        return self.reduce(self.distance(z))  # [B, N]
 
 
 def snap_to_bank(bank: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -175,11 +185,16 @@ class FlatPlanner:
 
     Args:
         predictor: level-0 `ACPredictor`. cfg: planner settings. seed: sampling seed.
+        goal_distance: the world model's `GoalDistance` (required when `cfg.distance` is `learned`).
     """
 
-    def __init__(self, predictor, cfg: PlannerConfig, seed: int):
+    def __init__(self, predictor, cfg: PlannerConfig, seed: int, goal_distance=None):
         check_planner(cfg)
-        self.predictor, self.cfg = predictor, cfg
+        if cfg.distance == "learned" and goal_distance is None:
+            raise ValueError("planner distance: learned, but the world model has no learned goal distance: train "
+                             "it with distance.steps > 0 in the world-model config")
+        self.predictor, self.cfg, self.goal_distance = predictor, cfg, goal_distance
+        self.to_goal: Optional[Distance] = None
         self.gen = torch.Generator().manual_seed(seed)
         self.compute, self.plan_time = 0, 0.0
         self.plan: Optional[torch.Tensor] = None
@@ -188,12 +203,16 @@ class FlatPlanner:
 
     def reset(self, z_now: torch.Tensor, z_goal: torch.Tensor) -> None:
         self.z_goal = z_goal
+        learned = self.cfg.distance == "learned" and z_goal is not None
+        self.to_goal = self.goal_distance.to_goal(z_goal) if learned else None
         self.plan = torch.zeros(len(z_now), self.cfg.horizon, 2)
         self.k = 0
         self.first_planned_z = None
 
     def replan(self, z_now: torch.Tensor, z_goal: Optional[torch.Tensor], distance: Optional[Distance] = None) -> None:
         t0 = time.perf_counter()
+        if distance is None and self.to_goal is not None:
+            distance = self.to_goal
         cost = LatentGoalCost(self.predictor, z_now, z_goal, self.cfg.context, distance, self.cfg.cost)
         shifted = torch.cat([self.plan[:, self.k:], torch.zeros(len(z_now), self.k, 2)], 1)  # warm start
         self.plan, _ = optimize(cost, shifted, self.cfg, self.gen)
@@ -260,7 +279,14 @@ class HierarchicalPlanner:
         for c in cfg.levels:
             check_planner(c)
         self.wm, self.banks, self.cfg, self.K = wm, list(banks), cfg, K
-        self.low = FlatPlanner(wm.predictor, cfg.level0, seed)
+        self.learned = [c.distance == "learned" for c in (cfg.level0, *cfg.levels)]  # per level 0..K
+        if any(self.learned) and any(lv.cfg.encoder != "identity" for lv in wm.levels[1:]):
+            raise ValueError("hierarchical planning with distance: learned needs every level's states in level "
+                             "0's space (identity level encoders)")
+        if any(self.learned) and getattr(wm, "distance", None) is None:
+            raise ValueError("planner distance: learned, but the world model has no learned goal distance: train "
+                             "it with distance.steps > 0 in the world-model config")
+        self.low = FlatPlanner(wm.predictor, cfg.level0, seed, getattr(wm, "distance", None))
         self.projects = [snap_to_bank(b) for b in banks]
         self.gens = [torch.Generator().manual_seed(seed + k) for k in range(1, K + 1)]
         self.period = [max(1, cfg.subgoal_every * wm.span(k) // wm.span(1)) for k in range(1, K + 1)]
@@ -279,12 +305,18 @@ class HierarchicalPlanner:
         self.planned_z1 = None
 
     def distance(self, k: int, target: Target) -> Distance:
-        """Distance of level-k states `[B, ..., D_k]` to a target, each problem in its part's space."""
+        """Distance of level-k states `[B, ..., D_k]` to a target, each problem in its part's space (or, where
+        level k's planner has `distance: learned`, the learned goal distance: every state is then a level-0
+        state, identity level encoders)."""
+        net = self.wm.distance if self.learned[k] else None
+
+        @torch.no_grad()
         def dist(z: torch.Tensor) -> torch.Tensor:
             out = z.new_zeros(z.shape[:-1])
+            e = net.embed(z) if net is not None else None
             for g, s, rows in target:
                 g = g.view(g.shape[0], *([1] * (z.ndim - 2)), g.shape[-1])
-                d = (self.wm.state(z, s, k) - g).norm(dim=-1)
+                d = net.pair(e, net.embed(g)) if net is not None else (self.wm.state(z, s, k) - g).norm(dim=-1)
                 out = out + d * rows.view(-1, *([1] * (z.ndim - 2)))
             return out
         return dist

@@ -27,6 +27,7 @@ from data.generated.trajectories import TrajectoryConfig, TrajectoryWindows, loa
 from data.seeding import derive_seed
 from hjepa.world_model.encoders import EncoderConfig, frozen_part
 from hjepa.world_model.feature_cache import FeatureWindows, encode_dataset
+from hjepa.world_model.goal_distance import DistanceConfig, check_distance, expectile_loss, pair_batch, set_normalisation
 from hjepa.levels import LevelConfig
 from hjepa.world_model.model import ActionLevelObjective, LossWeights, PredictorConfig, WorldModel
 from vjepa.engine import checkpoint as ckpt
@@ -128,12 +129,14 @@ class WorldModelConfig:
     loss: LossWeights = field(default_factory=LossWeights)
     stage: StageConfig = field(default_factory=StageConfig)
     levels: List[WorldLevelConfig] = field(default_factory=lambda: [WorldLevelConfig()])
+    distance: DistanceConfig = field(default_factory=DistanceConfig)
     meta: WorldModelMetaConfig = field(default_factory=lambda: WorldModelMetaConfig(seed=0, dtype="float32"))
     logging: LoggingConfig = field(default_factory=lambda: LoggingConfig(write_tag="wm", log_every=50))
 
 
 def build_model(cfg: WorldModelConfig) -> WorldModel:
-    return WorldModel(cfg.encoder, cfg.predictor, cfg.levels, img_size=cfg.data.env.img_size)
+    check_distance(cfg.distance)
+    return WorldModel(cfg.encoder, cfg.predictor, cfg.levels, img_size=cfg.data.env.img_size, distance=cfg.distance)
 
 
 def upgrade_state(state: dict) -> dict:
@@ -233,8 +236,11 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
     torch.manual_seed(cfg.meta.seed)  # identical initial weights on every rank
     wm = build_model(cfg)
     stages = [cfg.stage] + [lv.stage for lv in cfg.levels]
-    opts = [torch.optim.AdamW(param_groups(level), lr=st.lr, weight_decay=st.weight_decay)
-            for level, st in zip(wm.levels, stages)]
+    modules = list(wm.levels) + ([wm.distance] if wm.distance is not None else [])
+    if wm.distance is not None:  # the learned goal distance trains last, as one more stage
+        stages.append(distance_stage(cfg.distance))
+    opts = [torch.optim.AdamW(param_groups(m), lr=st.lr, weight_decay=st.weight_decay)
+            for m, st in zip(modules, stages)]
     if dry_run:
         print(to_yaml(cfg))
         n = [sum(p.numel() for p in level.parameters() if p.requires_grad) for level in wm.levels]
@@ -243,18 +249,26 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
             lv = cfg.levels[k - 1]
             print(f"level {k}: {n[k] / 1e3:.1f}k params, stride {lv.stride} (span {wm.span(k)} steps), "
                   f"macro-actions {lv.macro_dim}-d, encoder {lv.encoder}, state {wm.levels[k].embed_dim}-d")
+        if wm.distance is not None:
+            print(f"goal distance: {sum(p.numel() for p in wm.distance.parameters()) / 1e3:.1f}k params, "
+                  f"{cfg.distance.steps} steps")
         return None
 
     run_dir = resolve_run_dir(cfg.logging.folder, "worldmodel", accelerator)
     latest, resume_from = checkpoint_paths(run_dir, cfg.logging.write_tag, cfg.meta.load_checkpoint,
                                            cfg.meta.read_checkpoint)
-    steps = [0] * wm.num_levels
+    steps = [0] * len(stages)
     if resume_from is not None:
         state = upgrade_state(ckpt.load(resume_from))
+        if wm.distance is not None and len(state["opts"]) == wm.num_levels:  # a trained model gains a distance
+            state["model"].update({f"distance.{k}": v for k, v in wm.distance.state_dict().items()})
+            state["opts"].append(opts[-1].state_dict())
+            state["steps"] = list(state["steps"]) + [0]
+            logger.info("%s has no goal distance: the levels are kept, the distance trains from scratch", resume_from)
         ckpt.load_state_strict(wm, state["model"], "world model")
         if len(state["opts"]) != len(opts):
-            raise ckpt.CheckpointMismatch(f"{resume_from} holds {len(state['opts'])} levels, this config has "
-                                          f"{len(opts)}: resume with the config that wrote it")
+            raise ckpt.CheckpointMismatch(f"{resume_from} holds {len(state['opts'])} stages (levels and goal "
+                                          f"distance), this config has {len(opts)}: resume with the config that wrote it")
         for o, so in zip(opts, state["opts"]):
             o.load_state_dict(so)
         steps = list(state["steps"])
@@ -262,7 +276,7 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
         logger.info("resumed from %s at steps %s", resume_from, steps)
     if accelerator.is_main_process:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    wrapped = level_objectives(wm, cfg)
+    wrapped = level_objectives(wm, cfg) + ([wm.distance] if wm.distance is not None else [])
     prepared = accelerator.prepare(*wrapped, *opts)
     wrapped, opts = list(prepared[:len(wrapped)]), list(prepared[len(wrapped):])
     stop = cfg.meta.max_steps  # over all levels
@@ -275,12 +289,15 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
         t1 = time.time()
         feats = encode_dataset(frozen_part(wm.encoder), data, cfg.data.env, cache_dir=cfg.encoder.cache_dir)
         logger.info("frozen-encoder features %s (%.0fs)", tuple(feats.shape), time.time() - t1)
-    for k, st in enumerate(stages):
+    for k, st in enumerate(stages[:wm.num_levels]):
         if stop and sum(steps) >= stop:
             break
         if steps[k] >= st.steps:
             continue
         run_level(k, wm, wrapped[k], opts[k], st, steps, stop, data, cfg, accelerator, run_dir, latest, opts, feats)
+    if wm.distance is not None and steps[-1] < stages[-1].steps and not (stop and sum(steps) >= stop):
+        run_distance(wm, wrapped[-1], opts[-1], stages[-1], steps, stop, data, cfg, accelerator, run_dir, latest,
+                     opts, feats)
     save(accelerator, latest, wm, opts, steps, data, cfg)
     logger.info("done in %.0fs: steps %s, checkpoint %s", time.time() - t0, steps, latest)
     return run_dir
@@ -324,6 +341,63 @@ def run_level(k, wm, model, opt, st: StageConfig, steps, stop, data, cfg: WorldM
                              lg.collapse_std_floor, steps[k], with_rank=due(steps[k], lg.rankme_every, last=end)))
             log.log(steps[k], {f"l{k}/{kk}": v for kk, v in m.items()})
             pbar.set_postfix(loss=f"{m['loss']:.4f}", tf=f"{m['teacher_forcing']:.4f}", std=f"{m['feature_std']:.3f}")
+        if steps[k] % cfg.meta.save_every_steps == 0:
+            save(accelerator, latest, wm, opts, steps, data, cfg)
+    pbar.close()
+    log.close()
+
+
+def distance_stage(d: DistanceConfig) -> StageConfig:
+    """The goal distance's optimisation as a stage (same warmup-cosine schedule as the levels)."""
+    return StageConfig(window=1, steps=d.steps, batch_size=d.batch_size, lr=d.lr, weight_decay=d.weight_decay)
+
+
+@torch.no_grad()
+def representations(wm: WorldModel, data: dict, cfg: WorldModelConfig, feats: Optional[torch.Tensor]) -> torch.Tensor:
+    """Level-0 states of every training state `[N, T+1, D]` (CPU), from the frozen level 0."""
+    wm.levels[0].eval()
+    if feats is None:
+        return encode_dataset(wm.encoder, data, cfg.data.env)
+    return torch.cat([wm.levels[0].from_features(f) for f in feats.split(256)])
+
+
+def run_distance(wm, model, opt, st: StageConfig, steps, stop, data, cfg: WorldModelConfig, accelerator, run_dir,
+                 latest, opts, feats: Optional[torch.Tensor] = None) -> None:
+    """Train the learned goal distance (`goal_distance.py`) on the frozen level-0 states of the training
+    episodes: expectile regression of D(z_t, z_u) on |u - t|. Logs to `<run>/distance/`."""
+    main, lg, k = accelerator.is_main_process, cfg.logging, len(steps) - 1
+    t0 = time.time()
+    z = representations(wm, data, cfg, feats.to(accelerator.device) if feats is not None else None).cpu()
+    net = accelerator.unwrap_model(model)
+    if steps[k] == 0:  # on resume the checkpoint holds the statistics of the first start
+        set_normalisation(net, z)
+    logger.info("goal distance: %d episodes x %d states of the frozen level 0 (%.0fs)", *z.shape[:2], time.time() - t0)
+    folder = run_dir / "distance"
+    folder.mkdir(exist_ok=True)
+    log = MetricLog(folder, enabled=main, tensorboard=lg.tensorboard)
+    log.truncate_after(steps[k])
+    pbar = tqdm(total=st.steps, initial=steps[k], desc="goal distance", disable=not (main and lg.progress_bar))
+    for level in wm.levels:
+        level.eval()
+    model.train()
+    world, rank = accelerator.num_processes, accelerator.process_index
+    while steps[k] < st.steps and not (stop and sum(steps) >= stop):
+        lr = set_lr(opt, st, steps[k])
+        b = pair_batch(z, st.batch_size * world, cfg.meta.seed, steps[k])  # one global batch; this rank's slice
+        b = {kk: v[rank * st.batch_size:(rank + 1) * st.batch_size].to(accelerator.device) for kk, v in b.items()}
+
+        def objective_fn():
+            d = model(b["z"], b["z_goal"])
+            return expectile_loss(d, b["steps"], cfg.distance.expectile), {"mean_distance": d.detach().mean()}
+        out = optimizer_step(accelerator, opt, objective_fn, (model,), sum(steps), st.clip_grad, {"": model})
+        steps[k] += 1
+        pbar.update(1)
+        end = steps[k] == st.steps
+        if steps[k] % lg.log_every == 0 or end:
+            m = {kk: v for kk, v in scalars(out).items() if kk != "grad_norm"}
+            m["lr"] = lr
+            log.log(steps[k], {f"distance/{kk}": v for kk, v in m.items()})
+            pbar.set_postfix(loss=f"{m['loss']:.3f}", mean=f"{m['mean_distance']:.1f}")
         if steps[k] % cfg.meta.save_every_steps == 0:
             save(accelerator, latest, wm, opts, steps, data, cfg)
     pbar.close()

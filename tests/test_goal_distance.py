@@ -1,0 +1,185 @@
+"""The learned goal distance (hjepa/world_model/goal_distance.py): the expectile loss's minimiser, the pair
+sampler, shapes of both embeddings, that it learns the step counts of a toy world (and from them a shortest
+path shorter than the walks that showed it), its stage in a world-model run (checkpoint, exact resume), and
+the planners' `distance: learned` option (errors, and that the cost is the learned one)."""
+import numpy as np
+import pytest
+import torch
+
+from hjepa.world_model.goal_distance import (DistanceConfig, GoalDistance, check_distance, expectile_loss, pair_batch,
+                                             set_normalisation)
+
+
+def test_expectile_loss_minimiser_is_the_expectile():
+    """For targets {0, 10}, tau * (10 - c) = (1 - tau) * c at the minimiser: c = 10 tau (1 at tau 0.1, the
+    mean 5 at 0.5): a low tau fits the lower envelope of the step counts."""
+    target = torch.tensor([0.0, 10.0])
+    for tau, want in ((0.1, 1.0), (0.5, 5.0), (0.9, 9.0)):
+        c = torch.linspace(0, 10, 1001)
+        loss = torch.stack([expectile_loss(ci.expand(2), target, tau) for ci in c])
+        assert c[loss.argmin()].item() == pytest.approx(want, abs=0.011)
+
+
+def test_pairs_come_from_one_episode_with_their_step_count_and_replay_by_step():
+    N, T1 = 5, 7
+    z = torch.stack(torch.meshgrid(torch.arange(N).float(), torch.arange(T1).float(), indexing="ij"), -1)  # z = (n, t)
+    b = pair_batch(z, 64, seed=3, step=11)
+    assert torch.equal(b["z"][:, 0], b["z_goal"][:, 0])  # same episode
+    assert torch.equal(b["steps"], (b["z"][:, 1] - b["z_goal"][:, 1]).abs())
+    assert (b["steps"] == 0).any() and (b["z"][:, 1] > b["z_goal"][:, 1]).any()  # u == t and both orders
+    again = pair_batch(z, 64, seed=3, step=11)
+    assert all(torch.equal(b[k], again[k]) for k in b)
+    assert not torch.equal(pair_batch(z, 64, seed=3, step=12)["z"], b["z"])
+
+
+@pytest.mark.parametrize("map_shape", [None, (4, 3, 3)])
+def test_shapes_and_the_planner_view(map_shape):
+    D = 36
+    net = GoalDistance(D, map_shape, DistanceConfig(steps=1, width=8, embed_dim=8, hidden=16))
+    z, g = torch.randn(5, D), torch.randn(5, D)
+    assert net(z, g).shape == (5,) and (net(z, g) >= 0).all()
+    dist = net.to_goal(g)
+    out = dist(torch.randn(5, 6, 4, D))  # [B, N, H, D] candidates' states
+    assert out.shape == (5, 6, 4)
+    assert torch.allclose(dist(z[:, None, None])[:, 0, 0], net(z, g), atol=1e-6)
+    with pytest.raises(ValueError, match="map_shape"):
+        GoalDistance(35, (4, 3, 3), DistanceConfig(steps=1))
+    with pytest.raises(ValueError, match="expectile"):
+        check_distance(DistanceConfig(expectile=1.0))
+
+
+def test_learns_shortest_paths_from_walks_that_wander():
+    """States on a line (one-hot positions 0..9). Episodes: straight runs (|u - t| is the distance) and walks
+    that stand still half the time (|u - t| is up to twice it). The expectile fit at tau 0.1 recovers the
+    distance itself, where least squares (tau 0.5) overestimates it."""
+    rng = np.random.default_rng(0)
+    P, T1 = 10, 10
+    eps = []
+    for i in range(400):
+        if i % 2:
+            pos = np.clip(rng.integers(P) + np.arange(T1) * rng.choice([-1, 1]), 0, P - 1)
+        else:
+            pos = np.clip(rng.integers(P) + np.cumsum(rng.integers(0, 2, T1) * rng.choice([-1, 1])), 0, P - 1)
+        eps.append(pos)
+    pos = torch.tensor(np.stack(eps))
+    z = torch.nn.functional.one_hot(pos, P).float()  # [N, T+1, P]
+    true = {}
+    for tau in (0.1, 0.5):
+        torch.manual_seed(0)
+        net = GoalDistance(P, None, DistanceConfig(steps=1, width=32, embed_dim=16, hidden=32))
+        set_normalisation(net, z)
+        opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+        for step in range(600):
+            b = pair_batch(z, 128, 0, step)
+            loss = expectile_loss(net(b["z"], b["z_goal"]), b["steps"], tau)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        a, c = torch.meshgrid(torch.arange(P), torch.arange(P), indexing="ij")
+        with torch.no_grad():
+            d = net(torch.eye(P)[a.flatten()], torch.eye(P)[c.flatten()])
+        true[tau] = (d - (a - c).abs().flatten().float()).abs().mean().item(), (d - (a - c).abs().flatten().float()).mean().item()
+    assert true[0.1][0] < 1.0          # mean abs error under one step
+    assert true[0.5][1] > true[0.1][1] + 0.5  # least squares sits above: it fits the average walk
+
+
+def _wm_overrides(folder, steps=6, resume=False):
+    return ["data.num_trajectories=24", "data.length=8", "data.cache_dir=null", "encoder.type=conv_map",
+            "encoder.dim=4", "encoder.width=8", "encoder.map_size=8", "predictor.type=conv", "predictor.dim=8",
+            "predictor.depth=1", "stage.steps=2", "stage.batch_size=4", "stage.window=3", "stage.warmup=1",
+            "levels=[]", f"distance.steps={steps}", "distance.batch_size=16", "distance.width=8",
+            "distance.embed_dim=8", "distance.hidden=16", "meta.save_every_steps=3", "logging.progress_bar=false",
+            "logging.tensorboard=false", "logging.log_every=1", f"logging.folder={folder}",
+            f"meta.load_checkpoint={str(resume).lower()}"]
+
+
+def test_world_model_run_trains_the_distance_and_resumes_exactly(tmp_path, monkeypatch):
+    from hjepa.world_model import train as wm_train
+    from vjepa.engine.config import load_config
+
+    wm_train.train(load_config(wm_train.WorldModelConfig, overrides=_wm_overrides(tmp_path / "whole")))
+    whole = torch.load(tmp_path / "whole" / "wm-latest.pt", weights_only=True)
+    assert whole["steps"] == [2, 6] and (tmp_path / "whole" / "distance" / "metrics.csv").is_file()
+    assert not torch.equal(whole["model"]["distance.std"], torch.ones_like(whole["model"]["distance.std"]))
+    _, wm, _ = wm_train.load_trained(tmp_path / "whole" / "wm-latest.pt")
+    assert isinstance(wm.distance, GoalDistance)
+
+    real_save = wm_train.save
+
+    def save_then_die(accelerator, path, wm, opts, steps, data, cfg):
+        real_save(accelerator, path, wm, opts, steps, data, cfg)
+        if steps[-1] == 3:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(wm_train, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        wm_train.train(load_config(wm_train.WorldModelConfig, overrides=_wm_overrides(tmp_path / "killed")))
+    monkeypatch.setattr(wm_train, "save", real_save)
+    wm_train.train(load_config(wm_train.WorldModelConfig, overrides=_wm_overrides(tmp_path / "killed", resume=True)))
+    resumed = torch.load(tmp_path / "killed" / "wm-latest.pt", weights_only=True)
+    assert resumed["steps"] == [2, 6]
+    for k, v in whole["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+
+
+def test_planners_use_the_learned_distance_and_refuse_it_without_one():
+    from hjepa.world_model.planning import FlatPlanner, PlannerConfig
+
+    class Shift:  # z' = z + a (2-d states)
+        def rollout(self, z0, actions, context=None):
+            return z0[:, -1:] + actions.cumsum(1)
+
+    class Far(torch.nn.Module):  # a "learned" distance that only counts the first coordinate
+        def to_goal(self, g):
+            return lambda z: (z[..., 0] - g.view(len(g), *([1] * (z.ndim - 2)), -1)[..., 0]).abs()
+
+    cfg = PlannerConfig(horizon=4, samples=64, iterations=4, replan_every=1, distance="learned")
+    with pytest.raises(ValueError, match="no learned goal distance"):
+        FlatPlanner(Shift(), cfg, 0)
+    planner = FlatPlanner(Shift(), cfg, 0, Far())
+    z, goal = torch.zeros(3, 2), torch.tensor([[1.0, 5.0]] * 3)
+    planner.reset(z, goal)
+    a = torch.from_numpy(planner.act(z, 0))
+    assert (a[:, 0] > 0.5).all()  # heads for the goal's first coordinate
+    l2 = FlatPlanner(Shift(), PlannerConfig(horizon=4, samples=64, iterations=4, replan_every=1), 0)
+    l2.reset(z, goal)
+    assert (torch.from_numpy(l2.act(z, 0))[:, 1] > 0.5).all()  # the Euclidean cost wants the second too
+    with pytest.raises(ValueError, match="distance"):
+        FlatPlanner(Shift(), PlannerConfig(distance="geodesic"), 0)
+
+
+def test_a_trained_world_model_gains_a_distance_on_resume(tmp_path):
+    """Resuming a checkpoint written without a goal distance, with `distance.steps` set: the levels are kept
+    bit for bit, and only the distance trains."""
+    from hjepa.world_model import train as wm_train
+    from vjepa.engine.config import load_config
+
+    wm_train.train(load_config(wm_train.WorldModelConfig, overrides=_wm_overrides(tmp_path, steps=0)))
+    before = torch.load(tmp_path / "wm-latest.pt", weights_only=True)
+    assert before["steps"] == [2] and not any(k.startswith("distance.") for k in before["model"])
+    wm_train.train(load_config(wm_train.WorldModelConfig, overrides=_wm_overrides(tmp_path, steps=4, resume=True)))
+    after = torch.load(tmp_path / "wm-latest.pt", weights_only=True)
+    assert after["steps"] == [2, 4]
+    for k, v in before["model"].items():
+        assert torch.equal(v, after["model"][k]), k
+
+
+def test_hierarchical_levels_measure_with_the_learned_distance_where_asked():
+    from data.generated.envs import EnvConfig, make_layout
+    from hjepa.world_model.planning import HierarchicalConfig, HierarchicalPlanner, PlannerConfig
+    from tests.test_planning import TrueWorldModel
+
+    env = EnvConfig(name="four_rooms")
+    wm = TrueWorldModel(env, make_layout(env, np.random.default_rng(0))[None], [4])
+    bank = torch.rand(16, 2) * 2 - 1
+    hcfg = HierarchicalConfig(levels=[PlannerConfig(horizon=3, samples=16, iterations=1, distance="learned")],
+                              level0=PlannerConfig(horizon=4, samples=16, iterations=1, replan_every=2))
+    with pytest.raises(ValueError, match="no learned goal distance"):
+        HierarchicalPlanner(wm, [bank], hcfg, seed=0)
+    torch.manual_seed(0)
+    wm.distance = GoalDistance(2, None, DistanceConfig(steps=1, width=8, embed_dim=4, hidden=8))
+    planner = HierarchicalPlanner(wm, [bank], hcfg, seed=0)
+    z, g = torch.rand(3, 5, 2), torch.rand(3, 2)
+    target = [(g, 1, torch.ones(3, dtype=torch.bool))]
+    torch.testing.assert_close(planner.distance(1, target)(z), wm.distance(z, g[:, None].expand_as(z)))
+    torch.testing.assert_close(planner.distance(0, target)(z), (z - g[:, None]).norm(dim=-1))  # level 0: l2
