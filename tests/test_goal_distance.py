@@ -183,3 +183,20 @@ def test_hierarchical_levels_measure_with_the_learned_distance_where_asked():
     target = [(g, 1, torch.ones(3, dtype=torch.bool))]
     torch.testing.assert_close(planner.distance(1, target)(z), wm.distance(z, g[:, None].expand_as(z)))
     torch.testing.assert_close(planner.distance(0, target)(z), (z - g[:, None]).norm(dim=-1))  # level 0: l2
+
+
+def test_plan_job_with_the_learned_distance_and_a_clear_error_without_it(tmp_path):
+    from hjepa.world_model import train as wm_train
+    from hjepa.world_model.evaluate import PlanConfig, run
+    from vjepa.engine.config import ConfigError, load_config
+
+    wm_train.train(load_config(wm_train.WorldModelConfig, overrides=_wm_overrides(tmp_path / "wm", steps=0)))
+    plan = [f"checkpoint={tmp_path / 'wm' / 'wm-latest.pt'}", "tasks.per_bin=2", "tasks.bins=[[0.1,0.5],[0.5,1.2]]",
+            "tasks.num_layouts=2", "tasks.layouts=[train]", "methods=[cem]", "seeds=[0]", "max_steps=3",
+            "cem.samples=8", "cem.iterations=1", "cem.horizon=2", "cem.replan_every=2", "cem.distance=learned",
+            "examples=0", f"folder={tmp_path / 'plan'}"]
+    with pytest.raises(ConfigError, match="no learned goal distance"):
+        run(load_config(PlanConfig, overrides=plan))
+    wm_train.train(load_config(wm_train.WorldModelConfig, overrides=_wm_overrides(tmp_path / "wm", steps=2, resume=True)))
+    out = run(load_config(PlanConfig, overrides=plan))
+    assert "| cem |" in (out / "results.md").read_text()

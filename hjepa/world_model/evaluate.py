@@ -190,6 +190,11 @@ def run(cfg: PlanConfig, dry_run: bool = False) -> Optional[Path]:
         raise ConfigError("plan: set checkpoint=<worldmodel run>/wm-latest.pt")
     check_tasks(cfg.tasks)
     wm_cfg, wm, banks = load_trained(cfg.checkpoint)
+    planners = {"cem": [cfg.cem], "mppi": [cfg.mppi], "hierarchical": [cfg.hierarchical.level0, *cfg.hierarchical.levels]}
+    if wm.distance is None and any(p.distance == "learned" for m in cfg.methods for p in planners.get(m, [])):
+        raise ConfigError(f"plan: a planner has distance: learned, but {cfg.checkpoint} has no learned goal distance; "
+                          "train one (distance.steps > 0 in the world-model config; resuming a trained model adds it) "
+                          "or set the planners' distance to l2")
     env_cfg = wm_cfg.data.env
     sets = {}  # map set -> (its maps [L, G, G], its tasks)
     for which in cfg.tasks.layouts:
