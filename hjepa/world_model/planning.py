@@ -41,7 +41,8 @@ class PlannerConfig:
         `final` (the last predicted state) or `min` (the closest state).
         distance: what a distance to the goal is: `l2`, the Euclidean distance between representations, or
         `learned`, the world model's learned goal distance in steps (`goal_distance.py`; the checkpoint must
-        hold one: `distance.steps` > 0 in the world-model config). Flat planners and level 0 only.
+        hold one: `distance.steps` > 0 in the world-model config). Any level of the hierarchical planner
+        whose states are level 0's (identity level encoders).
     """
 
     method: str = "cem"
@@ -120,6 +121,8 @@ def optimize(cost_fn: CostFn, mean: torch.Tensor, cfg: PlannerConfig, generator:
 
 Distance = Callable[[torch.Tensor], torch.Tensor]  # predicted states [B, N, H, D] -> distances [B, N, H]
 DISTANCES = ("l2", "learned")
+NO_DISTANCE = ("planner distance: learned, but the world model has no learned goal distance: train it with "
+               "distance.steps > 0 in the world-model config")
 COSTS = {"sum": lambda d: d.sum(-1), "final": lambda d: d[..., -1], "min": lambda d: d.min(-1).values}
 
 
@@ -191,8 +194,7 @@ class FlatPlanner:
     def __init__(self, predictor, cfg: PlannerConfig, seed: int, goal_distance=None):
         check_planner(cfg)
         if cfg.distance == "learned" and goal_distance is None:
-            raise ValueError("planner distance: learned, but the world model has no learned goal distance: train "
-                             "it with distance.steps > 0 in the world-model config")
+            raise ValueError(NO_DISTANCE)
         self.predictor, self.cfg, self.goal_distance = predictor, cfg, goal_distance
         self.to_goal: Optional[Distance] = None
         self.gen = torch.Generator().manual_seed(seed)
@@ -284,8 +286,7 @@ class HierarchicalPlanner:
             raise ValueError("hierarchical planning with distance: learned needs every level's states in level "
                              "0's space (identity level encoders)")
         if any(self.learned) and getattr(wm, "distance", None) is None:
-            raise ValueError("planner distance: learned, but the world model has no learned goal distance: train "
-                             "it with distance.steps > 0 in the world-model config")
+            raise ValueError(NO_DISTANCE)
         self.low = FlatPlanner(wm.predictor, cfg.level0, seed, getattr(wm, "distance", None))
         self.projects = [snap_to_bank(b) for b in banks]
         self.gens = [torch.Generator().manual_seed(seed + k) for k in range(1, K + 1)]
