@@ -303,26 +303,47 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
     return run_dir
 
 
+def stage_loop(k, st: StageConfig, steps, stop, opt, cfg: WorldModelConfig, accelerator, folder: Path, desc: str,
+               step_fn, metrics_fn, save_fn) -> None:
+    """The loop every stage shares (a level, the goal distance): learning-rate schedule, `step_fn()` (one
+    optimizer step -> its output), the step count `steps[k]`, a progress bar, `metrics_fn(out, lr, end)` ->
+    (metrics, progress-bar postfix) logged to `folder` every `log_every` steps and at the end, and `save_fn()`
+    every `save_every_steps`; until the stage ends or the run's `max_steps` is reached."""
+    main, lg = accelerator.is_main_process, cfg.logging
+    folder.mkdir(exist_ok=True)
+    log = MetricLog(folder, enabled=main, tensorboard=lg.tensorboard)
+    log.truncate_after(steps[k])
+    pbar = tqdm(total=st.steps, initial=steps[k], desc=desc, disable=not (main and lg.progress_bar))
+    while steps[k] < st.steps and not (stop and sum(steps) >= stop):
+        lr = set_lr(opt, st, steps[k])
+        out = step_fn()
+        steps[k] += 1
+        pbar.update(1)
+        end = steps[k] == st.steps
+        if steps[k] % lg.log_every == 0 or end:
+            metrics, postfix = metrics_fn(out, lr, end)
+            log.log(steps[k], metrics)
+            pbar.set_postfix(**postfix)
+        if steps[k] % cfg.meta.save_every_steps == 0:
+            save_fn()
+    pbar.close()
+    log.close()
+
+
 def run_level(k, wm, model, opt, st: StageConfig, steps, stop, data, cfg: WorldModelConfig, accelerator, run_dir,
               latest, opts, feats: Optional[torch.Tensor] = None) -> None:
     """Train level k (level 0: frames and actions; k >= 1: on the frozen levels below) until its stage ends
     or the run's `max_steps` is reached, logging to `<run>/metrics.csv` (level 0) or `<run>/level<k>/`.
     `feats`: the frozen encoder's cached outputs `[N, T+1, F]`, read in place of rendered frames."""
-    main, lg = accelerator.is_main_process, cfg.logging
     span = wm.span(k)
     windows = (FeatureWindows(feats, data, st.window, span) if feats is not None
                else TrajectoryWindows(data, cfg.data.env, st.window, span))
     stream = batches(windows, st.batch_size, cfg.meta.seed, k, steps[k], accelerator)
-    folder = run_dir / f"level{k}" if k else run_dir
-    folder.mkdir(exist_ok=True)
-    log = MetricLog(folder, enabled=main, tensorboard=lg.tensorboard)
-    log.truncate_after(steps[k])
-    pbar = tqdm(total=st.steps, initial=steps[k], desc=f"level {k}", disable=not (main and lg.progress_bar))
     for j, level in enumerate(wm.levels):  # the levels below are frozen: eval mode (BatchNorm statistics)
         level.train(j == k)
     level = wm.levels[k]
-    while steps[k] < st.steps and not (stop and sum(steps) >= stop):
-        lr = set_lr(opt, st, steps[k])
+
+    def step():
         b = next(stream)
         x = b["features"] if "features" in b else b["frames"]
         inputs = (x, b["actions"][:, :, 0], cfg.loss) if k == 0 else level_inputs(wm, k, b)
@@ -331,20 +352,18 @@ def run_level(k, wm, model, opt, st: StageConfig, steps, stop, data, cfg: WorldM
         if k and level.target is not None:  # momentum linear from ema[0] to ema[1] over the level's stage
             ema_update(level.target, level.encoder,
                        linear_at(steps[k] + 1, total_steps=st.steps, start=level.cfg.ema[0], end=level.cfg.ema[1]))
-        steps[k] += 1
-        pbar.update(1)
-        end = steps[k] == st.steps
-        if steps[k] % lg.log_every == 0 or end:
-            m = {kk: v for kk, v in scalars(out).items() if kk != "grad_norm"}
-            m["lr"] = lr
-            m.update(monitor(out["z"], f"world-model level-{k}", level.cfg.collapse_std_floor if k else
-                             lg.collapse_std_floor, steps[k], with_rank=due(steps[k], lg.rankme_every, last=end)))
-            log.log(steps[k], {f"l{k}/{kk}": v for kk, v in m.items()})
-            pbar.set_postfix(loss=f"{m['loss']:.4f}", tf=f"{m['teacher_forcing']:.4f}", std=f"{m['feature_std']:.3f}")
-        if steps[k] % cfg.meta.save_every_steps == 0:
-            save(accelerator, latest, wm, opts, steps, data, cfg)
-    pbar.close()
-    log.close()
+        return out
+
+    def metrics(out, lr, end):
+        m = {kk: v for kk, v in scalars(out).items() if kk != "grad_norm"}
+        m["lr"] = lr
+        m.update(monitor(out["z"], f"world-model level-{k}", level.cfg.collapse_std_floor if k else
+                         cfg.logging.collapse_std_floor, steps[k], with_rank=due(steps[k], cfg.logging.rankme_every, last=end)))
+        return ({f"l{k}/{kk}": v for kk, v in m.items()},
+                dict(loss=f"{m['loss']:.4f}", tf=f"{m['teacher_forcing']:.4f}", std=f"{m['feature_std']:.3f}"))
+
+    stage_loop(k, st, steps, stop, opt, cfg, accelerator, run_dir / f"level{k}" if k else run_dir, f"level {k}",
+               step, metrics, lambda: save(accelerator, latest, wm, opts, steps, data, cfg))
 
 
 def distance_stage(d: DistanceConfig) -> StageConfig:
@@ -365,40 +384,30 @@ def run_distance(wm, model, opt, st: StageConfig, steps, stop, data, cfg: WorldM
                  latest, opts, feats: Optional[torch.Tensor] = None) -> None:
     """Train the learned goal distance (`goal_distance.py`) on the frozen level-0 states of the training
     episodes: expectile regression of D(z_t, z_u) on |u - t|. Logs to `<run>/distance/`."""
-    main, lg, k = accelerator.is_main_process, cfg.logging, len(steps) - 1
+    k = len(steps) - 1
     t0 = time.time()
     z = representations(wm, data, cfg, feats.to(accelerator.device) if feats is not None else None).cpu()
-    net = accelerator.unwrap_model(model)
     if steps[k] == 0:  # on resume the checkpoint holds the statistics of the first start
-        set_normalisation(net, z)
+        set_normalisation(accelerator.unwrap_model(model), z)
     logger.info("goal distance: %d episodes x %d states of the frozen level 0 (%.0fs)", *z.shape[:2], time.time() - t0)
-    folder = run_dir / "distance"
-    folder.mkdir(exist_ok=True)
-    log = MetricLog(folder, enabled=main, tensorboard=lg.tensorboard)
-    log.truncate_after(steps[k])
-    pbar = tqdm(total=st.steps, initial=steps[k], desc="goal distance", disable=not (main and lg.progress_bar))
     for level in wm.levels:
         level.eval()
     model.train()
     world, rank = accelerator.num_processes, accelerator.process_index
-    while steps[k] < st.steps and not (stop and sum(steps) >= stop):
-        lr = set_lr(opt, st, steps[k])
+
+    def step():
         b = pair_batch(z, st.batch_size * world, cfg.meta.seed, steps[k])  # one global batch; this rank's slice
         b = {kk: v[rank * st.batch_size:(rank + 1) * st.batch_size].to(accelerator.device) for kk, v in b.items()}
 
         def objective_fn():
             d = model(b["z"], b["z_goal"])
             return expectile_loss(d, b["steps"], cfg.distance.expectile), {"mean_distance": d.detach().mean()}
-        out = optimizer_step(accelerator, opt, objective_fn, (model,), sum(steps), st.clip_grad, {"": model})
-        steps[k] += 1
-        pbar.update(1)
-        end = steps[k] == st.steps
-        if steps[k] % lg.log_every == 0 or end:
-            m = {kk: v for kk, v in scalars(out).items() if kk != "grad_norm"}
-            m["lr"] = lr
-            log.log(steps[k], {f"distance/{kk}": v for kk, v in m.items()})
-            pbar.set_postfix(loss=f"{m['loss']:.3f}", mean=f"{m['mean_distance']:.1f}")
-        if steps[k] % cfg.meta.save_every_steps == 0:
-            save(accelerator, latest, wm, opts, steps, data, cfg)
-    pbar.close()
-    log.close()
+        return optimizer_step(accelerator, opt, objective_fn, (model,), sum(steps), st.clip_grad, {"": model})
+
+    def metrics(out, lr, end):
+        m = {kk: v for kk, v in scalars(out).items() if kk != "grad_norm"}
+        m["lr"] = lr
+        return {f"distance/{kk}": v for kk, v in m.items()}, dict(loss=f"{m['loss']:.3f}", mean=f"{m['mean_distance']:.1f}")
+
+    stage_loop(k, st, steps, stop, opt, cfg, accelerator, run_dir / "distance", "goal distance", step, metrics,
+               lambda: save(accelerator, latest, wm, opts, steps, data, cfg))
