@@ -5,6 +5,11 @@ on the plan config's own task set. If this ceiling is low, a better learned mode
 
     python benchmarks/planner_ceiling.py [--world configs/worldmodel/two_rooms.yaml]
         [--plan configs/plan/two_rooms.yaml] [--layouts heldout] [--method cem] [key.sub=value ...]
+        [--geodesic | --learned runs/worldmodel-two_rooms_spatial/wm-latest.pt]
+
+`--geodesic` swaps in the true shortest-path distance (a path-aware cost's ceiling); `--learned CKPT` the world
+model's learned goal distance D(encode(frame at a cell), encode(goal frame)), precomputed on every free cell of
+each task's map: its ceiling with perfect dynamics, which separates D's errors from the predictor's.
 
 Overrides apply to the plan config (e.g. tasks.per_bin=25 cem.horizon=32). Prints success per distance bin.
 """
@@ -20,10 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.generated.envs import EnvConfig, distance_field, step_positions  # noqa: E402
+from data.generated.envs import EnvConfig, distance_field, render, step_positions  # noqa: E402
 from hjepa.world_model.evaluate import PlanConfig, make_tasks, run_episodes, task_maps  # noqa: E402
 from hjepa.world_model.planning import FlatPlanner  # noqa: E402
-from hjepa.world_model.train import WorldModelConfig  # noqa: E402
+from hjepa.world_model.train import WorldModelConfig, load_trained  # noqa: E402
 from vjepa.engine.config import load_config  # noqa: E402
 
 
@@ -54,9 +59,9 @@ class PositionEncoder:
         return torch.stack([(w.sum(1) * c).sum(-1), (w.sum(2) * c).sum(-1)], -1)
 
 
-def geodesic_replan(planner: FlatPlanner, fields: torch.Tensor):
-    """`planner.replan` with distances read from each problem's shortest-path field `[B, G, G]` (walls inf,
-    capped at 4 units) instead of the Euclidean distance to the goal state."""
+def field_replan(planner: FlatPlanner, fields: torch.Tensor):
+    """`planner.replan` with distances read from each problem's distance field `[B, G, G]` (walls inf,
+    capped at 4 units) at the state's cell instead of the Euclidean distance to the goal state."""
     real = planner.replan
     G = fields.shape[-1]
 
@@ -69,6 +74,35 @@ def geodesic_replan(planner: FlatPlanner, fields: torch.Tensor):
     return lambda z_now, z_goal, dist=None: real(z_now, z_goal, distance)
 
 
+@torch.no_grad()
+def learned_fields(checkpoint: str, walls: np.ndarray, goal: np.ndarray, env: EnvConfig) -> torch.Tensor:
+    """The learned goal distance of a world model, in world units (steps x max_step), from the centre of every
+    free cell of each map to its goal: `[B, G, G]`, inf in walls."""
+    _, wm, _ = load_trained(checkpoint)
+    if wm.distance is None:
+        raise SystemExit(f"{checkpoint} has no learned goal distance (train it with distance.steps > 0)")
+    G = walls.shape[-1]
+    centres = (np.stack(np.meshgrid(np.arange(G), np.arange(G), indexing="xy"), -1).reshape(-1, 2) + 0.5) / G
+    out = torch.full((len(walls), G, G), float("inf"))
+    for b in range(len(walls)):
+        free = ~walls[b].reshape(-1)
+        w = np.repeat(walls[b:b + 1], int(free.sum()), 0)
+        z = wm.encode(torch.from_numpy(render(w, centres[free], env)))
+        zg = wm.encode(torch.from_numpy(render(walls[b:b + 1], goal[b:b + 1], env)))
+        out[b].view(-1)[torch.from_numpy(free)] = wm.distance(z, zg) * env.max_step
+    return out
+
+
+def field_rank_correlation(learned: torch.Tensor, true: np.ndarray) -> float:
+    """Mean over maps of the Spearman correlation between two distance fields on the cells both reach."""
+    rs = []
+    for a, b in zip(learned.numpy(), true):
+        ok = np.isfinite(a) & np.isfinite(b)
+        ra, rb = np.argsort(np.argsort(a[ok])), np.argsort(np.argsort(b[ok]))
+        rs.append(np.corrcoef(ra, rb)[0, 1])
+    return float(np.mean(rs))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--world", default="configs/worldmodel/two_rooms.yaml", help="world-model config (its maps)")
@@ -77,25 +111,34 @@ def main() -> None:
     p.add_argument("--method", default="cem", choices=["cem", "mppi"])
     p.add_argument("--geodesic", action="store_true", help="cost = shortest-path distance to the goal (the "
                    "environment's distance field) instead of the Euclidean one: a path-aware cost's ceiling")
+    p.add_argument("--learned", metavar="CKPT", help="cost = this world model's learned goal distance (its "
+                   "config's maps replace --world's)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     torch.set_num_threads(1)
-    wm_cfg = load_config(WorldModelConfig, args.world)
+    wm_cfg = load_trained(args.learned)[0] if args.learned else load_config(WorldModelConfig, args.world)
     cfg = load_config(PlanConfig, args.plan, overrides=args.overrides)
     env = wm_cfg.data.env
     maps = task_maps(wm_cfg.data, args.layouts, cfg.tasks)
     tasks = make_tasks(maps, cfg.tasks)
     walls = maps[tasks["layout"]]
     pc = getattr(cfg, args.method)
-    print(f"{env.name}, {args.layouts} maps, {'geodesic' if args.geodesic else 'Euclidean'} cost, {args.method} horizon {pc.horizon} samples {pc.samples} "
+    pc.distance = "l2"  # this script supplies the cost itself (the Euclidean one, or a field below)
+    cost = "learned" if args.learned else "geodesic" if args.geodesic else "Euclidean"
+    print(f"{env.name}, {args.layouts} maps, {cost} cost, {args.method} horizon {pc.horizon} samples {pc.samples} "
           f"iterations {pc.iterations} replan_every {pc.replan_every}, true dynamics, seeds {cfg.seeds}")
+    fields = torch.from_numpy(distance_field(walls, tasks["goal"])).float() if args.geodesic else None
+    if args.learned:
+        t0 = time.perf_counter()
+        fields = learned_fields(args.learned, walls, tasks["goal"], env)
+        print(f"learned distance on every free cell ({time.perf_counter() - t0:.0f} s): Spearman with the shortest "
+              f"path, per map, mean {field_rank_correlation(fields, distance_field(walls, tasks['goal'])):.3f}")
     print("| seed | " + " | ".join(f"[{lo}, {hi})" for lo, hi in cfg.tasks.bins) + " | all | s/episode |")
     print("|---" * (len(cfg.tasks.bins) + 3) + "|")
-    fields = torch.from_numpy(distance_field(walls, tasks["goal"])).float() if args.geodesic else None
     for seed in cfg.seeds:
         planner = FlatPlanner(TrueDynamics(walls, env), pc, seed)
         if fields is not None:  # the planner calls replan(z_now, z_goal): swap in the distance-field lookup
-            planner.replan = geodesic_replan(planner, fields)
+            planner.replan = field_replan(planner, fields)
         t0 = time.perf_counter()
         ep = run_episodes(planner, PositionEncoder(), env, walls, tasks["start"], tasks["goal"], cfg.max_steps,
                           cfg.success_radius, seed)

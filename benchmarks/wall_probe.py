@@ -7,9 +7,10 @@ Frames come from random-walk episodes on held-out Two-Rooms maps (the world mode
 part) are fitted on the states of 3/4 of the episodes' frames and scored on the other quarter's (other maps too):
 R^2 of the agent's (x, y), of the wall's first column and of the door's centre row. Also the rollout error
 of the level-0 predictor there: mean L1 of k-step imagined states against the encoded frames, relative to
-that of the identity (z_t for z_{t+k}). And a push test: agents 0.05-0.12 left of the wall (far from the door) or
-of the right border, 8 steps of action (+1, 0): how far the true agent and the imagined one (decoded by a
-ridge probe fitted on frames of the same maps) move, fed back and teacher-forced (from the true encodings).
+that of the identity (z_t for z_{t+k}). And a push test: agents 0.05-0.12 left of the wall (far from the door),
+of the door (level with its centre: nothing blocks, the imagined agent should pass) or of the right border,
+8 steps of action (+1, 0): how far the true agent and the imagined one (decoded by a ridge probe fitted on
+frames of the same maps) move, fed back and teacher-forced (from the true encodings).
 """
 from __future__ import annotations
 
@@ -36,15 +37,16 @@ def wall_geometry(walls: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def push_test(wm, env, maps: np.ndarray, against: str, steps: int = 8, seed: int = 0) -> dict:
-    """Push agents into the interior wall ("wall") or the right border ("border") -> mean x moved after
+    """Push agents into the interior wall ("wall"), the right border ("border"), or through the door ("door":
+    level with the door's centre, where nothing blocks) -> mean x moved after
     `steps` steps: true, imagined (rollout fed back), free space; share of imagined endpoints past the
     wall; per-step x moves once blocked (steps 3..): true and teacher-forced prediction."""
     rng = np.random.default_rng(seed)
     B, G = len(maps), env.grid
     geo = wall_geometry(maps)
-    face = geo[:, 0] / G if against == "wall" else np.full(B, 1 - 1 / G)
+    face = geo[:, 0] / G if against in ("wall", "door") else np.full(B, 1 - 1 / G)
     y = (np.where(geo[:, 1] / G > 0.5, rng.uniform(0.1, 0.3, B), rng.uniform(0.7, 0.9, B)) if against == "wall"
-         else rng.uniform(0.2, 0.8, B))
+         else (geo[:, 1] + 0.5) / G if against == "door" else rng.uniform(0.2, 0.8, B))
     pos = [np.stack([face - rng.uniform(0.05, 0.12, B), y], 1)]
     acts = np.tile(np.array([1.0, 0.0]), (B, steps, 1))
     for h in range(steps):
@@ -101,7 +103,7 @@ def main() -> None:
     print("rollout L1 / identity L1 at k = 1..%d: %s" % (args.rollout, " ".join(f"{e / i:.2f}" for e, i in zip(err, ident))))
     for split in ("heldout", "train"):
         maps = sample_maps(data_cfg.env, 200, 7, split)
-        for against in ("wall", "border"):
+        for against in ("wall", "door", "border"):
             r = push_test(wm, data_cfg.env, maps, against)
             print(f"push into the {against} ({split} maps), 8 steps: x moved true {r['true']:.3f}, imagined {r['imagined']:.3f} "
                   f"(free {r['free']:.2f}), imagined past the wall {100 * r['past']:.0f}%; once blocked, per step: true "
