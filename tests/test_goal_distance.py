@@ -122,6 +122,28 @@ def test_world_model_run_trains_the_distance_and_resumes_exactly(tmp_path, monke
         assert torch.equal(v, resumed["model"][k]), k
 
 
+def test_the_distance_trains_on_its_own_longer_episodes_of_the_same_maps(tmp_path, monkeypatch):
+    """`distance.length`: D's pairs come from episodes of that length, drawn on the world model's maps (the
+    train split) with another seed; the world model's own data is untouched."""
+    from data.generated.trajectories import generate
+    from hjepa.world_model import train as wm_train
+    from vjepa.engine.config import load_config
+
+    cfg = load_config(wm_train.WorldModelConfig, overrides=_wm_overrides(tmp_path) + [
+        "distance.length=12", "distance.episodes=5", "data.num_layouts=7", "data.layout_split=train"])
+    dcfg = wm_train.distance_data(cfg)
+    assert (dcfg.length, dcfg.num_trajectories) == (12, 5) and dcfg.seed != cfg.data.seed
+    own, wm_data = generate(dcfg), generate(cfg.data)
+    np.testing.assert_array_equal(own["walls"], wm_data["walls"])  # the same (train-split) maps
+    seen = []
+    real = wm_train.pair_batch
+    monkeypatch.setattr(wm_train, "pair_batch", lambda z, *a: seen.append(tuple(z.shape[:2])) or real(z, *a))
+    wm_train.train(cfg)
+    assert seen and set(seen) == {(5, 13)}
+    with pytest.raises(ValueError, match="distance.length"):
+        check_distance(DistanceConfig(length=-1))
+
+
 def test_planners_use_the_learned_distance_and_refuse_it_without_one():
     from hjepa.world_model.planning import FlatPlanner, PlannerConfig
 

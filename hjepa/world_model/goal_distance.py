@@ -45,6 +45,10 @@ class DistanceConfig:
             path the data shows; 0.5 = least squares (the mean walk length). width: convolution channels
             (map representations) or hidden units (flat ones) of the embedding. embed_dim: embedding size.
         hidden: hidden units of the pair head.
+        length: steps per episode of the distance's own training episodes (0 = the world model's episodes).
+            Pairs span at most one episode, so episodes shorter than the longest paths planned leave D to
+            extrapolate there. episodes: how many (0 = as many as the world model's). Both are drawn like the
+            world model's data (same maps, same policy mix) from another seed.
     """
 
     steps: int = 0
@@ -55,11 +59,15 @@ class DistanceConfig:
     width: int = 32
     embed_dim: int = 128
     hidden: int = 256
+    length: int = 0
+    episodes: int = 0
 
 
 def check_distance(cfg: DistanceConfig) -> None:
     if cfg.steps < 0 or cfg.batch_size < 1:
         raise ValueError(f"distance.steps must be >= 0 and distance.batch_size >= 1, got {cfg.steps}, {cfg.batch_size}")
+    if cfg.length < 0 or cfg.episodes < 0:
+        raise ValueError(f"distance.length and distance.episodes must be >= 0, got {cfg.length}, {cfg.episodes}")
     if not 0.0 < cfg.expectile < 1.0:
         raise ValueError(f"distance.expectile must lie in (0, 1), got {cfg.expectile}")
 

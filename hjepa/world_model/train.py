@@ -380,12 +380,22 @@ def representations(wm: WorldModel, data: dict, cfg: WorldModelConfig, feats: Op
     return torch.cat([wm.levels[0].from_features(f) for f in feats.split(256)])
 
 
+def distance_data(cfg: WorldModelConfig) -> TrajectoryConfig:
+    """The data config of the distance's own episodes (`distance.length` > 0)."""
+    d = cfg.distance
+    return replace(cfg.data, length=d.length, num_trajectories=d.episodes or cfg.data.num_trajectories,
+                   seed=derive_seed(cfg.data.seed, 100))
+
+
 def run_distance(wm, model, opt, st: StageConfig, steps, stop, data, cfg: WorldModelConfig, accelerator, run_dir,
                  latest, opts, feats: Optional[torch.Tensor] = None) -> None:
     """Train the learned goal distance (`goal_distance.py`) on the frozen level-0 states of the training
     episodes: expectile regression of D(z_t, z_u) on |u - t|. Logs to `<run>/distance/`."""
     k = len(steps) - 1
     t0 = time.time()
+    if cfg.distance.length:  # its own, longer episodes: same maps and policies, another seed; no feature cache
+        data = load_or_generate(distance_data(cfg))
+        feats = encode_dataset(frozen_part(wm.encoder), data, cfg.data.env) if feats is not None else None
     z = representations(wm, data, cfg, feats.to(accelerator.device) if feats is not None else None).cpu()
     if steps[k] == 0:  # on resume the checkpoint holds the statistics of the first start
         set_normalisation(accelerator.unwrap_model(model), z)
