@@ -159,7 +159,7 @@ def test_bad_layout_settings_are_clear_errors():
 
 def test_plan_job_writes_heldout_and_seen_tables(tmp_path):
     """A few steps of the world-model job on varied layouts, then the plan job: a table per map set,
-    results.csv with a layouts column, the plots."""
+    results.csv with a layouts column, the plots; `tasks.seen_seeds` runs the seen maps with fewer seeds."""
     from hjepa.world_model import train as wm_train
     from hjepa.world_model.evaluate import PlanConfig, run
     from vjepa.engine.config import load_config
@@ -175,7 +175,7 @@ def test_plan_job_writes_heldout_and_seen_tables(tmp_path):
     wm_train.train(cfg)
     plan = load_config(PlanConfig, overrides=[
         f"checkpoint={tmp_path / 'wm' / 'wm-latest.pt'}", "tasks.per_bin=2", "tasks.bins=[[0.1,0.5],[0.5,1.2]]",
-        "tasks.num_layouts=3", "methods=[random,cem]", "seeds=[0]", "max_steps=3", "cem.samples=8",
+        "tasks.num_layouts=3", "methods=[random,cem]", "seeds=[0,1]", "tasks.seen_seeds=[1]", "max_steps=3", "cem.samples=8",
         "cem.iterations=1", "cem.horizon=2", "cem.replan_every=2", "examples=1", f"folder={tmp_path / 'plan'}"])
     out = run(plan)
     md = (out / "results.md").read_text()
@@ -183,5 +183,8 @@ def test_plan_job_writes_heldout_and_seen_tables(tmp_path):
     assert md.count("| cem |") == 2 and "all bins" in md
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert {(r["layouts"], r["method"]) for r in rows} == {(x, m) for x in ("heldout", "train") for m in ("random", "cem")}
-    assert all(int(r["episodes"]) == 2 for r in rows)
+    assert all(int(r["episodes"]) == (4 if r["layouts"] == "heldout" else 2) for r in rows)  # 2 tasks x 2 or 1 seeds
+    assert "2 tasks x 2 seeds" in md.split("seen layouts")[0] and "2 tasks x 1 seeds" in md.split("seen layouts")[1]
+    with pytest.raises(ConfigError, match="seen_seeds"):
+        check_tasks(TaskConfig(seen_seeds=[]))
     assert (out / "success_vs_distance.png").is_file() and (out / "episodes.png").is_file()

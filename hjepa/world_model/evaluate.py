@@ -47,7 +47,9 @@ class TaskConfig:
     """per_bin: tasks per distance bin. bins: [low, high) shortest-path lengths (world units).
     seed: task (and held-out map) draw. margin: minimum clearance of start and goal from walls.
     layouts: map sets to evaluate on, a table each (`LAYOUT_SETS`; the first is plotted). num_layouts:
-    maps per set (a world model trained on fewer maps gives its "train" set all of them)."""
+    maps per set (a world model trained on fewer maps gives its "train" set all of them). seen_seeds: the
+    planner seeds of the "train" set (None = the run's `seeds`): fewer seeds there keep a job with both tables
+    short while the held-out table keeps them all."""
 
     per_bin: int = 50
     bins: List[List[float]] = field(default_factory=lambda: [[0.1, 0.4], [0.4, 0.7], [0.7, 1.2]])
@@ -55,6 +57,7 @@ class TaskConfig:
     margin: float = 0.04
     layouts: List[str] = field(default_factory=lambda: ["heldout", "train"])
     num_layouts: int = 50
+    seen_seeds: Optional[List[int]] = None
 
 
 def _hier_default() -> HierarchicalConfig:
@@ -92,6 +95,8 @@ def check_tasks(cfg: TaskConfig) -> None:
         raise ConfigError(f"tasks.layouts {list(cfg.layouts)} must list distinct map sets of {list(LAYOUT_SETS)}")
     if cfg.num_layouts < 1 or cfg.per_bin < 1:
         raise ConfigError("tasks.num_layouts and tasks.per_bin must be >= 1")
+    if cfg.seen_seeds is not None and not cfg.seen_seeds:
+        raise ConfigError("tasks.seen_seeds must list at least one seed (or be null: the run's seeds)")
 
 
 def task_maps(data: TrajectoryConfig, which: str, cfg: TaskConfig) -> np.ndarray:
@@ -215,7 +220,7 @@ def run(cfg: PlanConfig, dry_run: bool = False) -> Optional[Path]:
     for which, (walls_all, tasks) in sets.items():
         walls = walls_all[tasks["layout"]]
         for method in cfg.methods:
-            for seed in cfg.seeds:
+            for seed in seeds_of(cfg, which):
                 policy = build_policy(method, cfg, wm, banks, len(walls), seed)
                 t0 = time.perf_counter()
                 ep = run_episodes(policy, wm, env_cfg, walls, tasks["start"], tasks["goal"], cfg.max_steps,
@@ -244,6 +249,11 @@ def run(cfg: PlanConfig, dry_run: bool = False) -> Optional[Path]:
     return run_dir
 
 
+def seeds_of(cfg: PlanConfig, layouts: str) -> List[int]:
+    """The planner seeds run on a map set."""
+    return list(cfg.tasks.seen_seeds) if layouts == "train" and cfg.tasks.seen_seeds is not None else list(cfg.seeds)
+
+
 def _stats(results, layouts, method, b):
     rows = [r for r in results if r.get("layouts") == layouts and r["method"] == method and r["bin"] == b]
     s = np.concatenate([r["success"] for r in rows]).astype(float)
@@ -268,8 +278,9 @@ def summarise(results, cfg: PlanConfig, layouts: str) -> str:
         t = np.mean([r["plan_time"] for r in rows_all])
         c = np.mean([r["compute"] for r in rows_all])
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {t:.3f} | {c:,.0f} |")
-    n = cfg.tasks.per_bin * len(cfg.seeds)
-    lines.append(f"\nsuccess % ± binomial s.e. over {cfg.tasks.per_bin} tasks x {len(cfg.seeds)} seeds = {n} "
+    seeds = seeds_of(cfg, layouts)
+    n = cfg.tasks.per_bin * len(seeds)
+    lines.append(f"\nsuccess % ± binomial s.e. over {cfg.tasks.per_bin} tasks x {len(seeds)} seeds = {n} "
                  f"episodes per cell; bins = shortest-path length; compute = predictor steps "
                  f"(samples x iterations x horizon, summed over replans; per episode, max_steps={cfg.max_steps})")
     return "\n".join(lines)
