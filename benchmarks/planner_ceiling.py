@@ -9,7 +9,8 @@ on the plan config's own task set. If this ceiling is low, a better learned mode
 
 `--geodesic` swaps in the true shortest-path distance (a path-aware cost's ceiling); `--learned CKPT` the world
 model's learned goal distance D(encode(frame at a cell), encode(goal frame)), precomputed on every free cell of
-each task's map: its ceiling with perfect dynamics, which separates D's errors from the predictor's.
+each task's map: its ceiling with perfect dynamics, which separates D's errors from the predictor's;
+with `--exact`, D of the encoding of each imagined position itself (no per-cell lookup, ~10x slower).
 
 Overrides apply to the plan config (e.g. tasks.per_bin=25 cem.horizon=32). Prints success per distance bin.
 """
@@ -93,6 +94,24 @@ def learned_fields(checkpoint: str, walls: np.ndarray, goal: np.ndarray, env: En
     return out
 
 
+def exact_replan(planner: FlatPlanner, checkpoint: str, walls: np.ndarray, goal: np.ndarray, env: EnvConfig):
+    """`planner.replan` with the learned distance of the encoding of each imagined position itself (rendered
+    and encoded per candidate state: slow), instead of a per-cell lookup."""
+    _, wm, _ = load_trained(checkpoint)
+    real = planner.replan
+    with torch.no_grad():
+        e_goal = wm.distance.embed(wm.encode(torch.from_numpy(render(walls, goal, env))))
+
+    @torch.no_grad()
+    def distance(z: torch.Tensor) -> torch.Tensor:  # positions [B, N, H, 2] -> [B, N, H]
+        pos = z.reshape(len(walls), -1, 2).numpy().astype(np.float64)
+        out = [wm.distance.pair(wm.distance.embed(wm.encode(torch.from_numpy(
+            render(np.repeat(walls[b:b + 1], pos.shape[1], 0), pos[b], env)))), e_goal[b]) for b in range(len(walls))]
+        return torch.stack(out).view(z.shape[:-1]) * env.max_step
+
+    return lambda z_now, z_goal, dist=None: real(z_now, z_goal, distance)
+
+
 def field_rank_correlation(learned: torch.Tensor, true: np.ndarray) -> float:
     """Mean over maps of the Spearman correlation between two distance fields on the cells both reach."""
     rs = []
@@ -113,6 +132,8 @@ def main() -> None:
                    "environment's distance field) instead of the Euclidean one: a path-aware cost's ceiling")
     p.add_argument("--learned", metavar="CKPT", help="cost = this world model's learned goal distance (its "
                    "config's maps replace --world's)")
+    p.add_argument("--exact", action="store_true", help="with --learned: the distance of each imagined "
+                   "position's own encoding (no per-cell lookup; ~10x slower)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -137,7 +158,9 @@ def main() -> None:
     print("|---" * (len(cfg.tasks.bins) + 3) + "|")
     for seed in cfg.seeds:
         planner = FlatPlanner(TrueDynamics(walls, env), pc, seed)
-        if fields is not None:  # the planner calls replan(z_now, z_goal): swap in the distance-field lookup
+        if args.learned and args.exact:
+            planner.replan = exact_replan(planner, args.learned, walls, tasks["goal"], env)
+        elif fields is not None:  # the planner calls replan(z_now, z_goal): swap in the distance-field lookup
             planner.replan = field_replan(planner, fields)
         t0 = time.perf_counter()
         ep = run_episodes(planner, PositionEncoder(), env, walls, tasks["start"], tasks["goal"], cfg.max_steps,

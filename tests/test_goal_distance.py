@@ -83,6 +83,36 @@ def test_learns_shortest_paths_from_walks_that_wander():
     assert true[0.5][1] > true[0.1][1] + 0.5  # least squares sits above: it fits the average walk
 
 
+def test_imagined_first_states_are_rollouts_of_the_episode_actions():
+    """`imagine`: a picked pair's first state becomes the predictor's k-step rollout from state t - k under the
+    recorded actions (here a predictor that adds the action, so the answer is known); others stay true."""
+    from hjepa.world_model.goal_distance import imagine
+
+    class Drift(torch.nn.Module):  # z' = z + a + 1: the true step plus a drift of one per step
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def rollout(self, z0, actions):
+            return z0[:, -1:] + (actions + 1).cumsum(1)
+
+    g = torch.Generator().manual_seed(0)
+    actions = torch.randn(6, 10, 2, generator=g)
+    z = torch.cat([torch.zeros(6, 1, 2), actions.cumsum(1)], 1) + 100 * torch.arange(6.0).view(6, 1, 1)
+    b = pair_batch(z, 256, seed=1, step=4)
+    assert torch.equal(imagine(b, z, actions, Drift(), 0.0, 4, 1, 4)["z"], b["z"])
+    out = imagine(b, z, actions, Drift(), 1.0, 4, 1, 4)
+    drift = out["z"] - z[b["episode"], b["t"]]  # k where replaced (a k-step rollout from t - k), 0 elsewhere
+    k = drift.max().round()
+    assert 1 <= k <= 4 and torch.allclose(drift[drift[:, 0] > 0.5], k.expand(int((drift[:, 0] > 0.5).sum()), 2), atol=1e-3)
+    assert ((drift[:, 0] > 0.5) == (b["t"] >= k)).all()  # every pair that can be, and no pair with t < k
+    assert torch.equal(out["steps"], b["steps"]) and torch.equal(out["z_goal"], b["z_goal"])
+    changed = drift[:, 0] > 0.5
+    half = imagine(b, z, actions, Drift(), 0.5, 4, 1, 4)
+    share = ((half["z"] - b["z"])[:, 0] > 0.5).float().sum() / changed.float().sum()
+    assert 0.3 < share < 0.7
+
+
 def _wm_overrides(folder, steps=6, resume=False):
     return ["data.num_trajectories=24", "data.length=8", "data.cache_dir=null", "encoder.type=conv_map",
             "encoder.dim=4", "encoder.width=8", "encoder.map_size=8", "predictor.type=conv", "predictor.dim=8",
@@ -124,13 +154,15 @@ def test_world_model_run_trains_the_distance_and_resumes_exactly(tmp_path, monke
 
 def test_the_distance_trains_on_its_own_longer_episodes_of_the_same_maps(tmp_path, monkeypatch):
     """`distance.length`: D's pairs come from episodes of that length, drawn on the world model's maps (the
-    train split) with another seed; the world model's own data is untouched."""
+    train split) with another seed; the world model's own data is untouched. (`distance.imagined` runs the
+    real predictor's rollouts on them.)"""
     from data.generated.trajectories import generate
     from hjepa.world_model import train as wm_train
     from vjepa.engine.config import load_config
 
     cfg = load_config(wm_train.WorldModelConfig, overrides=_wm_overrides(tmp_path) + [
-        "distance.length=12", "distance.episodes=5", "data.num_layouts=7", "data.layout_split=train"])
+        "distance.length=12", "distance.episodes=5", "data.num_layouts=7", "data.layout_split=train",
+        "distance.imagined=0.5", "distance.imagined_steps=3"])  # and half its first states imagined
     dcfg = wm_train.distance_data(cfg)
     assert (dcfg.length, dcfg.num_trajectories) == (12, 5) and dcfg.seed != cfg.data.seed
     own, wm_data = generate(dcfg), generate(cfg.data)

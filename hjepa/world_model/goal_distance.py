@@ -49,6 +49,9 @@ class DistanceConfig:
             Pairs span at most one episode, so episodes shorter than the longest paths planned leave D to
             extrapolate there. episodes: how many (0 = as many as the world model's). Both are drawn like the
             world model's data (same maps, same policy mix) from another seed.
+        imagined: share of the pairs whose first state is the level-0 predictor's rollout (`imagine`) instead
+            of the encoded frame: the planner evaluates D on imagined states, which read closer to the goal
+            than the frames they stand for (the predictor's drift). imagined_steps: longest such rollout.
     """
 
     steps: int = 0
@@ -61,6 +64,8 @@ class DistanceConfig:
     hidden: int = 256
     length: int = 0
     episodes: int = 0
+    imagined: float = 0.0
+    imagined_steps: int = 8
 
 
 def check_distance(cfg: DistanceConfig) -> None:
@@ -68,6 +73,9 @@ def check_distance(cfg: DistanceConfig) -> None:
         raise ValueError(f"distance.steps must be >= 0 and distance.batch_size >= 1, got {cfg.steps}, {cfg.batch_size}")
     if cfg.length < 0 or cfg.episodes < 0:
         raise ValueError(f"distance.length and distance.episodes must be >= 0, got {cfg.length}, {cfg.episodes}")
+    if not 0.0 <= cfg.imagined <= 1.0 or cfg.imagined_steps < 1:
+        raise ValueError(f"distance.imagined must lie in [0, 1] and distance.imagined_steps be >= 1, got "
+                         f"{cfg.imagined}, {cfg.imagined_steps}")
     if not 0.0 < cfg.expectile < 1.0:
         raise ValueError(f"distance.expectile must lie in (0, 1), got {cfg.expectile}")
 
@@ -136,7 +144,27 @@ def pair_batch(z: torch.Tensor, batch: int, seed: int, step: int) -> Dict[str, t
     rng = np.random.default_rng(derive_seed(seed, 100, step))
     N, T1 = z.shape[:2]
     n, t, u = rng.integers(N, size=batch), rng.integers(T1, size=batch), rng.integers(T1, size=batch)
-    return {"z": z[n, t], "z_goal": z[n, u], "steps": torch.from_numpy(np.abs(u - t).astype(np.float32))}
+    return {"z": z[n, t], "z_goal": z[n, u], "steps": torch.from_numpy(np.abs(u - t).astype(np.float32)),
+            "episode": torch.from_numpy(n), "t": torch.from_numpy(t)}
+
+
+@torch.no_grad()
+def imagine(b: Dict[str, torch.Tensor], z: torch.Tensor, actions: torch.Tensor, predictor, share: float,
+            max_steps: int, seed: int, step: int) -> Dict[str, torch.Tensor]:
+    """Replace a `share` of a `pair_batch`'s first states by what the planner would see there: the predictor's
+    k-step rollout (one k ~ U{1..max_steps} per step) from state t - k of the same episode under its recorded
+    actions `[N, T, A]`. The step count to the goal stays |u - t|. Pairs with t < k keep the true state."""
+    rng = np.random.default_rng(derive_seed(seed, 101, step))
+    k = int(rng.integers(1, max_steps + 1))
+    pick = torch.from_numpy(rng.random(len(b["t"])) < share) & (b["t"] >= k)
+    if not pick.any():
+        return b
+    n, t = b["episode"][pick], b["t"][pick]
+    acts = torch.stack([actions[n, t - k + j] for j in range(k)], 1)
+    out = dict(b, z=b["z"].clone())
+    dev = next(predictor.parameters()).device
+    out["z"][pick] = predictor.rollout(z[n, t - k][:, None].to(dev), acts.to(dev))[:, -1].to(out["z"].device)
+    return out
 
 
 def expectile_loss(pred: torch.Tensor, target: torch.Tensor, tau: float) -> torch.Tensor:

@@ -27,7 +27,8 @@ from data.generated.trajectories import TrajectoryConfig, TrajectoryWindows, loa
 from data.seeding import derive_seed
 from hjepa.world_model.encoders import EncoderConfig, frozen_part
 from hjepa.world_model.feature_cache import FeatureWindows, encode_dataset
-from hjepa.world_model.goal_distance import DistanceConfig, check_distance, expectile_loss, pair_batch, set_normalisation
+from hjepa.world_model.goal_distance import (DistanceConfig, check_distance, expectile_loss, imagine, pair_batch,
+                                             set_normalisation)
 from hjepa.levels import LevelConfig
 from hjepa.world_model.model import ActionLevelObjective, LossWeights, PredictorConfig, WorldModel
 from vjepa.engine import checkpoint as ckpt
@@ -399,6 +400,7 @@ def run_distance(wm, model, opt, st: StageConfig, steps, stop, data, cfg: WorldM
     z = representations(wm, data, cfg, feats.to(accelerator.device) if feats is not None else None).cpu()
     if steps[k] == 0:  # on resume the checkpoint holds the statistics of the first start
         set_normalisation(accelerator.unwrap_model(model), z)
+    actions = torch.from_numpy(data["actions"])  # [N, T, A], for `distance.imagined`
     logger.info("goal distance: %d episodes x %d states of the frozen level 0 (%.0fs)", *z.shape[:2], time.time() - t0)
     for level in wm.levels:
         level.eval()
@@ -407,6 +409,9 @@ def run_distance(wm, model, opt, st: StageConfig, steps, stop, data, cfg: WorldM
 
     def step():
         b = pair_batch(z, st.batch_size * world, cfg.meta.seed, steps[k])  # one global batch; this rank's slice
+        if cfg.distance.imagined:
+            b = imagine(b, z, actions, wm.predictor, cfg.distance.imagined, cfg.distance.imagined_steps,
+                        cfg.meta.seed, steps[k])
         b = {kk: v[rank * st.batch_size:(rank + 1) * st.batch_size].to(accelerator.device) for kk, v in b.items()}
 
         def objective_fn():
