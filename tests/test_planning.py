@@ -166,6 +166,30 @@ def test_goal_cost_reductions_over_the_horizon():
         check_planner(PlannerConfig(cost="max"))
 
 
+def test_candidates_scored_in_chunks_give_the_same_costs(monkeypatch):
+    """`LatentGoalCost` scores B x N candidates in chunks of the candidate axis (`CHUNK_ROWS` rollouts a call,
+    to reuse memory): the same costs, bit for bit, as all at once; the calls stay within the chunk size."""
+    from hjepa.world_model import planning
+    from hjepa.world_model.spatial import ConvPredictor
+
+    torch.manual_seed(0)
+    pred = ConvPredictor((4, 6, 6), action_dim=2, width=8, depth=1)
+    torch.nn.init.normal_(pred.out.weight, std=0.1)  # not the identity start: the dynamics matter
+    rows = []
+    real = pred.rollout
+    pred.rollout = lambda z0, a, context=None: rows.append(len(z0)) or real(z0, a, context)
+    z_now, z_goal = torch.randn(5, 144), torch.randn(5, 144)
+    actions = torch.rand(5, 37, 3, 2) * 2 - 1
+    monkeypatch.setattr(planning, "CHUNK_ROWS", 10 ** 9)
+    whole = planning.LatentGoalCost(pred, z_now, z_goal, reduce="sum")(actions)
+    assert rows == [5 * 37]
+    rows.clear()
+    monkeypatch.setattr(planning, "CHUNK_ROWS", 16)  # 3 candidates x 5 problems a call
+    chunked = planning.LatentGoalCost(pred, z_now, z_goal, reduce="sum")(actions)
+    assert torch.equal(chunked, whole) and chunked.shape == (5, 37)
+    assert max(rows) == 15 and sum(rows) == 5 * 37
+
+
 def test_old_plan_config_level1_becomes_levels():
     from hjepa.world_model.evaluate import PlanConfig
     from vjepa.engine.config import ConfigError, load_config

@@ -126,6 +126,12 @@ NO_DISTANCE = ("planner distance: learned, but the world model has no learned go
 COSTS = {"sum": lambda d: d.sum(-1), "final": lambda d: d[..., -1], "min": lambda d: d.min(-1).values}
 
 
+CHUNK_ROWS = 256  # rollouts per predictor call when scoring candidates. All B x N at once allocate ~100 MB per
+# layer (200 tasks x 64 candidates x a 32 x 8 x 8 map): fresh pages every call, more time in page faults than in
+# the convolutions. In chunks the allocator reuses memory: the Two-Rooms spatial plan job's flat CEM ran 3.8x
+# faster at 1 thread (392 s -> 103 s for 200 episodes), with the same paths bit for bit.
+
+
 class LatentGoalCost:
     """Cost of candidate action sequences: the distances of the predicted states to the goal,
     ||z_pred_h - z_goal||_2 (or `distance(z_pred)` when given: a goal in another level's space), summed over
@@ -151,10 +157,15 @@ class LatentGoalCost:
         return self.predictor.rollout(z0, actions.reshape(B * N, H, A), self.context).view(B, N, H, -1)
 
     def __call__(self, actions: torch.Tensor) -> torch.Tensor:
+        B, N = actions.shape[:2]
+        step = max(1, CHUNK_ROWS // B)  # candidates per chunk: B x step rollouts at a time
+        return torch.cat([self._cost(actions[:, i:i + step]) for i in range(0, N, step)], 1)
+
+    def _cost(self, actions: torch.Tensor) -> torch.Tensor:
         z = self.predict(actions)
         if self.reduce is COSTS["final"]:
             z = z[:, :, -1:]  # only the last state counts: measure only it (a learned distance is not free)
-        return self.reduce(self.distance(z))  # [B, N]
+        return self.reduce(self.distance(z))  # [B, n]
 
 
 def snap_to_bank(bank: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
