@@ -20,6 +20,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import torch
@@ -76,38 +77,41 @@ def field_replan(planner: FlatPlanner, fields: torch.Tensor):
 
 
 @torch.no_grad()
-def learned_fields(checkpoint: str, walls: np.ndarray, goal: np.ndarray, env: EnvConfig) -> torch.Tensor:
-    """The learned goal distance of a world model, in world units (steps x max_step), from the centre of every
-    free cell of each map to its goal: `[B, G, G]`, inf in walls."""
-    _, wm, _ = load_trained(checkpoint)
-    if wm.distance is None:
-        raise SystemExit(f"{checkpoint} has no learned goal distance (train it with distance.steps > 0)")
+def goal_embeddings(wm, walls: np.ndarray, goal: np.ndarray, env: EnvConfig) -> List[torch.Tensor]:
+    """The learned distance's embedding of each task's goal frame, one `[1, E]` per map."""
+    return [wm.distance.embed(wm.encode(torch.from_numpy(render(walls[b:b + 1], goal[b:b + 1], env))))
+            for b in range(len(walls))]
+
+
+@torch.no_grad()
+def distance_at(wm, wall: np.ndarray, pos: np.ndarray, e_goal: torch.Tensor, env: EnvConfig) -> torch.Tensor:
+    """Learned distance (world units: steps x max_step) from the frames of positions `[P, 2]` on one map
+    `[G, G]` to a goal embedding -> `[P]`."""
+    z = wm.encode(torch.from_numpy(render(np.repeat(wall[None], len(pos), 0), pos, env)))
+    return wm.distance.pair(wm.distance.embed(z), e_goal) * env.max_step
+
+
+def learned_fields(wm, walls: np.ndarray, e_goal: List[torch.Tensor], env: EnvConfig) -> torch.Tensor:
+    """The learned goal distance from the centre of every free cell of each map to its goal: `[B, G, G]`,
+    inf in walls."""
     G = walls.shape[-1]
     centres = (np.stack(np.meshgrid(np.arange(G), np.arange(G), indexing="xy"), -1).reshape(-1, 2) + 0.5) / G
     out = torch.full((len(walls), G, G), float("inf"))
     for b in range(len(walls)):
         free = ~walls[b].reshape(-1)
-        w = np.repeat(walls[b:b + 1], int(free.sum()), 0)
-        z = wm.encode(torch.from_numpy(render(w, centres[free], env)))
-        zg = wm.encode(torch.from_numpy(render(walls[b:b + 1], goal[b:b + 1], env)))
-        out[b].view(-1)[torch.from_numpy(free)] = wm.distance(z, zg) * env.max_step
+        out[b].view(-1)[torch.from_numpy(free)] = distance_at(wm, walls[b], centres[free], e_goal[b], env)
     return out
 
 
-def exact_replan(planner: FlatPlanner, checkpoint: str, walls: np.ndarray, goal: np.ndarray, env: EnvConfig):
+def exact_replan(planner: FlatPlanner, wm, walls: np.ndarray, e_goal: List[torch.Tensor], env: EnvConfig):
     """`planner.replan` with the learned distance of the encoding of each imagined position itself (rendered
     and encoded per candidate state: slow), instead of a per-cell lookup."""
-    _, wm, _ = load_trained(checkpoint)
     real = planner.replan
-    with torch.no_grad():
-        e_goal = wm.distance.embed(wm.encode(torch.from_numpy(render(walls, goal, env))))
 
-    @torch.no_grad()
     def distance(z: torch.Tensor) -> torch.Tensor:  # positions [B, N, H, 2] -> [B, N, H]
         pos = z.reshape(len(walls), -1, 2).numpy().astype(np.float64)
-        out = [wm.distance.pair(wm.distance.embed(wm.encode(torch.from_numpy(
-            render(np.repeat(walls[b:b + 1], pos.shape[1], 0), pos[b], env)))), e_goal[b]) for b in range(len(walls))]
-        return torch.stack(out).view(z.shape[:-1]) * env.max_step
+        return torch.stack([distance_at(wm, walls[b], pos[b], e_goal[b], env)
+                            for b in range(len(walls))]).view(z.shape[:-1])
 
     return lambda z_now, z_goal, dist=None: real(z_now, z_goal, distance)
 
@@ -137,7 +141,9 @@ def main() -> None:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     torch.set_num_threads(1)
-    wm_cfg = load_trained(args.learned)[0] if args.learned else load_config(WorldModelConfig, args.world)
+    wm_cfg, wm, _ = load_trained(args.learned) if args.learned else (load_config(WorldModelConfig, args.world), None, None)
+    if wm is not None and wm.distance is None:
+        raise SystemExit(f"{args.learned} has no learned goal distance (train it with distance.steps > 0)")
     cfg = load_config(PlanConfig, args.plan, overrides=args.overrides)
     env = wm_cfg.data.env
     maps = task_maps(wm_cfg.data, args.layouts, cfg.tasks)
@@ -151,7 +157,8 @@ def main() -> None:
     fields = torch.from_numpy(distance_field(walls, tasks["goal"])).float() if args.geodesic else None
     if args.learned:
         t0 = time.perf_counter()
-        fields = learned_fields(args.learned, walls, tasks["goal"], env)
+        e_goal = goal_embeddings(wm, walls, tasks["goal"], env)
+        fields = learned_fields(wm, walls, e_goal, env)
         print(f"learned distance on every free cell ({time.perf_counter() - t0:.0f} s): Spearman with the shortest "
               f"path, per map, mean {field_rank_correlation(fields, distance_field(walls, tasks['goal'])):.3f}")
     print("| seed | " + " | ".join(f"[{lo}, {hi})" for lo, hi in cfg.tasks.bins) + " | all | s/episode |")
@@ -159,7 +166,7 @@ def main() -> None:
     for seed in cfg.seeds:
         planner = FlatPlanner(TrueDynamics(walls, env), pc, seed)
         if args.learned and args.exact:
-            planner.replan = exact_replan(planner, args.learned, walls, tasks["goal"], env)
+            planner.replan = exact_replan(planner, wm, walls, e_goal, env)
         elif fields is not None:  # the planner calls replan(z_now, z_goal): swap in the distance-field lookup
             planner.replan = field_replan(planner, fields)
         t0 = time.perf_counter()
