@@ -254,7 +254,8 @@ def test_small_dataset_config_loads_and_keeps_the_published_recipe_untouched():
     # every new ingredient is off in the published ViT-L recipe
     vitl = load_config(PretrainConfig, "configs/pretrain/vitl16.yaml")
     assert (vitl.loss.target_layers, vitl.loss.vicreg_var, vitl.loss.vicreg_cov, vitl.loss.sigreg_coeff,
-            vitl.loss.view_coeff) == (1, 0, 0, 0, 0)
+            vitl.loss.view_coeff, vitl.loss.local_coeff, vitl.loss.pooled_coeff, vitl.loss.dynamic_weight,
+            vitl.loss.target_diff) == (1, 0, 0, 0, 0, 0, 0, 0, 0)
     assert not any(m.pad_to_longest for m in vitl.mask) and not vitl.logging.knn_monitor
     assert (vitl.data.synthetic.extra_objects, vitl.data.synthetic.pan) == (0, 0.0)
 
@@ -497,3 +498,29 @@ def test_pooling_readouts_poolings_on_a_known_case():
     torch.testing.assert_close(p["mean abs(dz/dt)"][0], torch.tensor([0.5, 0.0, 0.0]))
     # only position 1 changes over time: its two tokens (0 and 2) share the weight; their mean is 1
     torch.testing.assert_close(p["motion-weighted mean"][0], torch.tensor([1.0, 0.0, 0.0]))
+
+
+def test_target_diff_predicts_the_change_over_time_and_is_off_at_zero(tmp_path):
+    from vjepa.objective import temporal_diff
+
+    T, H, W, D = 3, 1, 2, 2
+    h = torch.zeros(1, T, H * W, D)
+    h[0, :, 1] = torch.tensor([0.0, 1.0, 3.0]).view(T, 1)  # only position 1 changes: +1, then +2
+    d = temporal_diff(h.view(1, -1, D), (T, H, W))
+    scale = h.pow(2).mean().sqrt() / torch.tensor([0.0, 1.0, 0.0, 2.0, 0.0, 2.0]).pow(2).repeat_interleave(2).mean().sqrt()
+    want = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [2.0, 2.0], [0.0, 0.0], [2.0, 2.0]]) * scale
+    torch.testing.assert_close(d[0], want)  # the last step repeats the one before; RMS matches h's
+    cfg, encoder, predictor, target = _models(tmp_path)
+    batch = tiny_batch(cfg, encoder)
+    base, hh, _ = jepa_loss(encoder, predictor, target, batch, LossConfig())
+    torch.testing.assert_close(jepa_loss(encoder, predictor, target, batch, LossConfig(target_diff=0.0))[0], base)
+    on, h_on, _ = jepa_loss(encoder, predictor, target, batch, LossConfig(target_diff=1.0))
+    torch.testing.assert_close(h_on, hh)  # the features returned (RankMe, monitor) stay the features
+    m = batch["masks_tgt"][0]
+    pred = predictor(encoder(batch["clip"], batch["masks_ctx"]), batch["masks_ctx"], batch["masks_tgt"])[0]
+    torch.testing.assert_close(on, (pred - gather_tokens(temporal_diff(hh, encoder.grid), m)).abs().mean())
+    on.backward()  # the gradient reaches the encoder, never the EMA target
+    assert encoder.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in target.parameters())
+    with pytest.raises(ValueError, match="target_diff"):
+        jepa_loss(encoder, predictor, target, batch, LossConfig(target_diff=1.5))

@@ -43,6 +43,9 @@ class LossConfig:
             (1 - a) + a * s, with s the temporal std of the target features at its patch position (over the
             clip's time steps, normalised to mean 1 per clip), so that tokens where something moves count
             more than static background. 0 = off (every token counts alike).
+        target_diff: a in [0, 1]: the targets become (1 - a) x the layer-normed features + a x their change
+            over one time step at the same patch (`temporal_diff`, rescaled to the features' RMS), so that
+            what is predicted is how the clip moves, not what it shows. 0 = off (V-JEPA's targets).
         view_proj_dim: > 0 passes the pooled views through a projector MLP (D -> 4D -> view_proj_dim, with
             BatchNorm, as LeJEPA's) held by the predictor and used only by this term; 0 = none.
     """
@@ -61,6 +64,7 @@ class LossConfig:
     local_steps: int = 1
     pooled_coeff: float = 0.0
     dynamic_weight: float = 0.0
+    target_diff: float = 0.0
 
 
 def jepa_targets(target: nn.Module, clip: torch.Tensor, layers: int = 1) -> torch.Tensor:
@@ -72,6 +76,18 @@ def jepa_targets(target: nn.Module, clip: torch.Tensor, layers: int = 1) -> torc
         else:
             h = torch.stack([F.layer_norm(x, (x.shape[-1],)) for x in target.last_layers(clip, layers)]).mean(0)
         return F.layer_norm(h, (h.shape[-1],))
+
+
+def temporal_diff(h: torch.Tensor, grid) -> torch.Tensor:
+    """Forward difference over time of `[B, N, D]` tokens on a (T, H, W) grid (t-major order): token (t, p)
+    gets h[t + 1, p] - h[t, p]; the last time step repeats the one before. Rescaled so that its RMS over the
+    batch matches h's (the L1 loss keeps its scale whatever the clip's speed)."""
+    T, H, W = grid
+    B, N, D = h.shape
+    x = h.view(B, T, H * W, D)
+    d = x[:, 1:] - x[:, :-1]
+    d = torch.cat([d, d[:, -1:]], 1).reshape(B, N, D)
+    return d * (h.pow(2).mean().sqrt() / d.pow(2).mean().sqrt().clamp(min=1e-6))
 
 
 def _masked_mean(x: torch.Tensor, valid) -> torch.Tensor:
@@ -202,8 +218,13 @@ def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch
     valid_ctx = batch.get("valid_ctx") or [None] * len(masks_ctx)
     valid_tgt = batch.get("valid_tgt") or [None] * len(masks_tgt)
     h = jepa_targets(target, clip, cfg.target_layers)
+    if not 0 <= cfg.target_diff <= 1:
+        raise ValueError(f"loss.target_diff must be in [0, 1], got {cfg.target_diff}")
+    tg = h  # what is predicted: the features, or (target_diff) partly their change over time
+    if cfg.target_diff > 0:
+        tg = (1 - cfg.target_diff) * h + cfg.target_diff * temporal_diff(h, _unwrap(encoder).grid)
     z = encoder(clip, masks_ctx, valid_ctx)  # list over mask configs of [B, K_ctx, D]
-    h_tgt = [gather_tokens(h, m) for m in masks_tgt]  # list of [B, K_tgt, D]
+    h_tgt = [gather_tokens(tg, m) for m in masks_tgt]  # list of [B, K_tgt, D]
     # targets feed the predictor's queries only without mask tokens (model.use_mask_tokens=false)
     preds = predictor(z, masks_ctx, masks_tgt, targets=h_tgt, valid_ctx=valid_ctx, valid_tgt=valid_tgt)
     p = cfg.loss_exp
@@ -241,11 +262,11 @@ def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch
         loss = loss + cfg.view_coeff * term
         extra.update(view_inv=inv.detach(), view_sigreg=sig.detach())
     if cfg.pooled_coeff > 0:
-        term = pooled_term(heads.pooled_decoder, pooled, masks_tgt, weight_tgt, h, p)
+        term = pooled_term(heads.pooled_decoder, pooled, masks_tgt, weight_tgt, tg, p)
         loss = loss + cfg.pooled_coeff * term
         extra["pooled"] = term.detach()
     if cfg.local_coeff > 0:
-        local = local_term(heads.local_head, z, masks_ctx, valid_ctx, h, _unwrap(encoder).grid, p, cfg.local_steps)
+        local = local_term(heads.local_head, z, masks_ctx, valid_ctx, tg, _unwrap(encoder).grid, p, cfg.local_steps)
         loss = loss + cfg.local_coeff * local
         extra["local"] = local.detach()
     return loss, h, extra
