@@ -133,7 +133,7 @@ class VJEPAEncoder(nn.Module):
         # feature of a frame is mostly walls and floor, the same in every frame: the agent moves a few of 64
         # tokens, so across states each dimension varies by ~0.003 of its scale (two_rooms, vit_micro) and a
         # predictor reading it sees a near-constant input. Standardised, the same features vary by 1 (it did not
-        # make the frozen two_rooms model plan, README: the pooled feature is no map of the position).
+        # make the frozen two_rooms model plan, docs/world_model.md: the pooled feature is no map of the position).
         self.register_buffer("out_mean", torch.zeros(self.dim))
         self.register_buffer("out_std", torch.ones(self.dim))
 

@@ -3,7 +3,7 @@
 The Euclidean distance between two representations says how far apart two frames are, not how far apart
 two places are for an agent that must walk around walls: its minimum lies against the wall whenever the
 goal is behind it (the perfect-dynamics ceiling of flat CEM with it is 68.5 % on held-out Two-Rooms maps,
-100 % with the true shortest-path distance; README). This module learns a distance that follows paths, from
+100 % with the true shortest-path distance; docs/world_model.md). This module learns a distance that follows paths, from
 the world model's own training trajectories and nothing else: for two states of one episode, t and u, the
 episode itself shows that |u - t| steps suffice, so |u - t| is an upper bound on the shortest path between
 them, tight when the episode went straight (the noisy experts and greedy episodes) and loose for random
