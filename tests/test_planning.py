@@ -198,3 +198,30 @@ def test_old_plan_config_level1_becomes_levels():
     assert [c.horizon for c in cfg.hierarchical.levels] == [5]
     with pytest.raises(ConfigError, match="keep `levels`"):
         load_config(PlanConfig, raw={"hierarchical": {"level1": {"horizon": 5}, "levels": []}})
+
+
+def test_ensemble_cost_is_the_mean_over_members_and_needs_members():
+    from hjepa.world_model.planning import NO_ENSEMBLE, FlatPlanner, LatentGoalCost
+
+    class Shift:  # z moves by `gain` x the action each step
+        def __init__(self, gain):
+            self.gain = gain
+
+        def rollout(self, z0, actions, context=None):
+            return z0[:, -1:] + self.gain * actions.cumsum(1)
+
+    z_now, goal = torch.zeros(1, 1), torch.tensor([[2.0]])
+    actions = torch.tensor([[[[1.0], [1.0]]]])  # final z: 2 x gain
+    final = {g: float(LatentGoalCost(Shift(g), z_now, goal, reduce="final")(actions)) for g in (1.0, 0.5, 2.0)}
+    assert final == {1.0: 0.0, 0.5: 1.0, 2.0: 2.0}
+    mean = LatentGoalCost(Shift(1.0), z_now, goal, reduce="final", members=[Shift(0.5), Shift(2.0)])(actions)
+    assert float(mean) == 1.0  # (0 + 1 + 2) / 3
+    with pytest.raises(ValueError, match="ensemble"):
+        FlatPlanner(Shift(1.0), PlannerConfig(ensemble=True), 0)
+    assert "predictor.ensemble" in NO_ENSEMBLE
+    # planning with members counts every member's rollouts as compute
+    planner = FlatPlanner(Shift(1.0), PlannerConfig(horizon=2, samples=4, iterations=1, replan_every=1,
+                                                    ensemble=True), 0, members=[Shift(0.5)])
+    planner.reset(z_now, goal)
+    planner.act(z_now, 0)
+    assert planner.compute == 2 * 4 * 1 * 2

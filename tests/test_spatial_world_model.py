@@ -215,3 +215,32 @@ def test_padding_config_errors():
         PredictorConfig(padding="replicate")  # a transformer has no padding
     with pytest.raises(ValueError, match="padding"):
         ConvPredictor((2, 4, 4), 2, padding="reflect")
+
+
+def test_predictor_ensemble_members_train_beside_the_first_without_moving_the_encoder():
+    """`predictor.ensemble: 3`: two more level-0 predictors, drawn from a side random stream (every other
+    module starts exactly as with one predictor), each trained on its own loss term on detached states."""
+    torch.manual_seed(0)
+    one = FrameLevel(MAP, CONV)
+    torch.manual_seed(0)
+    three = FrameLevel(MAP, PredictorConfig(type="conv", dim=8, depth=1, ensemble=3))
+    assert len(three.members) == 2 and len(one.members) == 0
+    for k, v in one.state_dict().items():  # same start for everything the single-predictor model has
+        torch.testing.assert_close(three.state_dict()[k], v)
+    for m in three.members:  # members differ from the first predictor and from each other
+        torch.nn.init.normal_(m.out.weight, std=0.1)
+    assert not torch.equal(three.members[0].inp.weight, three.members[1].inp.weight)
+    assert not torch.equal(three.members[0].inp.weight, three.predictor.inp.weight)
+    frames, actions = torch.rand(2, 4, 3, 64, 64), torch.rand(2, 3, 2) * 2 - 1
+    w = LossWeights(rollout_steps=2)
+    out = three.loss(frames, actions, w)
+    base = one.loss(frames, actions, w)
+    assert "members" in out and "members" not in base
+    torch.testing.assert_close(out["loss"], base["loss"] + 2 * out["members"])  # each member's term at weight 1
+    # only the members' term: gradient into every member, none into the encoder or the first predictor
+    out["members"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for m in three.members for p in m.parameters())
+    assert all(p.grad is None for p in three.encoder.parameters())
+    assert all(p.grad is None for p in three.predictor.parameters())
+    with pytest.raises(ValueError, match="ensemble"):
+        PredictorConfig(type="conv", ensemble=0)

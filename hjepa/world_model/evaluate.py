@@ -168,7 +168,7 @@ def build_policy(method: str, cfg: PlanConfig, wm, banks, batch: int, seed: int)
     if method == "random":
         return RandomPolicy(batch, seed)
     if method in ("cem", "mppi"):
-        return FlatPlanner(wm.predictor, getattr(cfg, method), seed, wm.distance)
+        return FlatPlanner(wm.predictor, getattr(cfg, method), seed, wm.distance, wm.predictors[1:])
     if method == "hierarchical":
         return HierarchicalPlanner(wm, banks, cfg.hierarchical, seed)
     raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
@@ -200,6 +200,9 @@ def run(cfg: PlanConfig, dry_run: bool = False) -> Optional[Path]:
         raise ConfigError(f"plan: a planner has distance: learned, but {cfg.checkpoint} has no learned goal distance; "
                           "train one (distance.steps > 0 in the world-model config; resuming a trained model adds it) "
                           "or set the planners' distance to l2")
+    if len(wm.predictors) == 1 and any(p.ensemble for m in cfg.methods for p in planners.get(m, [])):
+        raise ConfigError(f"plan: a planner has ensemble: true, but {cfg.checkpoint} has one level-0 predictor; train "
+                          "an ensemble (predictor.ensemble > 1 in the world-model config) or set ensemble: false")
     env_cfg = wm_cfg.data.env
     sets = {}  # map set -> (its maps [L, G, G], its tasks)
     for which in cfg.tasks.layouts:
@@ -210,9 +213,11 @@ def run(cfg: PlanConfig, dry_run: bool = False) -> Optional[Path]:
         for which, (maps, tasks) in sets.items():
             print(f"{which}: {len(tasks['start'])} tasks in {len(cfg.tasks.bins)} bins on {len(maps)} maps "
                   f"({len({m.tobytes() for m in maps})} distinct) of {env_cfg.name}")
+        def n(p):  # predictor steps per plan, every ensemble member's rollouts included
+            return p.compute() * (len(wm.predictors) if p.ensemble else 1)
         print("compute per plan: "
-              f"cem {cfg.cem.compute()}, mppi {cfg.mppi.compute()}, hierarchical levels 1..K "
-              f"{[c.compute() for c in cfg.hierarchical.levels]} + level-0 {cfg.hierarchical.level0.compute()}")
+              f"cem {n(cfg.cem)}, mppi {n(cfg.mppi)}, hierarchical levels 1..K "
+              f"{[c.compute() for c in cfg.hierarchical.levels]} + level-0 {n(cfg.hierarchical.level0)}")
         return None
     run_dir = resolve_run_dir(cfg.folder, "plan", make_accelerator("float32"))
     (run_dir / "config.yaml").write_text(to_yaml(cfg))

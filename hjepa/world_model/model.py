@@ -48,6 +48,11 @@ class PredictorConfig:
         of `encoder.type: conv_map`). dim / depth / num_heads: the transformer's shape; for "conv", dim is
         the hidden channels and depth the residual blocks (num_heads unused). max_frames: longest context.
         padding: "conv" only, how its convolutions pad the map ("zeros" | "replicate", see `ConvPredictor`).
+        ensemble: level-0 predictors in all. Members beyond the first are the same network from their own
+            initialisation, trained on the same batches with the same losses, on the encoder's states with no
+            gradient into the encoder (it learns from the first alone). A planner with `ensemble: true` scores a
+            candidate by its goal distance averaged over the members' rollouts, so that a state one predictor
+            gets wrong counts for less. 1 = the single predictor.
     """
 
     type: str = "transformer"
@@ -56,12 +61,15 @@ class PredictorConfig:
     num_heads: int = 2
     max_frames: int = 16
     padding: str = "zeros"
+    ensemble: int = 1
 
     def __post_init__(self):
         if self.type not in PREDICTORS:
             raise ValueError(f"predictor.type {self.type!r} unknown; valid: {list(PREDICTORS)}")
         if self.padding != "zeros" and self.type != "conv":
             raise ValueError(f"predictor.padding {self.padding!r} is for predictor.type conv only")
+        if self.ensemble < 1:
+            raise ValueError(f"predictor.ensemble {self.ensemble}: the number of level-0 predictors, >= 1")
 
 
 PREDICTORS = ("transformer", "conv")
@@ -114,14 +122,20 @@ class FrameLevel(nn.Module):
             raise ValueError(f"encoder.static_dim {enc.static_dim} must be in [0, encoder width {D})")
         self.embed_dim, self.action_dim = D, action_dim
         self.map_shape = getattr(self.encoder, "map_shape", None)  # (C, h, w) of a spatial state, else None
-        if pred.type == "conv":
-            if self.map_shape is None:
-                raise ValueError("predictor.type conv needs a feature-map state: set encoder.type: conv_map")
-            self.predictor = ConvPredictor(self.map_shape, action_dim, pred.dim, pred.depth, pred.max_frames,
-                                           pred.padding)
-        else:
-            self.predictor = ACPredictor(D, action_dim, pred.dim, pred.depth, pred.num_heads, pred.max_frames)
+        if pred.type == "conv" and self.map_shape is None:
+            raise ValueError("predictor.type conv needs a feature-map state: set encoder.type: conv_map")
+
+        def predictor() -> nn.Module:
+            if pred.type == "conv":
+                return ConvPredictor(self.map_shape, action_dim, pred.dim, pred.depth, pred.max_frames, pred.padding)
+            return ACPredictor(D, action_dim, pred.dim, pred.depth, pred.num_heads, pred.max_frames)
+
+        self.predictor = predictor()
         self.idm = Mlp(2 * D, 64, action_dim, act_layer=nn.GELU)
+        # the other ensemble members, drawn from a side stream: every other module starts as with one predictor
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch.initial_seed() + 1)
+            self.members = nn.ModuleList(predictor() for _ in range(pred.ensemble - 1))
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """frames `[B, T, C, H, W]` or `[B, C, H, W]` -> `[B, T, D]` or `[B, D]`."""
@@ -165,6 +179,16 @@ class FrameLevel(nn.Module):
             pred = self.predictor.rollout(z[:, :1], actions[:, :k])  # [B, k, D]
             out["rollout"] = (pred - target[:, :k]).abs().mean()
             total = total + w.rollout * out["rollout"]
+        if len(self.members):  # the other predictors: the same losses on states they cannot move
+            zd = z.detach()
+            terms = []
+            for p in self.members:
+                term = (p(zd[:, :T], actions) - zd[:, 1:]).abs().mean()
+                if k > 0 and w.rollout > 0:
+                    term = term + w.rollout * (p.rollout(zd[:, :1], actions[:, :k]) - zd[:, 1:k + 1]).abs().mean()
+                terms.append(term)
+            out["members"] = torch.stack(terms).mean()  # logged per member; each trains on its own term at weight 1
+            total = total + torch.stack(terms).sum()
         if not self.frozen_encoder:
             dyn, sta = z[..., :z.shape[-1] - self.static_dim], z[..., z.shape[-1] - self.static_dim:]
             # within-window centring: only change over time can meet the variance hinge (the scene cannot)
@@ -232,6 +256,11 @@ class WorldModel(nn.Module):
     @property
     def predictor(self) -> ACPredictor:
         return self.levels[0].predictor
+
+    @property
+    def predictors(self) -> List[nn.Module]:
+        """Level 0's predictor and the other members of its ensemble (`predictor.ensemble`)."""
+        return [self.levels[0].predictor, *self.levels[0].members]
 
     @property
     def repr_dim(self) -> int:

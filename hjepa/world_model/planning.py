@@ -43,6 +43,10 @@ class PlannerConfig:
         `learned`, the world model's learned goal distance in steps (`goal_distance.py`; the checkpoint must
         hold one: `distance.steps` > 0 in the world-model config). Any level of the hierarchical planner
         whose states are level 0's (identity level encoders).
+        ensemble: score a candidate by its cost averaged over the rollouts of every level-0 predictor of the
+        world model's ensemble (`predictor.ensemble` > 1 in the world-model config) instead of the first one's:
+        a state that one predictor gets wrong then looks less attractive. Each member's rollouts count as
+        compute. Level 0 only.
     """
 
     method: str = "cem"
@@ -59,6 +63,7 @@ class PlannerConfig:
     context: int = 1
     cost: str = "sum"
     distance: str = "l2"
+    ensemble: bool = False
 
     def compute(self) -> int:
         """Predictor steps per plan and problem: samples x iterations x horizon."""
@@ -123,6 +128,8 @@ Distance = Callable[[torch.Tensor], torch.Tensor]  # predicted states [B, N, H, 
 DISTANCES = ("l2", "learned")
 NO_DISTANCE = ("planner distance: learned, but the world model has no learned goal distance: train it with "
                "distance.steps > 0 in the world-model config")
+NO_ENSEMBLE = ("planner ensemble: true, but the world model has one level-0 predictor: train an ensemble with "
+               "predictor.ensemble > 1 in the world-model config")
 COSTS = {"sum": lambda d: d.sum(-1), "final": lambda d: d[..., -1], "min": lambda d: d.min(-1).values}
 
 
@@ -140,21 +147,24 @@ class LatentGoalCost:
     Args:
         predictor: an `ACPredictor`. z_now `[B, D]`: current representation. z_goal `[B, D]` (unused when
         `distance` is given). context: see `PlannerConfig.context` (history beyond the current frame is not
-        used here). distance: predicted states `[B, N, H, D]` -> `[B, N, H]`.
+        used here). distance: predicted states `[B, N, H, D]` -> `[B, N, H]`. members: other predictors of an
+        ensemble; the cost is then the mean of the costs under each predictor's rollouts.
     """
 
     def __init__(self, predictor, z_now: torch.Tensor, z_goal: Optional[torch.Tensor], context: int = 1,
-                 distance: Optional[Distance] = None, reduce: str = "sum"):
+                 distance: Optional[Distance] = None, reduce: str = "sum", members: Sequence = ()):
         self.predictor, self.z_now, self.z_goal, self.context = predictor, z_now, z_goal, context
+        self.members = list(members)
         self.distance = distance or (lambda z: (z - self.z_goal[:, None, None]).norm(dim=-1))
         self.reduce = COSTS[reduce]
 
     @torch.no_grad()
-    def predict(self, actions: torch.Tensor) -> torch.Tensor:
-        """actions `[B, N, H, A]` -> predicted representations `[B, N, H, D]`."""
+    def predict(self, actions: torch.Tensor, predictor=None) -> torch.Tensor:
+        """actions `[B, N, H, A]` -> predicted representations `[B, N, H, D]` (of the first predictor, or of
+        `predictor`)."""
         B, N, H, A = actions.shape
         z0 = self.z_now[:, None].expand(B, N, -1).reshape(B * N, 1, -1)
-        return self.predictor.rollout(z0, actions.reshape(B * N, H, A), self.context).view(B, N, H, -1)
+        return (predictor or self.predictor).rollout(z0, actions.reshape(B * N, H, A), self.context).view(B, N, H, -1)
 
     def __call__(self, actions: torch.Tensor) -> torch.Tensor:
         B, N = actions.shape[:2]
@@ -162,10 +172,13 @@ class LatentGoalCost:
         return torch.cat([self._cost(actions[:, i:i + step]) for i in range(0, N, step)], 1)
 
     def _cost(self, actions: torch.Tensor) -> torch.Tensor:
-        z = self.predict(actions)
-        if self.reduce is COSTS["final"]:
-            z = z[:, :, -1:]  # only the last state counts: measure only it (a learned distance is not free)
-        return self.reduce(self.distance(z))  # [B, n]
+        costs = []
+        for p in [self.predictor, *self.members]:
+            z = self.predict(actions, p)
+            if self.reduce is COSTS["final"]:
+                z = z[:, :, -1:]  # only the last state counts: measure only it (a learned distance is not free)
+            costs.append(self.reduce(self.distance(z)))  # [B, n]
+        return costs[0] if len(costs) == 1 else torch.stack(costs).mean(0)
 
 
 def snap_to_bank(bank: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -200,13 +213,17 @@ class FlatPlanner:
     Args:
         predictor: level-0 `ACPredictor`. cfg: planner settings. seed: sampling seed.
         goal_distance: the world model's `GoalDistance` (required when `cfg.distance` is `learned`).
+        members: the other level-0 predictors of the world model's ensemble (required when `cfg.ensemble`).
     """
 
-    def __init__(self, predictor, cfg: PlannerConfig, seed: int, goal_distance=None):
+    def __init__(self, predictor, cfg: PlannerConfig, seed: int, goal_distance=None, members: Sequence = ()):
         check_planner(cfg)
         if cfg.distance == "learned" and goal_distance is None:
             raise ValueError(NO_DISTANCE)
+        if cfg.ensemble and not members:
+            raise ValueError(NO_ENSEMBLE)
         self.predictor, self.cfg, self.goal_distance = predictor, cfg, goal_distance
+        self.members = list(members) if cfg.ensemble else []
         self.to_goal: Optional[Distance] = None
         self.gen = torch.Generator().manual_seed(seed)
         self.compute, self.plan_time = 0, 0.0
@@ -226,13 +243,13 @@ class FlatPlanner:
         t0 = time.perf_counter()
         if distance is None and self.to_goal is not None:
             distance = self.to_goal
-        cost = LatentGoalCost(self.predictor, z_now, z_goal, self.cfg.context, distance, self.cfg.cost)
+        cost = LatentGoalCost(self.predictor, z_now, z_goal, self.cfg.context, distance, self.cfg.cost, self.members)
         shifted = torch.cat([self.plan[:, self.k:], torch.zeros(len(z_now), self.k, 2)], 1)  # warm start
         self.plan, _ = optimize(cost, shifted, self.cfg, self.gen)
         self.planned_z = cost.predict(self.plan[:, None])[:, 0]
         if self.first_planned_z is None:
             self.first_planned_z = self.planned_z
-        self.compute += self.cfg.compute()
+        self.compute += self.cfg.compute() * (1 + len(self.members))
         self.plan_time += time.perf_counter() - t0
         self.k = 0
 
@@ -291,6 +308,8 @@ class HierarchicalPlanner:
                              f"{K} such levels, the config {len(cfg.levels)} planners, the checkpoint {len(banks)} banks")
         for c in cfg.levels:
             check_planner(c)
+            if c.ensemble:
+                raise ValueError("hierarchical: ensemble is for level 0 (hierarchical.level0.ensemble), not levels >= 1")
         self.wm, self.banks, self.cfg, self.K = wm, list(banks), cfg, K
         self.learned = [c.distance == "learned" for c in (cfg.level0, *cfg.levels)]  # per level 0..K
         if any(self.learned) and any(lv.cfg.encoder != "identity" for lv in wm.levels[1:]):
@@ -298,7 +317,8 @@ class HierarchicalPlanner:
                              "0's space (identity level encoders)")
         if any(self.learned) and getattr(wm, "distance", None) is None:
             raise ValueError(NO_DISTANCE)
-        self.low = FlatPlanner(wm.predictor, cfg.level0, seed, getattr(wm, "distance", None))
+        self.low = FlatPlanner(wm.predictor, cfg.level0, seed, getattr(wm, "distance", None),
+                               getattr(wm, "predictors", [wm.predictor])[1:])
         self.projects = [snap_to_bank(b) for b in banks]
         self.gens = [torch.Generator().manual_seed(seed + k) for k in range(1, K + 1)]
         self.period = [max(1, cfg.subgoal_every * wm.span(k) // wm.span(1)) for k in range(1, K + 1)]

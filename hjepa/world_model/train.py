@@ -245,7 +245,8 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
     if dry_run:
         print(to_yaml(cfg))
         n = [sum(p.numel() for p in level.parameters() if p.requires_grad) for level in wm.levels]
-        print(f"level 0: {n[0] / 1e3:.1f}k trainable params (representation {wm.repr_dim}-d)")
+        ens = f", {len(wm.predictors)} predictors" if len(wm.predictors) > 1 else ""
+        print(f"level 0: {n[0] / 1e3:.1f}k trainable params (representation {wm.repr_dim}-d{ens})")
         for k in range(1, wm.num_levels):
             lv = cfg.levels[k - 1]
             print(f"level {k}: {n[k] / 1e3:.1f}k params, stride {lv.stride} (span {wm.span(k)} steps), "
