@@ -1,13 +1,16 @@
 """The project's pretraining step against the public reference's (facebookresearch/jepa), same config,
-same machine, in one process: alternated rounds, median seconds per step, and their ratio.
+same machine, in one process: alternated rounds, median seconds per step, and their ratio. Both steps
+see the same clips and the same masks (the reference's collator draws them), so both do the same work.
 
     git clone https://github.com/facebookresearch/jepa /path/to/jepa      # not a dependency: only here
     python benchmarks/reference_step.py --jepa /path/to/jepa                # 2 threads, 3 rounds x 8 steps
 
 Config (both sides): the reference's `configs/pretrain/vitl16.yaml` (its masks, optimizer and schedules;
 the project's defaults are the same recipe) with `--model` (vit_tiny), `--crop` (64) and `--batch` (8),
-fp32. Each step gets fresh masks from its own side's collator and the same random clip; masks and clips
-are made before the clock starts (a data loader's workers make them in a real run).
+fp32. Each step gets fresh masks and a random clip, made before the clock starts (a data loader's workers
+make them in a real run). The masks come from the reference's multiblock3d collator and are given to both
+steps (the project's collator draws the same distribution, from other random streams: on a 4 x 4 patch
+grid the per-step token counts of the two differ enough to move a ratio over a few steps).
 
 The reference's step is rebuilt from its `app/vjepa/train.py` with its own modules (`init_video_model`,
 `init_opt`, its mask collator and `apply_masks`): lr and wd schedulers stepped, target features layer-normed
@@ -35,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def reference_side(jepa: Path, args, clips):
-    """-> (step(i), description) for the reference's step on pre-made batch i."""
+    """-> (step(i), description, masks: (context, target) lists per step) for the reference's step on
+    pre-made batch i."""
     sys.path.insert(0, str(jepa))
     warnings.filterwarnings("ignore", category=FutureWarning)  # its torch.cuda.amp / sdp_kernel calls
     from app.vjepa.utils import init_opt, init_video_model
@@ -86,11 +90,12 @@ def reference_side(jepa: Path, args, clips):
         return loss.item()
 
     tokens = [[b[1][j].shape[1] for b in batches] for j in range(len(cfg["mask"]))]
-    return step, f"context tokens per mask config and step {tokens}"
+    return step, f"context tokens per mask config and step {tokens}", [(b[1], b[2]) for b in batches]
 
 
-def project_side(args, clips):
-    """-> (step(i), description) for the project's pretraining step on pre-made batch i."""
+def project_side(args, clips, masks):
+    """-> (step(i), description) for the project's pretraining step on pre-made batch i, with the given
+    (context, target) masks per step (token indices in the same t-major order as the project's)."""
     from data.collate import MaskCollator
     from vjepa.engine.optim import ema_update, optimizer_step, param_groups
     from vjepa.engine.runtime import make_accelerator
@@ -110,10 +115,11 @@ def project_side(args, clips):
                             betas=o.betas, eps=o.eps)
     encoder, predictor, optimizer = accelerator.prepare(encoder, predictor, optimizer)
     collator = MaskCollator(cfg.mask, accelerator.unwrap_model(encoder).grid, seed=0)
-    batches = [collator([{"clip": x, "label": 0, "seed": j, "step": i} for j, x in enumerate(c)])
+    batches = [collator([{"clip": x, "label": 0, "seed": len(c) * i + j, "step": i} for j, x in enumerate(c)])
                for i, c in enumerate(clips)]
-    for b, c in zip(batches, clips):
-        b["clip"] = c  # the same normalised clip as the reference's
+    for b, c, (m_ctx, m_tgt) in zip(batches, clips, masks):
+        b["clip"] = c  # the same normalised clip as the reference's, and its masks
+        b["masks_ctx"], b["masks_tgt"] = list(m_ctx), list(m_tgt)
     total = int(o.ipe_scale * o.epochs * o.ipe)
 
     def step(i: int) -> float:
@@ -126,8 +132,7 @@ def project_side(args, clips):
                                                                           end=o.ema[1]))
         return float(out["loss"])
 
-    tokens = [[b["masks_ctx"][j].shape[1] for b in batches] for j in range(len(cfg.mask))]
-    return step, f"context tokens per mask config and step {tokens}"
+    return step, "the same clips and masks"
 
 
 def main() -> None:
@@ -146,7 +151,8 @@ def main() -> None:
     n = args.warmup + args.rounds * args.steps
     g = torch.Generator().manual_seed(0)
     clips = [torch.randn(args.batch, 3, args.frames, args.crop, args.crop, generator=g) for _ in range(n)]
-    sides = {"reference": reference_side(args.jepa, args, clips), "project": project_side(args, clips)}
+    ref_step, about, masks = reference_side(args.jepa, args, clips)
+    sides = {"reference": (ref_step, about), "project": project_side(args, clips, masks)}
     for name, (step, about) in sides.items():
         print(f"{name}: {about}")
     times = {name: [] for name in sides}
