@@ -166,7 +166,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     video = mode is sys.modules[__name__]  # V-JEPA only: the k-NN monitor and the mask figure
     if video and cfg.loss.view_coeff > 0 and len(cfg.mask) < 2:
         raise ConfigError("loss.view_coeff treats each mask config as a view of the clip: it needs >= 2 mask configs")
-    if not 0 <= cfg.loss.target_diff <= 1:
+    if video and not 0 <= cfg.loss.target_diff <= 1:
         raise ConfigError(f"loss.target_diff mixes features and their change: it must be in [0, 1], got "
                           f"{cfg.loss.target_diff}")
     accelerator = make_accelerator(cfg.meta.dtype, opt.grad_accum_steps)
