@@ -225,3 +225,30 @@ def test_ensemble_cost_is_the_mean_over_members_and_needs_members():
     planner.reset(z_now, goal)
     planner.act(z_now, 0)
     assert planner.compute == 2 * 4 * 1 * 2
+
+
+def test_plan_job_with_an_ensemble_counts_its_rollouts_and_errs_without_one(tmp_path):
+    """A world model trained with `predictor.ensemble=2` saves both predictors and plans with `ensemble: true`
+    (compute twice the single predictor's); one trained without gets a ConfigError before any episode."""
+    from hjepa.world_model import train as wm_train
+    from hjepa.world_model.evaluate import PlanConfig, run
+    from hjepa.world_model.train import load_trained
+    from tests.test_goal_distance import _wm_overrides
+    from vjepa.engine.config import ConfigError, load_config
+
+    plan = ["tasks.per_bin=2", "tasks.bins=[[0.1,0.5],[0.5,1.2]]", "tasks.num_layouts=2", "tasks.layouts=[train]",
+            "methods=[cem]", "seeds=[0]", "max_steps=3", "cem.samples=8", "cem.iterations=1", "cem.horizon=2",
+            "cem.replan_every=2", "cem.ensemble=true", "examples=0"]
+    for name, k in (("one", 1), ("two", 2)):
+        wm_train.train(load_config(wm_train.WorldModelConfig, overrides=_wm_overrides(tmp_path / name, steps=0)
+                                   + [f"predictor.ensemble={k}"]))
+    assert len(load_trained(tmp_path / "two" / "wm-latest.pt")[1].predictors) == 2
+    with pytest.raises(ConfigError, match="one level-0 predictor"):
+        run(load_config(PlanConfig, overrides=plan + [f"checkpoint={tmp_path / 'one' / 'wm-latest.pt'}",
+                                                      f"folder={tmp_path / 'p1'}"]))
+    out = run(load_config(PlanConfig, overrides=plan + [f"checkpoint={tmp_path / 'two' / 'wm-latest.pt'}",
+                                                        f"folder={tmp_path / 'p2'}"]))
+    lines = (out / "results.csv").read_text().splitlines()
+    col = lines[0].split(",").index("compute_per_episode")
+    # 3 steps, a replan every 2: 2 plans x (8 samples x 1 iteration x horizon 2) x 2 predictors (no success here)
+    assert {float(r.split(",")[col]) for r in lines[1:]} == {2 * 16 * 2}
