@@ -16,6 +16,13 @@ changed (compiled models, fused AdamW, the deferred check), and with all three. 
 `--rounds` times `--steps` steps each, so drift in the machine's load hits all of them alike; ratios
 are medians over rounds, with their min-max spread.
 
+`--pad-ab` times the step with the masks truncated to the batch minimum (the published default) against the
+same step with `pad_to_longest` masks (every clip keeps its whole context and target, padded; attention
+skips the padding), alternated, on the quickstart's pretraining config (vit_micro, 16 x 64 px, 8 px patches,
+batch 16, 4 x 96 predictor and its masks; `--published` takes the published recipe at --sizes / --batch /
+--frames / --crop instead). Padding processes more tokens by design, so the table reports the
+real (unpadded) tokens per step and the time per 1,000 of them beside seconds per step.
+
 `--fsdp-ab --nproc N` launches N processes (torchrun; gloo on CPU, NCCL on GPU) that time the same step
 with the models replicated (DDP, today's default) and sharded (FSDP2, `meta.fsdp`, vjepa/engine/fsdp.py),
 alternated in the same way; the ratio is DDP time / FSDP time (> 1: FSDP faster). Both variants live in
@@ -191,6 +198,77 @@ def run_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmup: in
     return result
 
 
+def run_pad_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmup: int, rounds: int,
+               quickstart: bool) -> None:
+    """Alternated timings of the step with truncated vs padded (`pad_to_longest`) masks; see the docstring."""
+    from dataclasses import replace
+    from functools import partial
+
+    from data.collate import MaskCollator
+    from vjepa.engine.optim import ema_update, optimizer_step, param_groups
+    from vjepa.engine.runtime import make_accelerator
+    from vjepa.engine.config import load_config
+    from vjepa.models import ModelConfig
+    from vjepa.pretrain import LossConfig, PretrainConfig, build_models, objective
+
+    if quickstart:
+        from vjepa.quickstart import QuickstartConfig
+
+        cfg = load_config(QuickstartConfig, str(Path(__file__).resolve().parents[1] / "configs/quickstart.yaml")).pretrain
+    else:
+        cfg = PretrainConfig()
+        cfg.model = ModelConfig(model_name=size)
+        cfg.data.num_frames, cfg.data.crop_size, cfg.data.batch_size = frames, crop, batch
+    d = cfg.data
+    torch.manual_seed(0)
+    accelerator = make_accelerator("float32")
+    encoder, predictor, target = build_models(cfg)
+    optimizer = accelerator.prepare(torch.optim.AdamW(param_groups(encoder, predictor), lr=1e-5))
+    n = warmup + rounds * steps
+    g = torch.Generator().manual_seed(0)
+    clips = [torch.randn(d.batch_size, 3, d.num_frames, d.crop_size, d.crop_size, generator=g) for _ in range(n)]
+    variants = {}
+    for name, pad in (("truncated to the batch minimum", False), ("pad_to_longest", True)):
+        collator = MaskCollator([replace(m, pad_to_longest=pad) for m in cfg.mask], encoder.grid, seed=0)
+        batches = [collator([{"clip": x, "label": 0, "seed": len(c) * i + j, "step": i} for j, x in enumerate(c)])
+                   for i, c in enumerate(clips)]
+        real = [sum(int(v.sum()) if pad else v.numel() for key in ("ctx", "tgt")
+                    for v in (b[f"valid_{key}"] if pad else b[f"masks_{key}"])) for b in batches]
+        processed = [sum(v.numel() for key in ("ctx", "tgt") for v in b[f"masks_{key}"]) for b in batches]
+        variants[name] = (batches, real, processed)
+
+    def step(batch):
+        optimizer_step(accelerator, optimizer, partial(objective, encoder, predictor, target, batch, LossConfig()),
+                       (encoder, predictor), 0, 10.0, {"enc": encoder, "pred": predictor})
+        ema_update(target, encoder, 0.999)
+
+    for batches, _, _ in variants.values():
+        for i in range(warmup):
+            step(batches[i])
+    times = {name: [] for name in variants}
+    for r in range(rounds):
+        for name, (batches, _, _) in variants.items():
+            for i in range(warmup + r * steps, warmup + (r + 1) * steps):
+                t0 = time.perf_counter()
+                step(batches[i])
+                times[name].append(time.perf_counter() - t0)
+    model = cfg.model.model_name
+    print(f"\nV-JEPA train step, {model}, batch {d.batch_size}, {d.num_frames}x{d.crop_size}px, patch {d.patch_size}, "
+          f"CPU x{torch.get_num_threads()} threads, fp32; {rounds} alternated rounds of {steps} steps\n")
+    print("| masks | s/step (median, min-max) | real context + target tokens / step | with padding | ms per 1k real "
+          "tokens |")
+    print("|---|---|---|---|---|")
+    per_k = {}
+    for name, (batches, real, processed) in variants.items():
+        t = times[name]
+        tokens = statistics.mean(real[warmup:])
+        per_k[name] = statistics.median(t) / tokens * 1e6
+        print(f"| {name} | {statistics.median(t):.4f} ({min(t):.4f}-{max(t):.4f}) | {tokens:.0f} | "
+              f"{statistics.mean(processed[warmup:]):.0f} | {per_k[name]:.3f} |")
+    a, b = per_k.values()
+    print(f"\ncost per real token, padded / truncated: {b / a:.2f}x")
+
+
 def run_fsdp_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmup: int, rounds: int,
                 json_path=None) -> None:
     """One rank of `--fsdp-ab`: DDP and FSDP2 copies of the same models, timed in alternated rounds."""
@@ -328,6 +406,9 @@ def main() -> None:
     p.add_argument("--json", default=None, help="--ab / --fsdp-ab: also write the result here")
     p.add_argument("--fsdp-ab", action="store_true", help="DDP vs FSDP2 as a ratio, in --nproc processes (first size)")
     p.add_argument("--nproc", type=int, default=2, help="--fsdp-ab: processes (torchrun)")
+    p.add_argument("--pad-ab", action="store_true", help="truncated vs pad_to_longest masks, alternated")
+    p.add_argument("--published", action="store_true",
+                   help="--pad-ab: the published recipe at --sizes/--batch/--frames/--crop instead of the quickstart's")
     p.add_argument("--fsdp-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -349,6 +430,10 @@ def main() -> None:
                str(args.frames), "--crop", str(args.crop), "--steps", str(args.steps), "--warmup", str(args.warmup),
                "--rounds", str(args.rounds)] + (["--json", args.json] if args.json else [])
         sys.exit(subprocess.run(cmd).returncode)
+    if args.pad_ab:
+        run_pad_ab(args.sizes[0], args.batch, args.frames, args.crop, args.steps, args.warmup, args.rounds,
+                   not args.published)
+        return
     if args.ab:
         run_ab(args.sizes[0], args.batch, args.frames, args.crop, args.steps, args.warmup, args.rounds,
                not args.no_compile, args.peak_tflops, args.json)
