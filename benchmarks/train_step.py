@@ -221,8 +221,11 @@ def run_pad_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmup
         cfg.data.num_frames, cfg.data.crop_size, cfg.data.batch_size = frames, crop, batch
     d = cfg.data
     torch.manual_seed(0)
-    accelerator = make_accelerator("float32")
+    accelerator = make_accelerator("bfloat16")  # bf16 autocast on a GPU; the CPU runs fp32
+    dev = accelerator.device
     encoder, predictor, target = build_models(cfg)
+    encoder, predictor = accelerator.prepare(encoder, predictor)
+    target.to(dev)
     optimizer = accelerator.prepare(torch.optim.AdamW(param_groups(encoder, predictor), lr=1e-5))
     n = warmup + rounds * steps
     g = torch.Generator().manual_seed(0)
@@ -235,12 +238,17 @@ def run_pad_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmup
         real = [sum(int(v.sum()) if pad else v.numel() for key in ("ctx", "tgt")
                     for v in (b[f"valid_{key}"] if pad else b[f"masks_{key}"])) for b in batches]
         processed = [sum(v.numel() for key in ("ctx", "tgt") for v in b[f"masks_{key}"]) for b in batches]
+        for b in batches:
+            for key in ("masks_ctx", "masks_tgt", "valid_ctx", "valid_tgt"):
+                if key in b:
+                    b[key] = [v.to(dev) for v in b[key]]
+            b["clip"] = b["clip"].to(dev)
         variants[name] = (batches, real, processed)
 
     def step(batch):
         optimizer_step(accelerator, optimizer, partial(objective, encoder, predictor, target, batch, LossConfig()),
                        (encoder, predictor), 0, 10.0, {"enc": encoder, "pred": predictor})
-        ema_update(target, encoder, 0.999)
+        ema_update(target, accelerator.unwrap_model(encoder), 0.999)
 
     for batches, _, _ in variants.values():
         for i in range(warmup):
@@ -248,13 +256,19 @@ def run_pad_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmup
     times = {name: [] for name in variants}
     for r in range(rounds):
         for name, (batches, _, _) in variants.items():
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
             for i in range(warmup + r * steps, warmup + (r + 1) * steps):
                 t0 = time.perf_counter()
                 step(batches[i])
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
                 times[name].append(time.perf_counter() - t0)
     model = cfg.model.model_name
+    where = (f"{torch.cuda.get_device_name()}, bf16" if dev.type == "cuda"
+             else f"CPU x{torch.get_num_threads()} threads, fp32")
     print(f"\nV-JEPA train step, {model}, batch {d.batch_size}, {d.num_frames}x{d.crop_size}px, patch {d.patch_size}, "
-          f"CPU x{torch.get_num_threads()} threads, fp32; {rounds} alternated rounds of {steps} steps\n")
+          f"{where}; {rounds} alternated rounds of {steps} steps\n")
     print("| masks | s/step (median, min-max) | real context + target tokens / step | with padding | ms per 1k real "
           "tokens |")
     print("|---|---|---|---|---|")
