@@ -126,8 +126,9 @@ def project_side(args, clips, masks):
         set_lr_wd(optimizer, lr_at(i, warmup_steps=int(o.warmup * o.ipe), total_steps=total, start_lr=o.start_lr,
                                    lr=o.lr, final_lr=o.final_lr),
                   cosine_at(i, total_steps=total, start=o.weight_decay, end=o.final_weight_decay))
-        out = optimizer_step(accelerator, optimizer, partial(objective, encoder, predictor, target, batches[i], cfg.loss),
-                             (encoder, predictor), i, o.clip_grad, {"enc": encoder, "pred": predictor})
+        loss_fn = partial(objective, encoder, predictor, target, batches[i], cfg.loss)
+        out = optimizer_step(accelerator, optimizer, loss_fn, (encoder, predictor), i, o.clip_grad,
+                             {"enc": encoder, "pred": predictor})
         ema_update(target, accelerator.unwrap_model(encoder), linear_at(i, total_steps=total, start=o.ema[0],
                                                                           end=o.ema[1]))
         return float(out["loss"])

@@ -214,7 +214,8 @@ def run_pad_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmup
     if quickstart:
         from vjepa.quickstart import QuickstartConfig
 
-        cfg = load_config(QuickstartConfig, str(Path(__file__).resolve().parents[1] / "configs/quickstart.yaml")).pretrain
+        root = Path(__file__).resolve().parents[1]
+        cfg = load_config(QuickstartConfig, str(root / "configs/quickstart.yaml")).pretrain
     else:
         cfg = PretrainConfig()
         cfg.model = ModelConfig(model_name=size)
@@ -232,7 +233,8 @@ def run_pad_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmup
     clips = [torch.randn(d.batch_size, 3, d.num_frames, d.crop_size, d.crop_size, generator=g) for _ in range(n)]
     variants = {}
     for name, pad in (("truncated to the batch minimum", False), ("pad_to_longest", True)):
-        collator = MaskCollator([replace(m, pad_to_longest=pad) for m in cfg.mask], encoder.grid, seed=0)
+        collator = MaskCollator([replace(m, pad_to_longest=pad) for m in cfg.mask],
+                                accelerator.unwrap_model(encoder).grid, seed=0)
         batches = [collator([{"clip": x, "label": 0, "seed": len(c) * i + j, "step": i} for j, x in enumerate(c)])
                    for i, c in enumerate(clips)]
         real = [sum(int(v.sum()) if pad else v.numel() for key in ("ctx", "tgt")
