@@ -102,6 +102,17 @@ class LossWeights:
     static: float = 1.0
 
 
+def prediction_losses(predictor: nn.Module, z: torch.Tensor, actions: torch.Tensor, k: int):
+    """L1 losses of a level-0 predictor on states `[B, T+1, D]` under actions `[B, T, A]`: teacher forcing
+    (z_{t+1} from the true z_t) and, for k > 0, the k-step rollout from z_0 fed back (else None)."""
+    T = actions.shape[1]
+    target = z[:, 1:]  # one slice for both terms: its gradient reaches z in one piece
+    tf = (predictor(z[:, :T], actions) - target).abs().mean()
+    if k == 0:
+        return tf, None
+    return tf, (predictor.rollout(z[:, :1], actions[:, :k]) - target[:, :k]).abs().mean()
+
+
 class FrameLevel(nn.Module):
     """Level 0: frame encoder, block-causal predictor and inverse-dynamics head.
 
@@ -169,24 +180,18 @@ class FrameLevel(nn.Module):
                 z = enc(frames)
         else:
             z = enc(frames)  # [B, T+1, D]
-        T = actions.shape[1]
-        target = z[:, 1:]
-        tf = (self.predictor(z[:, :T], actions) - target).abs().mean()
+        k = min(w.rollout_steps, actions.shape[1]) if w.rollout > 0 else 0  # rollout steps (0 = none)
+        tf, ro = prediction_losses(self.predictor, z, actions, k)
         out = {"teacher_forcing": tf}
         total = tf
-        k = min(w.rollout_steps, T)
-        if k > 0 and w.rollout > 0:
-            pred = self.predictor.rollout(z[:, :1], actions[:, :k])  # [B, k, D]
-            out["rollout"] = (pred - target[:, :k]).abs().mean()
-            total = total + w.rollout * out["rollout"]
+        if ro is not None:
+            out["rollout"] = ro
+            total = total + w.rollout * ro
         if len(self.members):  # the other predictors: the same losses on states they cannot move
-            zd = z.detach()
             terms = []
             for p in self.members:
-                term = (p(zd[:, :T], actions) - zd[:, 1:]).abs().mean()
-                if k > 0 and w.rollout > 0:
-                    term = term + w.rollout * (p.rollout(zd[:, :1], actions[:, :k]) - zd[:, 1:k + 1]).abs().mean()
-                terms.append(term)
+                tf_p, ro_p = prediction_losses(p, z.detach(), actions, k)
+                terms.append(tf_p if ro_p is None else tf_p + w.rollout * ro_p)
             out["members"] = torch.stack(terms).mean()  # logged per member; each trains on its own term at weight 1
             total = total + torch.stack(terms).sum()
         if not self.frozen_encoder:
