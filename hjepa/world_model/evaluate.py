@@ -213,11 +213,10 @@ def run(cfg: PlanConfig, dry_run: bool = False) -> Optional[Path]:
         for which, (maps, tasks) in sets.items():
             print(f"{which}: {len(tasks['start'])} tasks in {len(cfg.tasks.bins)} bins on {len(maps)} maps "
                   f"({len({m.tobytes() for m in maps})} distinct) of {env_cfg.name}")
-        def n(p):  # predictor steps per plan, every ensemble member's rollouts included
-            return p.compute() * (len(wm.predictors) if p.ensemble else 1)
+        k = len(wm.predictors)
         print("compute per plan: "
-              f"cem {n(cfg.cem)}, mppi {n(cfg.mppi)}, hierarchical levels 1..K "
-              f"{[c.compute() for c in cfg.hierarchical.levels]} + level-0 {n(cfg.hierarchical.level0)}")
+              f"cem {cfg.cem.compute(k)}, mppi {cfg.mppi.compute(k)}, hierarchical levels 1..K "
+              f"{[c.compute() for c in cfg.hierarchical.levels]} + level-0 {cfg.hierarchical.level0.compute(k)}")
         return None
     run_dir = resolve_run_dir(cfg.folder, "plan", make_accelerator("float32"))
     (run_dir / "config.yaml").write_text(to_yaml(cfg))

@@ -65,9 +65,10 @@ class PlannerConfig:
     distance: str = "l2"
     ensemble: bool = False
 
-    def compute(self) -> int:
-        """Predictor steps per plan and problem: samples x iterations x horizon."""
-        return self.samples * self.iterations * self.horizon
+    def compute(self, predictors: int = 1) -> int:
+        """Predictor steps per plan and problem: samples x iterations x horizon, times the world model's
+        `predictors` when this planner scores with the whole ensemble (`ensemble`)."""
+        return self.samples * self.iterations * self.horizon * (predictors if self.ensemble else 1)
 
 
 def check_planner(cfg: PlannerConfig) -> None:
@@ -249,7 +250,7 @@ class FlatPlanner:
         self.planned_z = cost.predict(self.plan[:, None])[:, 0]
         if self.first_planned_z is None:
             self.first_planned_z = self.planned_z
-        self.compute += self.cfg.compute() * (1 + len(self.members))
+        self.compute += self.cfg.compute(1 + len(self.members))
         self.plan_time += time.perf_counter() - t0
         self.k = 0
 
