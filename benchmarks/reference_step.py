@@ -27,7 +27,6 @@ import statistics
 import sys
 import time
 import warnings
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -96,13 +95,13 @@ def reference_side(jepa: Path, args, clips):
 def project_side(args, clips, masks):
     """-> (step(i), description) for the project's pretraining step on pre-made batch i, with the given
     (context, target) masks per step (token indices in the same t-major order as the project's)."""
-    from data.collate import MaskCollator
-    from vjepa.engine.optim import ema_update, optimizer_step, param_groups
+    from benchmarks.train_step import jepa_step
+    from vjepa.engine.optim import param_groups
     from vjepa.engine.runtime import make_accelerator
     from vjepa.engine.schedules import cosine_at, linear_at, lr_at, set_lr_wd
     from vjepa.engine.speed import build_adamw
     from vjepa.models import ModelConfig
-    from vjepa.pretrain import PretrainConfig, build_models, objective
+    from vjepa.pretrain import PretrainConfig, build_models
 
     cfg = PretrainConfig()
     cfg.model = ModelConfig(model_name=args.model)
@@ -114,23 +113,17 @@ def project_side(args, clips, masks):
     optimizer = build_adamw(param_groups(encoder, predictor), accelerator.device, o.fused_adamw, lr=o.lr,
                             betas=o.betas, eps=o.eps)
     encoder, predictor, optimizer = accelerator.prepare(encoder, predictor, optimizer)
-    collator = MaskCollator(cfg.mask, accelerator.unwrap_model(encoder).grid, seed=0)
-    batches = [collator([{"clip": x, "label": 0, "seed": len(c) * i + j, "step": i} for j, x in enumerate(c)])
-               for i, c in enumerate(clips)]
-    for b, c, (m_ctx, m_tgt) in zip(batches, clips, masks):
-        b["clip"] = c  # the same normalised clip as the reference's, and its masks
-        b["masks_ctx"], b["masks_tgt"] = list(m_ctx), list(m_tgt)
+    # the same normalised clips as the reference's, and its masks
+    batches = [{"clip": c, "masks_ctx": list(m_ctx), "masks_tgt": list(m_tgt)}
+               for c, (m_ctx, m_tgt) in zip(clips, masks)]
     total = int(o.ipe_scale * o.epochs * o.ipe)
 
     def step(i: int) -> float:
         set_lr_wd(optimizer, lr_at(i, warmup_steps=int(o.warmup * o.ipe), total_steps=total, start_lr=o.start_lr,
                                    lr=o.lr, final_lr=o.final_lr),
                   cosine_at(i, total_steps=total, start=o.weight_decay, end=o.final_weight_decay))
-        loss_fn = partial(objective, encoder, predictor, target, batches[i], cfg.loss)
-        out = optimizer_step(accelerator, optimizer, loss_fn, (encoder, predictor), i, o.clip_grad,
-                             {"enc": encoder, "pred": predictor})
-        ema_update(target, accelerator.unwrap_model(encoder), linear_at(i, total_steps=total, start=o.ema[0],
-                                                                          end=o.ema[1]))
+        out = jepa_step(accelerator, optimizer, encoder, predictor, target, batches[i],
+                        linear_at(i, total_steps=total, start=o.ema[0], end=o.ema[1]), i, o.clip_grad, cfg.loss)
         return float(out["loss"])
 
     return step, "the same clips and masks"

@@ -52,13 +52,26 @@ def detect_peak(device_name: str):
     return next((peak for key, peak in PEAK_TFLOPS if key in device_name), None)
 
 
-def run_one(size: str, batch: int, frames: int, crop: int, steps: int, warmup: int) -> dict:
+def jepa_step(accelerator, optimizer, encoder, predictor, target, batch: dict, momentum: float = 0.999,
+              step: int = 0, clip: float = 10.0, loss=None):
+    """One pretraining step as `vjepa/pretrain.py` runs it: the objective through the engine's `optimizer_step`
+    (backward, clipping, AdamW), then the EMA update of the target from the online encoder. -> its output."""
     from functools import partial
 
+    from vjepa.engine.optim import ema_update, optimizer_step
+    from vjepa.pretrain import LossConfig, objective
+
+    out = optimizer_step(accelerator, optimizer, partial(objective, encoder, predictor, target, batch,
+                                                          loss or LossConfig()),
+                         (encoder, predictor), step, clip, {"enc": encoder, "pred": predictor})
+    ema_update(target, accelerator.unwrap_model(encoder), momentum)
+    return out
+
+
+def run_one(size: str, batch: int, frames: int, crop: int, steps: int, warmup: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vjepa.engine.optim import ema_update, optimizer_step, param_groups
-    from vjepa.pretrain import LossConfig, objective
+    from vjepa.engine.optim import param_groups
 
     accelerator, encoder, predictor, target, batch_data = _setup(size, batch, frames, crop)
     optimizer = accelerator.prepare(torch.optim.AdamW(param_groups(encoder, predictor), lr=1e-4))
@@ -66,9 +79,7 @@ def run_one(size: str, batch: int, frames: int, crop: int, steps: int, warmup: i
     cuda = accelerator.device.type == "cuda"
 
     def step():
-        optimizer_step(accelerator, optimizer, partial(objective, encoder, predictor, target, batch_data, LossConfig()),
-                       (encoder, predictor), 0, 10.0, {"enc": encoder, "pred": predictor})
-        ema_update(target, accelerator.unwrap_model(encoder), 0.999)
+        jepa_step(accelerator, optimizer, encoder, predictor, target, batch_data)
 
     for _ in range(warmup):
         step()
@@ -202,14 +213,13 @@ def run_pad_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmup
                quickstart: bool) -> None:
     """Alternated timings of the step with truncated vs padded (`pad_to_longest`) masks; see the docstring."""
     from dataclasses import replace
-    from functools import partial
 
     from data.collate import MaskCollator
-    from vjepa.engine.optim import ema_update, optimizer_step, param_groups
+    from vjepa.engine.optim import param_groups
     from vjepa.engine.runtime import make_accelerator
     from vjepa.engine.config import load_config
     from vjepa.models import ModelConfig
-    from vjepa.pretrain import LossConfig, PretrainConfig, build_models, objective
+    from vjepa.pretrain import PretrainConfig, build_models
 
     if quickstart:
         from vjepa.quickstart import QuickstartConfig
@@ -248,9 +258,7 @@ def run_pad_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmup
         variants[name] = (batches, real, processed)
 
     def step(batch):
-        optimizer_step(accelerator, optimizer, partial(objective, encoder, predictor, target, batch, LossConfig()),
-                       (encoder, predictor), 0, 10.0, {"enc": encoder, "pred": predictor})
-        ema_update(target, accelerator.unwrap_model(encoder), 0.999)
+        jepa_step(accelerator, optimizer, encoder, predictor, target, batch)
 
     for batches, _, _ in variants.values():
         for i in range(warmup):
@@ -289,16 +297,15 @@ def run_fsdp_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmu
                 json_path=None) -> None:
     """One rank of `--fsdp-ab`: DDP and FSDP2 copies of the same models, timed in alternated rounds."""
     import copy
-    from functools import partial
 
     import torch.distributed as dist
 
     from data.collate import MaskCollator
     from vjepa.engine import fsdp
-    from vjepa.engine.optim import ema_update, optimizer_step, param_groups
+    from vjepa.engine.optim import param_groups
     from vjepa.engine.runtime import make_accelerator
     from vjepa.models import ModelConfig
-    from vjepa.pretrain import LossConfig, PretrainConfig, build_models, objective
+    from vjepa.pretrain import PretrainConfig, build_models
 
     cfg = PretrainConfig()
     cfg.model = ModelConfig(model_name=size)
@@ -326,9 +333,7 @@ def run_fsdp_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmu
 
     def step(name):
         enc, pred, tgt, o = variants[name]
-        optimizer_step(accelerator, o, partial(objective, enc, pred, tgt, data, LossConfig()), (enc, pred), 0, 10.0,
-                       {"enc": enc, "pred": pred})
-        ema_update(tgt, accelerator.unwrap_model(enc), 0.999)
+        jepa_step(accelerator, o, enc, pred, tgt, data)
 
     for name in variants:
         for _ in range(warmup):
