@@ -22,7 +22,7 @@ def build_dataset(data: DataConfig, aug: DataAugConfig, train: bool = True, uint
         return MotionVideos(m.num_videos, data.num_frames, data.crop_size, num_speeds=m.num_speeds,
                             distractor=m.distractor, seed=m.seed,
                             transform=to_uint8_clip if uint8 else partial(to_float_clip, mean=aug.mean, std=aug.std),
-                            extra_objects=m.extra_objects, pan=m.pan)
+                            extra_objects=m.extra_objects, pan=m.pan, object_scale=m.object_scale)
     from data.datasets import build_video_dataset  # decoding backends are only needed for real data
 
     return build_video_dataset(data, aug, train, uint8)

@@ -130,12 +130,16 @@ def test_pretraining_variety_is_off_by_default_and_leaves_the_labelled_motion_al
 
     plain = MotionVideos(4, 8, 32, seed=3)
     busy = MotionVideos(4, 8, 32, seed=3, extra_objects=2)
-    same = MotionVideos(4, 8, 32, seed=3, extra_objects=0, pan=0.0)
+    same = MotionVideos(4, 8, 32, seed=3, extra_objects=0, pan=0.0, object_scale=1.0)
+    big = MotionVideos(4, 8, 32, seed=3, object_scale=2.0)
     changed = 0
     for i in range(4):
         assert torch.equal(plain.clip(i), same.clip(i))
-        assert plain.label_of(i) == busy.label_of(i)
+        assert plain.label_of(i) == busy.label_of(i) == big.label_of(i)
         changed += int(not torch.equal(plain.clip(i), busy.clip(i)))
+        # a larger labelled shape: same background, more pixels that change over the clip
+        moving = [(c.clip(i).int().diff(dim=0).abs().sum(-1) > 0).sum().item() for c in (plain, big)]
+        assert moving[1] > 1.5 * moving[0]
     assert changed >= 2  # 0..2 extra shapes per clip: most clips get at least one
     panned = MotionVideos(2, 8, 32, seed=3, pan=2.0).clip(0)
     assert torch.equal(panned[0], plain.clip(0)[0])  # frame 0 is not shifted
@@ -194,7 +198,7 @@ def test_small_dataset_config_loads_and_keeps_the_published_recipe_untouched():
             vitl.loss.view_coeff, vitl.loss.local_coeff, vitl.loss.pooled_coeff, vitl.loss.dynamic_weight,
             vitl.loss.target_diff) == (1, 0, 0, 0, 0, 0, 0, 0, 0)
     assert not any(m.pad_to_longest for m in vitl.mask) and not vitl.logging.knn_monitor
-    assert (vitl.data.synthetic.extra_objects, vitl.data.synthetic.pan) == (0, 0.0)
+    assert (vitl.data.synthetic.extra_objects, vitl.data.synthetic.pan, vitl.data.synthetic.object_scale) == (0, 0.0, 1.0)
 
 
 def test_weight_drift_measures_how_far_the_target_lags_the_online_encoder(tmp_path, monkeypatch):

@@ -31,10 +31,12 @@ def _shape_mask(kind: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def render_motion_clip(rng: np.random.Generator, label: int, num_frames: int, size: int, num_speeds: int,
-                       distractor: bool, extra_objects: int = 0, pan: float = 0.0) -> np.ndarray:
+                       distractor: bool, extra_objects: int = 0, pan: float = 0.0,
+                       object_scale: float = 1.0) -> np.ndarray:
     """One clip, uint8 `[T, H, W, 3]`, whose motion encodes `label`. `extra_objects` / `pan` add unlabelled
     moving shapes and camera drift (pretraining variety); at 0 the clip is drawn exactly as before, and
-    their random draws come after all others, so they never change the rest of a clip."""
+    their random draws come after all others, so they never change the rest of a clip. `object_scale`
+    multiplies the labelled shape's radius (same random draws; 1.0 = the benchmark's shapes)."""
     speed_idx = label % num_speeds
     sense = ROTATIONS[(label // num_speeds) % 2]
     dx, dy = DIRECTIONS[label // (2 * num_speeds)]
@@ -57,7 +59,7 @@ def render_motion_clip(rng: np.random.Generator, label: int, num_frames: int, si
 
     # Total displacement over the clip is a fixed fraction of the frame, whatever the clip length.
     travel = size * (0.15 + 0.35 * speed_idx / max(1, num_speeds - 1))
-    radius = size * rng.uniform(0.11, 0.16)
+    radius = size * rng.uniform(0.11, 0.16) * object_scale
     margin = radius * 1.2
     lo = np.array([margin, margin]) + np.minimum(0, -np.array([dx, dy]) * travel)
     hi = np.array([size - margin, size - margin]) - np.maximum(0, np.array([dx, dy]) * travel)
@@ -93,15 +95,17 @@ class MotionVideos(Dataset):
         num_videos: dataset length. num_frames / size: clip length and square frame size.
         num_speeds: speed classes (num_classes = 4 directions x 2 senses x num_speeds).
         distractor: add a drifting distractor shape. seed: which videos (use different seeds per split).
-        extra_objects / pan: unlabelled extra moving shapes and camera drift (see `render_motion_clip`).
+        extra_objects / pan / object_scale: unlabelled extra moving shapes, camera drift and a larger
+            labelled shape (pretraining variety; see `render_motion_clip`).
         transform: uint8 `[T, H, W, C]` -> model input (e.g. `data.transforms.to_float_clip`).
     """
 
     def __init__(self, num_videos: int, num_frames: int, size: int, num_speeds: int = 2, distractor: bool = True,
-                 seed: int = 0, transform: Optional[Callable] = None, extra_objects: int = 0, pan: float = 0.0):
+                 seed: int = 0, transform: Optional[Callable] = None, extra_objects: int = 0, pan: float = 0.0,
+                 object_scale: float = 1.0):
         self.num_videos, self.num_frames, self.size = num_videos, num_frames, size
         self.num_speeds, self.distractor, self.seed = num_speeds, distractor, seed
-        self.extra_objects, self.pan = extra_objects, pan
+        self.extra_objects, self.pan, self.object_scale = extra_objects, pan, object_scale
         self.num_classes = 4 * 2 * num_speeds
         self.transform = transform
 
@@ -115,7 +119,8 @@ class MotionVideos(Dataset):
         """The raw uint8 clip `[T, H, W, 3]` of video `index`."""
         rng = np.random.default_rng([self.seed, index, 1])
         frames = render_motion_clip(rng, self.label_of(index), self.num_frames, self.size, self.num_speeds,
-                                    self.distractor, self.extra_objects, self.pan)
+                                    self.distractor, self.extra_objects, self.pan,
+                                    self.object_scale)
         return torch.from_numpy(frames)
 
     def __getitem__(self, index: int) -> dict:
