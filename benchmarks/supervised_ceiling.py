@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from functools import partial
@@ -80,18 +81,23 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--config", default="configs/quickstart.yaml")
     ap.add_argument("--lr", type=float, default=3e-4, help="AdamW peak LR (the quickstart pretraining's)")
+    ap.add_argument("--encoder", help="skip training: read out this script's earlier checkpoint (e.g. with a "
+                    "longer probe schedule, probe.optimization.num_epochs=60)")
     ap.add_argument("overrides", nargs="*", help="quickstart config overrides (key.sub=value)")
     args = ap.parse_args()
     cfg = load_config(QuickstartConfig, args.config, args.overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    encoder = train_supervised(cfg, args.lr)
+    path = out / f"{cfg.pretrain.logging.write_tag}-latest.pt"
+    if args.encoder:
+        shutil.copyfile(args.encoder, path)
+    else:
+        encoder = train_supervised(cfg, args.lr)
+        torch.save({"target_encoder": encoder.state_dict(), "encoder": encoder.state_dict(),
+                    "step": cfg.pretrain.optimization.epochs * cfg.pretrain.optimization.ipe,
+                    "config": to_dict(cfg.pretrain)}, path)
     t_train = time.time() - t0
-    torch.save({"target_encoder": encoder.state_dict(), "encoder": encoder.state_dict(),
-                "step": cfg.pretrain.optimization.epochs * cfg.pretrain.optimization.ipe,
-                "config": to_dict(cfg.pretrain)},
-               out / f"{cfg.pretrain.logging.write_tag}-latest.pt")
     (out / "supervised.yaml").write_text(to_yaml(cfg))
     rows = []
     for arm in ("pretrained", "random_init"):
