@@ -23,7 +23,7 @@ class MotionConfig:
         pan: camera motion: the whole frame drifts by up to this many pixels per frame in a random
             direction (wrapping at the border); 0 = a static camera, as the benchmark.
         object_scale: the labelled shape's radius times this (1.0 = the benchmark's 11-16% of the frame;
-            2.5 makes it cover about 6x as many tokens), so more of every clip moves.
+            2.5 gives it ~6x the area), so more of every clip moves.
     """
 
     num_videos: int = 2048
