@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data.generated.synthetic import MotionVideos  # noqa: E402
 from data.transforms import to_float_clip  # noqa: E402
 from vjepa.engine.config import load_config, to_dict, to_yaml  # noqa: E402
+from vjepa.engine.runtime import setup_logging  # noqa: E402
 from vjepa.pretrain import build_models  # noqa: E402
 from vjepa.probe_dist import Ranks  # noqa: E402
 from vjepa.probe_train import train as train_probe  # noqa: E402
@@ -85,6 +86,7 @@ def main() -> None:
                     "longer probe schedule, probe.optimization.num_epochs=60)")
     ap.add_argument("overrides", nargs="*", help="quickstart config overrides (key.sub=value)")
     args = ap.parse_args()
+    setup_logging(True)  # the probes' progress, as in train.py
     cfg = load_config(QuickstartConfig, args.config, args.overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
