@@ -18,7 +18,6 @@ import json
 import shutil
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,14 +25,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.generated.synthetic import MotionVideos  # noqa: E402
-from data.transforms import to_float_clip  # noqa: E402
+from data.build import build_dataset  # noqa: E402
 from vjepa.engine.config import load_config, to_dict, to_yaml  # noqa: E402
 from vjepa.engine.runtime import setup_logging  # noqa: E402
 from vjepa.pretrain import build_models  # noqa: E402
-from vjepa.probe_dist import Ranks  # noqa: E402
-from vjepa.probe_train import train as train_probe  # noqa: E402
-from vjepa.quickstart import QuickstartConfig, format_table, probe_config  # noqa: E402
+from vjepa.quickstart import QuickstartConfig, format_table, probe_arm  # noqa: E402
 
 
 def train_supervised(cfg: QuickstartConfig, lr: float, log_every: int = 50) -> torch.nn.Module:
@@ -42,17 +38,16 @@ def train_supervised(cfg: QuickstartConfig, lr: float, log_every: int = 50) -> t
     p = cfg.pretrain
     torch.manual_seed(p.meta.seed)
     encoder, _, _ = build_models(p)
-    d, m = p.data, p.data.synthetic
-    ds = MotionVideos(m.num_videos, d.num_frames, d.crop_size, num_speeds=m.num_speeds, distractor=m.distractor,
-                      seed=m.seed, transform=partial(to_float_clip, mean=p.data_aug.mean, std=p.data_aug.std),
-                      extra_objects=m.extra_objects, pan=m.pan, object_scale=m.object_scale)
+    if p.data.datasets:
+        raise ValueError("the supervised ceiling trains on the built-in motion videos: leave pretrain.data.datasets empty")
+    ds = build_dataset(p.data, p.data_aug)  # the pretraining clips, float and normalised, with their labels
     head = torch.nn.Sequential(torch.nn.LayerNorm(encoder.embed_dim), torch.nn.Linear(encoder.embed_dim, ds.num_classes))
     params = list(encoder.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.04)
     steps, warmup = p.optimization.epochs * p.optimization.ipe, p.optimization.warmup * p.optimization.ipe
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (
         1 + torch.cos(torch.tensor(torch.pi * min(1.0, s / steps))).item()))
-    loader = torch.utils.data.DataLoader(ds, batch_size=d.batch_size, shuffle=True, drop_last=True,
+    loader = torch.utils.data.DataLoader(ds, batch_size=p.data.batch_size, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(p.meta.seed))
     encoder.train()
     step, t0, correct, seen = 0, time.time(), 0, 0
@@ -101,13 +96,8 @@ def main() -> None:
                     "config": to_dict(cfg.pretrain)}, path)
     t_train = time.time() - t0
     (out / "supervised.yaml").write_text(to_yaml(cfg))
-    rows = []
-    for arm in ("pretrained", "random_init"):
-        res = train_probe(probe_config(cfg, out, arm), ranks=Ranks())
-        rows.append({"arm": arm, "name": "supervised (frozen)" if arm == "pretrained" else "random init (frozen)",
-                     "top1": res["top1"], "top5": res["top5"], "knn_top1": res.get("knn_top1"),
-                     "linear_top1": res.get("linear_top1"), "low_shot_top1": res.get("low_shot_top1"),
-                     "best_probe": res["best_probe"]})
+    rows = [probe_arm(cfg, out, arm) for arm in ("pretrained", "random_init")]
+    rows[0]["name"] = "supervised (frozen)"  # the checkpoint's encoder, read as the pretrained arm
     num_classes = 8 * cfg.pretrain.data.synthetic.num_speeds
     summary = {"rows": rows, "chance_top1": 100.0 / num_classes, "num_classes": num_classes,
                "model": cfg.pretrain.model.model_name, "low_shot": cfg.probe.probe.low_shot, "lr": args.lr,

@@ -79,6 +79,15 @@ def probe_config(cfg: QuickstartConfig, run_dir: Path, arm: str) -> ProbeConfig:
     return p
 
 
+def probe_arm(cfg: QuickstartConfig, run_dir: Path, arm: str) -> dict:
+    """The probes of one arm on the run folder's checkpoint -> its row of the comparison table."""
+    t = time.time()
+    res = train_probe(probe_config(cfg, run_dir, arm), ranks=Ranks())  # main process only: no collective
+    return {"arm": arm, "name": ARMS[arm][0], "top1": res["top1"], "top5": res["top5"],
+            "knn_top1": res.get("knn_top1"), "linear_top1": res.get("linear_top1"),
+            "low_shot_top1": res.get("low_shot_top1"), "best_probe": res["best_probe"], "seconds": time.time() - t}
+
+
 def pretrain_in_run_folder(cfg, name: str, pretrain_fn) -> tuple:
     """A quickstart's first half: its run folder (`cfg.folder`, else `runs/<name>-<time>`) with the resolved
     quickstart config, and `pretrain_fn(cfg.pretrain)` writing into it. Returns (accelerator, run folder)."""
@@ -101,15 +110,8 @@ def run(cfg: QuickstartConfig, dry_run: bool = False) -> Optional[dict]:
     if not accelerator.is_main_process:
         return None
 
-    rows = []
     monitor = _monitor_rows(run_dir / "metrics.csv")
-    for arm in cfg.arms:
-        t = time.time()
-        res = train_probe(probe_config(cfg, run_dir, arm), ranks=Ranks())  # main process only: no collective
-        rows.append({"arm": arm, "name": ARMS[arm][0], "top1": res["top1"], "top5": res["top5"],
-                     "knn_top1": res.get("knn_top1"), "linear_top1": res.get("linear_top1"),
-                     "low_shot_top1": res.get("low_shot_top1"), "best_probe": res["best_probe"],
-                     "seconds": time.time() - t})
+    rows = [probe_arm(cfg, run_dir, arm) for arm in cfg.arms]
     num_classes = 8 * cfg.pretrain.data.synthetic.num_speeds
     summary = {"rows": rows, "chance_top1": 100.0 / num_classes, "num_classes": num_classes,
                "pretrain_seconds": t_pretrain, "total_seconds": time.time() - t0,
