@@ -20,8 +20,10 @@ are medians over rounds, with their min-max spread.
 same step with `pad_to_longest` masks (every clip keeps its whole context and target, padded; attention
 skips the padding), alternated, on the quickstart's pretraining config (vit_micro, 16 x 64 px, 8 px patches,
 batch 16, 4 x 96 predictor and its masks; `--published` takes the published recipe at --sizes / --batch /
---frames / --crop instead). Padding processes more tokens by design, so the table reports the
-real (unpadded) tokens per step and the time per 1,000 of them beside seconds per step.
+--frames / --crop instead). A third row runs the padded masks in `--length-groups` groups of clips of similar
+length (`model.length_groups`), each cut to its longest clip. Padding processes more tokens by design, so the
+table reports the real (unpadded) tokens per step, the tokens the predictor processes with padding, and the
+time per 1,000 real tokens beside seconds per step.
 
 `--fsdp-ab --nproc N` launches N processes (torchrun; gloo on CPU, NCCL on GPU) that time the same step
 with the models replicated (DDP, today's default) and sharded (FSDP2, `meta.fsdp`, vjepa/engine/fsdp.py),
@@ -209,9 +211,20 @@ def run_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmup: in
     return result
 
 
+def _grouped_tokens(batch: dict, groups: int) -> int:
+    """Tokens the predictor processes when its rows run in `groups` length groups (`model.length_groups`):
+    per mask config, rows sorted by real context + target tokens, each chunk cut to its longest row."""
+    total = 0
+    for vc, vt in zip(batch["valid_ctx"], batch["valid_tgt"]):
+        counts = vc.sum(1) + vt.sum(1)
+        total += sum(len(c) * int(c.max()) for c in counts.sort(stable=True).values.chunk(groups))
+    return total
+
+
 def run_pad_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmup: int, rounds: int,
-               quickstart: bool) -> None:
-    """Alternated timings of the step with truncated vs padded (`pad_to_longest`) masks; see the docstring."""
+               quickstart: bool, groups: int = 4) -> None:
+    """Alternated timings of the step with truncated vs padded (`pad_to_longest`) masks, and padded masks run
+    in `groups` length groups (`model.length_groups`); see the docstring."""
     from dataclasses import replace
 
     from data.collate import MaskCollator
@@ -255,22 +268,29 @@ def run_pad_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmup
                 if key in b:
                     b[key] = [v.to(dev) for v in b[key]]
             b["clip"] = b["clip"].to(dev)
-        variants[name] = (batches, real, processed)
+        variants[name] = (batches, real, processed, 1)
+    if groups > 1:
+        batches, real, _, _ = variants["pad_to_longest"]
+        variants[f"pad_to_longest, {groups} length groups"] = (batches, real,
+                                                               [_grouped_tokens(b, groups) for b in batches], groups)
+    models = [accelerator.unwrap_model(m) for m in (encoder, predictor)]
 
-    def step(batch):
+    def step(batch, groups):
+        for m in models:
+            m.length_groups = groups
         jepa_step(accelerator, optimizer, encoder, predictor, target, batch)
 
-    for batches, _, _ in variants.values():
+    for batches, _, _, groups_ in variants.values():
         for i in range(warmup):
-            step(batches[i])
+            step(batches[i], groups_)
     times = {name: [] for name in variants}
     for r in range(rounds):
-        for name, (batches, _, _) in variants.items():
+        for name, (batches, _, _, groups_) in variants.items():
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             for i in range(warmup + r * steps, warmup + (r + 1) * steps):
                 t0 = time.perf_counter()
-                step(batches[i])
+                step(batches[i], groups_)
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
                 times[name].append(time.perf_counter() - t0)
@@ -283,14 +303,15 @@ def run_pad_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmup
           "tokens |")
     print("|---|---|---|---|---|")
     per_k = {}
-    for name, (batches, real, processed) in variants.items():
+    for name, (batches, real, processed, _) in variants.items():
         t = times[name]
         tokens = statistics.mean(real[warmup:])
         per_k[name] = statistics.median(t) / tokens * 1e6
         print(f"| {name} | {statistics.median(t):.4f} ({min(t):.4f}-{max(t):.4f}) | {tokens:.0f} | "
               f"{statistics.mean(processed[warmup:]):.0f} | {per_k[name]:.3f} |")
-    a, b = per_k.values()
-    print(f"\ncost per real token, padded / truncated: {b / a:.2f}x")
+    base = per_k["truncated to the batch minimum"]
+    for name, cost in list(per_k.items())[1:]:
+        print(f"\ncost per real token, {name} / truncated: {cost / base:.2f}x")
 
 
 def run_fsdp_ab(size: str, batch: int, frames: int, crop: int, steps: int, warmup: int, rounds: int,
@@ -428,6 +449,8 @@ def main() -> None:
     p.add_argument("--fsdp-ab", action="store_true", help="DDP vs FSDP2 as a ratio, in --nproc processes (first size)")
     p.add_argument("--nproc", type=int, default=2, help="--fsdp-ab: processes (torchrun)")
     p.add_argument("--pad-ab", action="store_true", help="truncated vs pad_to_longest masks, alternated")
+    p.add_argument("--length-groups", type=int, default=4,
+                   help="--pad-ab: also time padded masks run in this many length groups (1: leave that row out)")
     p.add_argument("--published", action="store_true",
                    help="--pad-ab: the published recipe at --sizes/--batch/--frames/--crop instead of the quickstart's")
     p.add_argument("--fsdp-worker", action="store_true", help=argparse.SUPPRESS)
@@ -453,7 +476,7 @@ def main() -> None:
         sys.exit(subprocess.run(cmd).returncode)
     if args.pad_ab:
         run_pad_ab(args.sizes[0], args.batch, args.frames, args.crop, args.steps, args.warmup, args.rounds,
-                   not args.published)
+                   not args.published, args.length_groups)
         return
     if args.ab:
         run_ab(args.sizes[0], args.batch, args.frames, args.crop, args.steps, args.warmup, args.rounds,

@@ -88,6 +88,54 @@ def test_padding_does_not_change_real_tokens_or_the_loss(tmp_path):
     assert padded_loss.item() == pytest.approx(total / count, rel=1e-5)
 
 
+def test_length_groups_give_the_padded_batch_loss_and_gradients(tmp_path):
+    """`model.length_groups`: padded rows run in groups of similar length, cut to their longest row. Real
+    tokens, the loss and every gradient match the one padded batch; padded positions come back as zeros;
+    one group per row leaves no padding in any group."""
+    cfg, encoder, predictor, target = _models(tmp_path)
+    cfg.mask = [MaskConfig(num_blocks=8, spatial_scale=[0.15, 0.15], pad_to_longest=True),
+                MaskConfig(num_blocks=2, spatial_scale=[0.7, 0.7], pad_to_longest=True)]
+    predictor = build_models(cfg)[1]  # two mask tokens
+    torch.manual_seed(0)
+    clips = torch.randn(6, 3, cfg.data.num_frames, 64, 64)
+    batch = MaskCollator(cfg.mask, encoder.grid, seed=0)([{"clip": c, "label": 0, "seed": i, "step": 3}
+                                                          for i, c in enumerate(clips)])
+    assert all(v.sum(1).unique().numel() > 1 for v in batch["valid_ctx"])  # lengths differ within the batch
+    runs = {}
+    for groups in (1, 3, 6):
+        encoder.length_groups = predictor.length_groups = groups
+        encoder.zero_grad()
+        predictor.zero_grad()
+        lengths = []
+        hook = encoder.blocks[0].register_forward_hook(lambda m, args, out: lengths.append(args[0].shape[:2]))
+        z = encoder(batch["clip"], batch["masks_ctx"], batch["valid_ctx"])
+        hook.remove()
+        if groups == 6:  # one row per group: each runs at exactly its own context length
+            assert sorted(n for _, n in lengths) == sorted(int(n) for v in batch["valid_ctx"] for n in v.sum(1))
+        if groups == 1:  # one padded batch per mask config
+            assert [tuple(x) for x in lengths] == [tuple(m.shape) for m in batch["masks_ctx"]]
+        loss, _, _ = jepa_loss(encoder, predictor, target, batch, LossConfig())
+        loss.backward()
+        grads = [p.grad.clone() for p in [*encoder.parameters(), *predictor.parameters()] if p.grad is not None]
+        runs[groups] = (z, loss.item(), grads)
+    z1, loss1, g1 = runs[1]
+    for groups in (3, 6):
+        z, loss, g = runs[groups]
+        assert loss == pytest.approx(loss1, rel=1e-5)
+        assert len(g) == len(g1) and len(g1) > 0
+        for a, b in zip(g, g1):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+        for zg, zp, v in zip(z, z1, batch["valid_ctx"]):
+            torch.testing.assert_close(zg[v], zp[v], atol=1e-5, rtol=1e-5)
+            assert bool((zg[~v] == 0).all()) and bool((zp[~v] != 0).any())  # old path leaves values there
+
+
+def test_length_groups_must_be_positive():
+    from vjepa.models import ModelConfig
+    with pytest.raises(ValueError, match="length_groups"):
+        ModelConfig(length_groups=0)
+
+
 def test_padded_loss_falls_on_a_fixed_batch(tmp_path):
     cfg, encoder, predictor, target = _models(tmp_path)
     cfg.mask = [MaskConfig(num_blocks=8, spatial_scale=[0.15, 0.15], pad_to_longest=True)]

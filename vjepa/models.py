@@ -103,8 +103,11 @@ class Block(nn.Module):
 
 def _run_blocks(blocks: nn.ModuleList, x: torch.Tensor, coords: Optional[torch.Tensor],
                 activation_checkpointing: bool, valid: Optional[torch.Tensor] = None,
-                keep_last: int = 0) -> torch.Tensor | list:
-    """Run `blocks`; with `keep_last` = k > 0 return the outputs of the last k blocks instead."""
+                keep_last: int = 0, groups: int = 1) -> torch.Tensor | list:
+    """Run `blocks`; with `keep_last` = k > 0 return the outputs of the last k blocks instead. Padded rows
+    (`valid` given) run in `groups` batches of similar length (`_run_blocks_grouped`) when `groups` > 1."""
+    if valid is not None and groups > 1 and not keep_last:
+        return _run_blocks_grouped(blocks, x, coords, activation_checkpointing, valid, groups)
     kept = []
     for i, blk in enumerate(blocks):
         if activation_checkpointing and torch.is_grad_enabled():
@@ -114,6 +117,31 @@ def _run_blocks(blocks: nn.ModuleList, x: torch.Tensor, coords: Optional[torch.T
         if i >= len(blocks) - keep_last:
             kept.append(x)
     return kept if keep_last else x
+
+
+def _run_blocks_grouped(blocks: nn.ModuleList, x: torch.Tensor, coords: Optional[torch.Tensor],
+                        activation_checkpointing: bool, valid: torch.Tensor, groups: int) -> torch.Tensor:
+    """`_run_blocks` for padded rows (`valid` `[B, N]`, True = real token) in `groups` batches of similar length.
+
+    Rows are sorted by their number of real tokens and split into `groups` chunks; each chunk's real tokens
+    are moved to the front (in order) and the chunk is cut to its longest row, so padding costs compute only
+    up to that length, and a chunk whose rows are all full runs without an attention mask. Real tokens get
+    the outputs the padded batch would give them (up to float rounding); padded positions come back as zeros.
+    One host sync per chunk reads its length.
+    """
+    B, N, D = x.shape
+    counts = valid.sum(1)
+    order = torch.argsort(counts, stable=True)
+    front = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)  # [B, N]: real positions first, in order
+    pieces = []
+    for rows in order.chunk(groups):
+        length = int(counts[rows].max())
+        idx = front[rows, :length]  # [b, L]
+        v = torch.gather(valid[rows], 1, idx)
+        y = _run_blocks(blocks, gather_tokens(x[rows], idx), None if coords is None else gather_tokens(coords[rows], idx),
+                        activation_checkpointing, None if bool(v.all()) else v)
+        pieces.append(y.new_zeros(len(rows), N, D).scatter(1, idx.unsqueeze(-1).expand(-1, -1, D), y * v.unsqueeze(-1)))
+    return torch.cat(pieces)[torch.argsort(order)]
 
 
 def _init_weights(module: nn.Module, std: float) -> None:
@@ -145,15 +173,17 @@ class VisionTransformer(nn.Module):
         uniform_power: give t, h, w equal shares of the sin-cos table (V-JEPA recipe).
         use_rope: 3D rotary embeddings in attention instead of the additive table (V-JEPA 2).
         use_activation_checkpointing: recompute block activations in backward to save memory.
+        length_groups: padded rows run in this many groups of similar length (`_run_blocks_grouped`).
     """
 
     def __init__(self, img_size: int = 224, num_frames: int = 16, patch_size: int = 16, tubelet_size: int = 2,
                  in_chans: int = 3, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path_rate: float = 0.0,
                  init_std: float = 0.02, uniform_power: bool = False, use_rope: bool = False,
-                 use_activation_checkpointing: bool = False):
+                 use_activation_checkpointing: bool = False, length_groups: int = 1):
         super().__init__()
         self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.length_groups = length_groups
         self.patch_size, self.tubelet_size = patch_size, tubelet_size
         self.grid = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
         self.use_rope = use_rope
@@ -210,7 +240,8 @@ class VisionTransformer(nn.Module):
         return self.patch_embed.proj(x).flatten(2).transpose(1, 2), grid
 
     def _encode(self, x: torch.Tensor, coords: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = _run_blocks(self.blocks, x, coords if self.use_rope else None, self.use_activation_checkpointing, valid)
+        x = _run_blocks(self.blocks, x, coords if self.use_rope else None, self.use_activation_checkpointing, valid,
+                        groups=self.length_groups)
         return self.norm(x)
 
     def last_layers(self, x: torch.Tensor, k: int) -> list:
@@ -249,15 +280,17 @@ class Predictor(nn.Module):
         num_mask_tokens: one learnable query token per mask config.
         zero_init_mask_tokens: start the mask tokens at zero (reference default) instead of trunc-normal.
         use_mask_tokens: False = no mask tokens; queries from noised target features (`forward`'s targets).
+        length_groups: padded rows run in this many groups of similar length (`_run_blocks_grouped`).
     """
 
     def __init__(self, grid: tuple[int, int, int], embed_dim: int = 768, pred_embed_dim: int = 384,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  drop_path_rate: float = 0.0, init_std: float = 0.02, num_mask_tokens: int = 2,
                  zero_init_mask_tokens: bool = True, uniform_power: bool = False, use_rope: bool = False,
-                 use_activation_checkpointing: bool = False, use_mask_tokens: bool = True):
+                 use_activation_checkpointing: bool = False, use_mask_tokens: bool = True, length_groups: int = 1):
         super().__init__()
         self.grid = tuple(grid)
+        self.length_groups = length_groups
         self.use_rope = use_rope
         self.use_activation_checkpointing = use_activation_checkpointing
         self.predictor_embed = nn.Linear(embed_dim, pred_embed_dim)
@@ -320,7 +353,8 @@ class Predictor(nn.Module):
         if valid_ctx is not None or valid_tgt is not None:
             valid = torch.cat([torch.ones_like(masks_ctx, dtype=torch.bool) if valid_ctx is None else valid_ctx,
                                torch.ones_like(masks_tgt, dtype=torch.bool) if valid_tgt is None else valid_tgt], 1)
-        x = _run_blocks(self.predictor_blocks, x, coords, self.use_activation_checkpointing, valid)
+        x = _run_blocks(self.predictor_blocks, x, coords, self.use_activation_checkpointing, valid,
+                        groups=self.length_groups)
         x = self.predictor_norm(x[:, K_ctx:])
         return self.predictor_proj(x)  # [B, K_tgt, D]
 
@@ -337,6 +371,9 @@ class ModelConfig:
             targets' own features noised to (nearly) pure noise (false, see `Predictor`).
         zero_init_mask_tokens: mask tokens start at zero.
         use_activation_checkpointing: trade compute for memory (large sizes on GPU).
+        length_groups: with padded masks (`mask.N.pad_to_longest`), run a batch's rows in this many groups
+            of similar length, each cut to its longest row, so padding costs compute only within a group
+            (1 = one padded batch). No effect on truncated masks, the published default.
     """
 
     model_name: str = "vit_large"
@@ -349,6 +386,11 @@ class ModelConfig:
     zero_init_mask_tokens: bool = True
     drop_path_rate: float = 0.0
     use_activation_checkpointing: bool = False
+    length_groups: int = 1
+
+    def __post_init__(self):
+        if self.length_groups < 1:
+            raise ValueError(f"model.length_groups must be >= 1, got {self.length_groups}")
 
 
 def vit_size(name: str) -> ViTSize:
@@ -364,7 +406,7 @@ def build_encoder(cfg: ModelConfig, *, img_size: int, num_frames: int, patch_siz
         img_size=img_size, num_frames=num_frames, patch_size=patch_size, tubelet_size=tubelet_size,
         embed_dim=size.embed_dim, depth=size.depth, num_heads=size.num_heads, mlp_ratio=size.mlp_ratio,
         drop_path_rate=cfg.drop_path_rate, uniform_power=cfg.uniform_power, use_rope=cfg.use_rope,
-        use_activation_checkpointing=cfg.use_activation_checkpointing,
+        use_activation_checkpointing=cfg.use_activation_checkpointing, length_groups=cfg.length_groups,
     )
 
 
@@ -374,4 +416,5 @@ def build_predictor(cfg: ModelConfig, encoder: VisionTransformer, num_mask_token
         num_heads=cfg.pred_num_heads or encoder.num_heads, num_mask_tokens=num_mask_tokens,
         zero_init_mask_tokens=cfg.zero_init_mask_tokens, uniform_power=cfg.uniform_power, use_rope=cfg.use_rope,
         use_activation_checkpointing=cfg.use_activation_checkpointing, use_mask_tokens=cfg.use_mask_tokens,
+        length_groups=cfg.length_groups,
     )
