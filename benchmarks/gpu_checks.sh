@@ -18,7 +18,7 @@
 # rounding; on CPU they agree bit for bit); b. the ViT-L loop sharded (bf16, compiled) to step 8, resumed
 # sharded to 12 (eager), its checkpoint read by `vjepa.load_encoder` and resumed by a plain 1-process run
 # to 14; c. DDP vs FSDP step time (benchmarks/train_step.py --fsdp-ab), then the ViT-L step with truncated vs
-# padded (`pad_to_longest`) masks (--pad-ab, ~1.5 min; not yet run on a GPU); d. vit_giant sharded at batch 16
+# padded (`pad_to_longest`) masks, one batch and 4 length groups (--pad-ab, ~2 min; not yet run on a GPU); d. vit_giant sharded at batch 16
 # with activation checkpointing, 4 steps. About 7.5 minutes in all.
 set -u
 OUT=${1:-/tmp/gpu_checks}
@@ -53,8 +53,8 @@ PY
   cat $T/vitl/metrics.csv $T/vitl_plain/metrics.csv 2>/dev/null | cut -d, -f1-3 | tee -a "$LOG"
   timeout 120 python benchmarks/train_step.py --fsdp-ab --nproc 1 --sizes vit_large --batch 24 --steps 3 --warmup 2 \
     --rounds 2 --json "$OUT/fsdp_ab.json" 2>&1 | grep -v "^W[0-9]" | tail -6 | tee -a "$LOG"
-  timeout 100 python benchmarks/train_step.py --pad-ab --published --sizes vit_large --batch 24 --steps 3 --warmup 2 \
-    --rounds 2 2>&1 | grep -v "^W[0-9]" | tail -6 | tee -a "$LOG"
+  timeout 130 python benchmarks/train_step.py --pad-ab --published --sizes vit_large --batch 24 --steps 3 --warmup 2 \
+    --rounds 2 --length-groups 4 2>&1 | grep -v "^W[0-9]" | tail -10 | tee -a "$LOG"
   timeout 120 $TR train.py $V model.model_name=vit_giant model.use_activation_checkpointing=true data.batch_size=16 \
     meta.fsdp=true meta.compile=false meta.max_steps=4 logging.log_every=1 logging.folder=$T/giant > $T/giant.log 2>&1
   echo "d. vit_giant sharded, batch 16, activation checkpointing, 4 steps: exit $?" | tee -a "$LOG"
