@@ -157,19 +157,20 @@ def test_the_distance_trains_on_its_own_longer_episodes_of_the_same_maps(tmp_pat
     train split) with another seed; the world model's own data is untouched. (`distance.imagined` runs the
     real predictor's rollouts on them.)"""
     from data.generated.trajectories import generate
+    from hjepa.world_model import cost_stages
     from hjepa.world_model import train as wm_train
     from vjepa.engine.config import load_config
 
     cfg = load_config(wm_train.WorldModelConfig, overrides=_wm_overrides(tmp_path) + [
         "distance.length=12", "distance.episodes=5", "data.num_layouts=7", "data.layout_split=train",
         "distance.imagined=0.5", "distance.imagined_steps=3"])  # and half its first states imagined
-    dcfg = wm_train.distance_data(cfg)
+    dcfg = cost_stages.distance_data(cfg)
     assert (dcfg.length, dcfg.num_trajectories) == (12, 5) and dcfg.seed != cfg.data.seed
     own, wm_data = generate(dcfg), generate(cfg.data)
     np.testing.assert_array_equal(own["walls"], wm_data["walls"])  # the same (train-split) maps
     seen = []
-    real = wm_train.pair_batch
-    monkeypatch.setattr(wm_train, "pair_batch", lambda z, *a: seen.append(tuple(z.shape[:2])) or real(z, *a))
+    real = cost_stages.pair_batch
+    monkeypatch.setattr(cost_stages, "pair_batch", lambda z, *a: seen.append(tuple(z.shape[:2])) or real(z, *a))
     wm_train.train(cfg)
     assert seen and set(seen) == {(5, 13)}
     with pytest.raises(ValueError, match="distance.length"):

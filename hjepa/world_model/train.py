@@ -16,46 +16,33 @@ import time
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Iterator, List, Optional
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from tqdm import tqdm
 
 from data.generated.trajectories import TrajectoryConfig, TrajectoryWindows, load_or_generate
 from data.seeding import derive_seed
+from hjepa.levels import LevelConfig
+from hjepa.world_model.cost_stages import distance_stage, refine_stage, run_distance, run_refine
 from hjepa.world_model.encoders import EncoderConfig, frozen_part
 from hjepa.world_model.feature_cache import FeatureWindows, encode_dataset
-from hjepa.world_model.goal_distance import (DistanceConfig, check_distance, expectile_loss, imagine, pair_batch,
-                                             set_normalisation)
-from hjepa.levels import LevelConfig
+from hjepa.world_model.goal_distance import DistanceConfig, check_distance
 from hjepa.world_model.model import ActionLevelObjective, LossWeights, PredictorConfig, WorldModel
+from hjepa.world_model.refine import RefineConfig, check_refine
+from hjepa.world_model.stage import StageConfig, stage_loop
 from vjepa.engine import checkpoint as ckpt
 from vjepa.engine.checkpoint import save_checkpoint
 from vjepa.engine.config import ConfigError, to_dict, to_yaml, upgrade
 from vjepa.engine.monitor import monitor
 from vjepa.engine.optim import ema_update, optimizer_step, param_groups, scalars
-from vjepa.engine.runtime import MetricLog, checkpoint_paths, make_accelerator, resolve_run_dir
+from vjepa.engine.runtime import checkpoint_paths, make_accelerator, resolve_run_dir
 from vjepa.engine.sampling import ResumableBatchSampler
-from vjepa.engine.schedules import linear_at, lr_at, set_lr_wd
+from vjepa.engine.schedules import linear_at
 from vjepa.engine.sections import LoggingConfig, MetaConfig, check_logging, due
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class StageConfig:
-    """Optimisation of one level. window: frames per training window. steps / batch_size / lr / warmup
-    (steps) / weight_decay / clip_grad: AdamW with linear warmup then cosine to lr / 100."""
-
-    window: int = 6
-    steps: int = 1500
-    batch_size: int = 64  # per process
-    lr: float = 1e-3
-    warmup: int = 100
-    weight_decay: float = 1e-4
-    clip_grad: Optional[float] = 1.0
 
 
 def _level_stage() -> StageConfig:
@@ -131,12 +118,14 @@ class WorldModelConfig:
     stage: StageConfig = field(default_factory=StageConfig)
     levels: List[WorldLevelConfig] = field(default_factory=lambda: [WorldLevelConfig()])
     distance: DistanceConfig = field(default_factory=DistanceConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     meta: WorldModelMetaConfig = field(default_factory=lambda: WorldModelMetaConfig(seed=0, dtype="float32"))
     logging: LoggingConfig = field(default_factory=lambda: LoggingConfig(write_tag="wm", log_every=50))
 
 
 def build_model(cfg: WorldModelConfig) -> WorldModel:
     check_distance(cfg.distance)
+    check_refine(cfg.refine, cfg.distance.steps, cfg.stage.window)
     return WorldModel(cfg.encoder, cfg.predictor, cfg.levels, img_size=cfg.data.env.img_size, distance=cfg.distance)
 
 
@@ -172,13 +161,6 @@ def batches(windows: TrajectoryWindows, batch_size: int, seed: int, level: int, 
     for keys in sampler:
         b = windows.batch(np.array([index for index, _, _ in keys]))
         yield {k: v.to(accelerator.device) for k, v in b.items()}
-
-
-def set_lr(optimizer, st: StageConfig, step: int) -> float:
-    """Linear warmup from lr / 10, then cosine to lr / 100; weight decay stays `st.weight_decay`."""
-    lr = lr_at(step, warmup_steps=st.warmup, total_steps=st.steps, start_lr=st.lr / 10, lr=st.lr, final_lr=st.lr / 100)
-    set_lr_wd(optimizer, lr, st.weight_decay)
-    return lr
 
 
 def objective(model, *inputs):
@@ -238,8 +220,11 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
     wm = build_model(cfg)
     stages = [cfg.stage] + [lv.stage for lv in cfg.levels]
     modules = list(wm.levels) + ([wm.distance] if wm.distance is not None else [])
-    if wm.distance is not None:  # the learned goal distance trains last, as one more stage
+    if wm.distance is not None:  # the learned goal distance trains after the levels, as one more stage
         stages.append(distance_stage(cfg.distance))
+    if cfg.refine.steps:  # then the level-0 predictor(s) are fine-tuned against it (refine.py)
+        stages.append(refine_stage(cfg))
+        modules.append(torch.nn.ModuleList(wm.predictors))
     opts = [torch.optim.AdamW(param_groups(m), lr=st.lr, weight_decay=st.weight_decay)
             for m, st in zip(modules, stages)]
     if dry_run:
@@ -254,6 +239,9 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
         if wm.distance is not None:
             print(f"goal distance: {sum(p.numel() for p in wm.distance.parameters()) / 1e3:.1f}k params, "
                   f"{cfg.distance.steps} steps")
+        if cfg.refine.steps:
+            print(f"refine: level-0 predictor(s) against the goal distance, {cfg.refine.steps} steps, coeff "
+                  f"{cfg.refine.coeff}, horizon {cfg.refine.horizon}")
         return None
 
     run_dir = resolve_run_dir(cfg.logging.folder, "worldmodel", accelerator)
@@ -264,9 +252,13 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
         state = upgrade_state(ckpt.load(resume_from))
         if wm.distance is not None and len(state["opts"]) == wm.num_levels:  # a trained model gains a distance
             state["model"].update({f"distance.{k}": v for k, v in wm.distance.state_dict().items()})
-            state["opts"].append(opts[-1].state_dict())
+            state["opts"].append(opts[wm.num_levels].state_dict())
             state["steps"] = list(state["steps"]) + [0]
             logger.info("%s has no goal distance: the levels are kept, the distance trains from scratch", resume_from)
+        if cfg.refine.steps and len(state["opts"]) == wm.num_levels + 1:  # ... or the refine stage
+            state["opts"].append(opts[-1].state_dict())
+            state["steps"] = list(state["steps"]) + [0]
+            logger.info("%s was not refined: the refine stage starts from its level-0 predictor", resume_from)
         ckpt.load_state_strict(wm, state["model"], "world model")
         if len(state["opts"]) != len(opts):
             raise ckpt.CheckpointMismatch(f"{resume_from} holds {len(state['opts'])} stages (levels and goal "
@@ -291,49 +283,27 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
         t1 = time.time()
         feats = encode_dataset(frozen_part(wm.encoder), data, cfg.data.env, cache_dir=cfg.encoder.cache_dir)
         logger.info("frozen-encoder features %s (%.0fs)", tuple(feats.shape), time.time() - t1)
+    def save_fn():  # the whole run's checkpoint, as every stage saves it
+        save(accelerator, latest, wm, opts, steps, data, cfg)
+
     for k, st in enumerate(stages[:wm.num_levels]):
         if stop and sum(steps) >= stop:
             break
         if steps[k] >= st.steps:
             continue
-        run_level(k, wm, wrapped[k], opts[k], st, steps, stop, data, cfg, accelerator, run_dir, latest, opts, feats)
-    if wm.distance is not None and steps[-1] < stages[-1].steps and not (stop and sum(steps) >= stop):
-        run_distance(wm, wrapped[-1], opts[-1], stages[-1], steps, stop, data, cfg, accelerator, run_dir, latest,
-                     opts, feats)
+        run_level(k, wm, wrapped[k], opts[k], st, steps, stop, data, cfg, accelerator, run_dir, save_fn, feats)
+    kd = wm.num_levels  # the goal distance's stage, then the refine stage
+    if wm.distance is not None and steps[kd] < stages[kd].steps and not (stop and sum(steps) >= stop):
+        run_distance(wm, wrapped[kd], opts[kd], stages[kd], steps, stop, data, cfg, accelerator, run_dir, save_fn, feats)
+    if cfg.refine.steps and steps[kd + 1] < stages[kd + 1].steps and not (stop and sum(steps) >= stop):
+        run_refine(wm, opts[kd + 1], stages[kd + 1], steps, stop, data, cfg, accelerator, run_dir, save_fn, feats)
     save(accelerator, latest, wm, opts, steps, data, cfg)
     logger.info("done in %.0fs: steps %s, checkpoint %s", time.time() - t0, steps, latest)
     return run_dir
 
 
-def stage_loop(k, st: StageConfig, steps, stop, opt, cfg: WorldModelConfig, accelerator, folder: Path, desc: str,
-               step_fn, metrics_fn, save_fn) -> None:
-    """The loop every stage shares (a level, the goal distance): learning-rate schedule, `step_fn()` (one
-    optimizer step -> its output), the step count `steps[k]`, a progress bar, `metrics_fn(out, lr, end)` ->
-    (metrics, progress-bar postfix) logged to `folder` every `log_every` steps and at the end, and `save_fn()`
-    every `save_every_steps`; until the stage ends or the run's `max_steps` is reached."""
-    main, lg = accelerator.is_main_process, cfg.logging
-    folder.mkdir(exist_ok=True)
-    log = MetricLog(folder, enabled=main, tensorboard=lg.tensorboard)
-    log.truncate_after(steps[k])
-    pbar = tqdm(total=st.steps, initial=steps[k], desc=desc, disable=not (main and lg.progress_bar))
-    while steps[k] < st.steps and not (stop and sum(steps) >= stop):
-        lr = set_lr(opt, st, steps[k])
-        out = step_fn()
-        steps[k] += 1
-        pbar.update(1)
-        end = steps[k] == st.steps
-        if steps[k] % lg.log_every == 0 or end:
-            metrics, postfix = metrics_fn(out, lr, end)
-            log.log(steps[k], metrics)
-            pbar.set_postfix(**postfix)
-        if steps[k] % cfg.meta.save_every_steps == 0:
-            save_fn()
-    pbar.close()
-    log.close()
-
-
 def run_level(k, wm, model, opt, st: StageConfig, steps, stop, data, cfg: WorldModelConfig, accelerator, run_dir,
-              latest, opts, feats: Optional[torch.Tensor] = None) -> None:
+              save_fn: Callable[[], None], feats: Optional[torch.Tensor] = None) -> None:
     """Train level k (level 0: frames and actions; k >= 1: on the frozen levels below) until its stage ends
     or the run's `max_steps` is reached, logging to `<run>/metrics.csv` (level 0) or `<run>/level<k>/`.
     `feats`: the frozen encoder's cached outputs `[N, T+1, F]`, read in place of rendered frames."""
@@ -365,65 +335,6 @@ def run_level(k, wm, model, opt, st: StageConfig, steps, stop, data, cfg: WorldM
                 dict(loss=f"{m['loss']:.4f}", tf=f"{m['teacher_forcing']:.4f}", std=f"{m['feature_std']:.3f}"))
 
     stage_loop(k, st, steps, stop, opt, cfg, accelerator, run_dir / f"level{k}" if k else run_dir, f"level {k}",
-               step, metrics, lambda: save(accelerator, latest, wm, opts, steps, data, cfg))
+               step, metrics, save_fn)
 
 
-def distance_stage(d: DistanceConfig) -> StageConfig:
-    """The goal distance's optimisation as a stage (same warmup-cosine schedule as the levels)."""
-    return StageConfig(window=1, steps=d.steps, batch_size=d.batch_size, lr=d.lr, weight_decay=d.weight_decay)
-
-
-@torch.no_grad()
-def representations(wm: WorldModel, data: dict, cfg: WorldModelConfig, feats: Optional[torch.Tensor]) -> torch.Tensor:
-    """Level-0 states of every training state `[N, T+1, D]` (CPU), from the frozen level 0."""
-    wm.levels[0].eval()
-    if feats is None:
-        return encode_dataset(wm.encoder, data, cfg.data.env)
-    return torch.cat([wm.levels[0].from_features(f) for f in feats.split(256)])
-
-
-def distance_data(cfg: WorldModelConfig) -> TrajectoryConfig:
-    """The data config of the distance's own episodes (`distance.length` > 0)."""
-    d = cfg.distance
-    return replace(cfg.data, length=d.length, num_trajectories=d.episodes or cfg.data.num_trajectories,
-                   seed=derive_seed(cfg.data.seed, 100))
-
-
-def run_distance(wm, model, opt, st: StageConfig, steps, stop, data, cfg: WorldModelConfig, accelerator, run_dir,
-                 latest, opts, feats: Optional[torch.Tensor] = None) -> None:
-    """Train the learned goal distance (`goal_distance.py`) on the frozen level-0 states of the training
-    episodes: expectile regression of D(z_t, z_u) on |u - t|. Logs to `<run>/distance/`."""
-    k = len(steps) - 1
-    t0 = time.time()
-    if cfg.distance.length:  # its own, longer episodes: same maps and policies, another seed; no feature cache
-        data = load_or_generate(distance_data(cfg))
-        feats = encode_dataset(frozen_part(wm.encoder), data, cfg.data.env) if feats is not None else None
-    z = representations(wm, data, cfg, feats.to(accelerator.device) if feats is not None else None).cpu()
-    if steps[k] == 0:  # on resume the checkpoint holds the statistics of the first start
-        set_normalisation(accelerator.unwrap_model(model), z)
-    actions = torch.from_numpy(data["actions"])  # [N, T, A], for `distance.imagined`
-    logger.info("goal distance: %d episodes x %d states of the frozen level 0 (%.0fs)", *z.shape[:2], time.time() - t0)
-    for level in wm.levels:
-        level.eval()
-    model.train()
-    world, rank = accelerator.num_processes, accelerator.process_index
-
-    def step():
-        b = pair_batch(z, st.batch_size * world, cfg.meta.seed, steps[k])  # one global batch; this rank's slice
-        if cfg.distance.imagined:
-            b = imagine(b, z, actions, wm.predictor, cfg.distance.imagined, cfg.distance.imagined_steps,
-                        cfg.meta.seed, steps[k])
-        b = {kk: v[rank * st.batch_size:(rank + 1) * st.batch_size].to(accelerator.device) for kk, v in b.items()}
-
-        def objective_fn():
-            d = model(b["z"], b["z_goal"])
-            return expectile_loss(d, b["steps"], cfg.distance.expectile), {"mean_distance": d.detach().mean()}
-        return optimizer_step(accelerator, opt, objective_fn, (model,), sum(steps), st.clip_grad, {"": model})
-
-    def metrics(out, lr, end):
-        m = {kk: v for kk, v in scalars(out).items() if kk != "grad_norm"}
-        m["lr"] = lr
-        return {f"distance/{kk}": v for kk, v in m.items()}, dict(loss=f"{m['loss']:.3f}", mean=f"{m['mean_distance']:.1f}")
-
-    stage_loop(k, st, steps, stop, opt, cfg, accelerator, run_dir / "distance", "goal distance", step, metrics,
-               lambda: save(accelerator, latest, wm, opts, steps, data, cfg))
