@@ -40,8 +40,10 @@ JOBS = {
     "hjepa": Job(TESTS / "tiny_hjepa.yaml", "hjepa.train", "hjepa-latest.pt", ("model",), (("metrics.csv", "loss"),),
                  lambda b: [f"batch_size={b}"], "meta.max_steps=2", 5, 3),
     "worldmodel": Job(TESTS / "tiny_worldmodel.yaml", "hjepa.world_model.train", "wm-latest.pt", ("model",),
-                      (("metrics.csv", "l0/loss"), ("level1/metrics.csv", "l1/loss")),
-                      lambda b: [f"stage.batch_size={b}", f"levels.0.stage.batch_size={b}"], "meta.max_steps=3", 4, [2, 0]),
+                      (("metrics.csv", "l0/loss"), ("level1/metrics.csv", "l1/loss"),
+                       ("distance/metrics.csv", "distance/loss"), ("refine/metrics.csv", "refine/loss")),
+                      lambda b: [f"stage.batch_size={b}", f"levels.0.stage.batch_size={b}", f"distance.batch_size={b}",
+                                 f"refine.batch_size={b}"], "meta.max_steps=3", 4, [2, 0, 0, 0]),
 }
 
 
