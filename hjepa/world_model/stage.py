@@ -14,7 +14,7 @@ from vjepa.engine.schedules import lr_at, set_lr_wd
 
 @dataclass
 class StageConfig:
-    """Optimisation of one level. window: frames per training window. steps / batch_size / lr / warmup
+    """Optimisation of one stage (a level, the goal distance, the refine stage). window: frames per training window. steps / batch_size / lr / warmup
     (steps) / weight_decay / clip_grad: AdamW with linear warmup then cosine to lr / 100."""
 
     window: int = 6
@@ -35,10 +35,11 @@ def set_lr(optimizer, st: StageConfig, step: int) -> float:
 
 def stage_loop(k, st: StageConfig, steps, stop, opt, cfg, accelerator, folder: Path, desc: str,
                step_fn, metrics_fn, save_fn) -> None:
-    """The loop every stage shares (a level, the goal distance, the refine stage): learning-rate schedule, `step_fn()` (one
-    optimizer step -> its output), the step count `steps[k]`, a progress bar, `metrics_fn(out, lr, end)` ->
-    (metrics, progress-bar postfix) logged to `folder` every `log_every` steps and at the end, and `save_fn()`
-    every `save_every_steps`; until the stage ends or the run's `max_steps` is reached."""
+    """The loop every stage shares (a level, the goal distance, the refine stage): learning-rate schedule,
+    `step_fn()` (one optimizer step -> its output), the step count `steps[k]`, a progress bar,
+    `metrics_fn(out, lr, end)` -> (metrics, progress-bar postfix) logged to `folder` every `log_every` steps
+    and at the end, and `save_fn()` every `save_every_steps`; until the stage ends or the run's `max_steps`
+    is reached."""
     main, lg = accelerator.is_main_process, cfg.logging
     folder.mkdir(exist_ok=True)
     log = MetricLog(folder, enabled=main, tensorboard=lg.tensorboard)
