@@ -59,13 +59,14 @@ def distance_episodes(wm, data, cfg: WorldModelConfig, accelerator, feats: Optio
     return z, torch.from_numpy(data["actions"])
 
 
-def run_distance(wm, model, opt, st: StageConfig, steps, stop, data, cfg: WorldModelConfig, accelerator, run_dir,
-                 save_fn: Callable[[], None], feats: Optional[torch.Tensor] = None) -> None:
+def run_distance(wm, model, opt, st: StageConfig, steps, stop, cfg: WorldModelConfig, accelerator, run_dir,
+                 save_fn: Callable[[], None], episodes: Callable[[], tuple]) -> None:
     """Train the learned goal distance (`goal_distance.py`) on the frozen level-0 states of the training
-    episodes: expectile regression of D(z_t, z_u) on |u - t|. Logs to `<run>/distance/`."""
+    episodes (`episodes()`: `distance_episodes`'s output): expectile regression of D(z_t, z_u) on |u - t|.
+    Logs to `<run>/distance/`."""
     k = wm.num_levels
     t0 = time.time()
-    z, actions = distance_episodes(wm, data, cfg, accelerator, feats)  # actions: for `distance.imagined`
+    z, actions = episodes()  # actions: for `distance.imagined`
     if steps[k] == 0:  # on resume the checkpoint holds the statistics of the first start
         set_normalisation(accelerator.unwrap_model(model), z)
     logger.info("goal distance: %d episodes x %d states of the frozen level 0 (%.0fs)", *z.shape[:2], time.time() - t0)
@@ -102,14 +103,15 @@ def refine_stage(cfg: WorldModelConfig) -> StageConfig:
                        weight_decay=r.weight_decay, clip_grad=cfg.stage.clip_grad)
 
 
-def run_refine(wm, opt, st: StageConfig, steps, stop, data, cfg: WorldModelConfig, accelerator, run_dir,
-               save_fn: Callable[[], None], feats: Optional[torch.Tensor] = None) -> None:
+def run_refine(wm, opt, st: StageConfig, steps, stop, cfg: WorldModelConfig, accelerator, run_dir,
+               save_fn: Callable[[], None], episodes: Callable[[], tuple]) -> None:
     """Fine-tune the level-0 predictor(s) so that the goal distance of their imagined states matches that of
-    the true states (refine.py), on the distance's training episodes; everything else stays frozen. Logs to
-    `<run>/refine/`. The predictors are used unwrapped: their gradients are averaged over ranks here."""
+    the true states (refine.py), on the distance's training episodes (`episodes()`, as `run_distance`);
+    everything else stays frozen. Logs to `<run>/refine/`. The predictors are used unwrapped: their
+    gradients are averaged over ranks here."""
     k = wm.num_levels + 1
     t0 = time.time()
-    z, actions = distance_episodes(wm, data, cfg, accelerator, feats)
+    z, actions = episodes()
     logger.info("refine: %d episodes x %d states of the frozen level 0 (%.0fs)", *z.shape[:2], time.time() - t0)
     for level in wm.levels:
         level.eval()

@@ -11,6 +11,7 @@ the hierarchical planner is confined to at that level.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -25,7 +26,7 @@ from omegaconf import OmegaConf
 from data.generated.trajectories import TrajectoryConfig, TrajectoryWindows, load_or_generate
 from data.seeding import derive_seed
 from hjepa.levels import LevelConfig
-from hjepa.world_model.cost_stages import distance_stage, refine_stage, run_distance, run_refine
+from hjepa.world_model.cost_stages import distance_episodes, distance_stage, refine_stage, run_distance, run_refine
 from hjepa.world_model.encoders import EncoderConfig, frozen_part
 from hjepa.world_model.feature_cache import FeatureWindows, encode_dataset
 from hjepa.world_model.goal_distance import DistanceConfig, check_distance
@@ -261,8 +262,8 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
             logger.info("%s was not refined: the refine stage starts from its level-0 predictor", resume_from)
         ckpt.load_state_strict(wm, state["model"], "world model")
         if len(state["opts"]) != len(opts):
-            raise ckpt.CheckpointMismatch(f"{resume_from} holds {len(state['opts'])} stages (levels and goal "
-                                          f"distance), this config has {len(opts)}: resume with the config that wrote it")
+            raise ckpt.CheckpointMismatch(f"{resume_from} holds {len(state['opts'])} stages (levels, goal "
+                                          f"distance, refine), this config has {len(opts)}: resume with the config that wrote it")
         for o, so in zip(opts, state["opts"]):
             o.load_state_dict(so)
         steps = list(state["steps"])
@@ -283,8 +284,12 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
         t1 = time.time()
         feats = encode_dataset(frozen_part(wm.encoder), data, cfg.data.env, cache_dir=cfg.encoder.cache_dir)
         logger.info("frozen-encoder features %s (%.0fs)", tuple(feats.shape), time.time() - t1)
+
     def save_fn():  # the whole run's checkpoint, as every stage saves it
         save(accelerator, latest, wm, opts, steps, data, cfg)
+
+    # the goal distance's episodes as frozen level-0 states: encoded once, on first use, for both later stages
+    episodes = functools.cache(partial(distance_episodes, wm, data, cfg, accelerator, feats))
 
     for k, st in enumerate(stages[:wm.num_levels]):
         if stop and sum(steps) >= stop:
@@ -294,9 +299,9 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
         run_level(k, wm, wrapped[k], opts[k], st, steps, stop, data, cfg, accelerator, run_dir, save_fn, feats)
     kd = wm.num_levels  # the goal distance's stage, then the refine stage
     if wm.distance is not None and steps[kd] < stages[kd].steps and not (stop and sum(steps) >= stop):
-        run_distance(wm, wrapped[kd], opts[kd], stages[kd], steps, stop, data, cfg, accelerator, run_dir, save_fn, feats)
+        run_distance(wm, wrapped[kd], opts[kd], stages[kd], steps, stop, cfg, accelerator, run_dir, save_fn, episodes)
     if cfg.refine.steps and steps[kd + 1] < stages[kd + 1].steps and not (stop and sum(steps) >= stop):
-        run_refine(wm, opts[kd + 1], stages[kd + 1], steps, stop, data, cfg, accelerator, run_dir, save_fn, feats)
+        run_refine(wm, opts[kd + 1], stages[kd + 1], steps, stop, cfg, accelerator, run_dir, save_fn, episodes)
     save(accelerator, latest, wm, opts, steps, data, cfg)
     logger.info("done in %.0fs: steps %s, checkpoint %s", time.time() - t0, steps, latest)
     return run_dir
@@ -336,5 +341,3 @@ def run_level(k, wm, model, opt, st: StageConfig, steps, stop, data, cfg: WorldM
 
     stage_loop(k, st, steps, stop, opt, cfg, accelerator, run_dir / f"level{k}" if k else run_dir, f"level {k}",
                step, metrics, save_fn)
-
-
