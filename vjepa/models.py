@@ -125,21 +125,22 @@ def _run_blocks_grouped(blocks: nn.ModuleList, x: torch.Tensor, coords: Optional
 
     Rows are sorted by their number of real tokens and split into `groups` chunks; each chunk's real tokens
     are moved to the front (in order) and the chunk is cut to its longest row, so padding costs compute only
-    up to that length, and a chunk whose rows are all full runs without an attention mask. Real tokens get
-    the outputs the padded batch would give them (up to float rounding); padded positions come back as zeros.
-    One host sync per chunk reads its length.
+    up to that length, and a chunk whose rows are all full (shortest = longest) runs without an attention mask.
+    Real tokens get the outputs the padded batch would give them (up to float rounding); padded positions come
+    back as zeros. One host sync reads every chunk's (shortest, longest) length.
     """
     B, N, D = x.shape
     counts = valid.sum(1)
     order = torch.argsort(counts, stable=True)
     front = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)  # [B, N]: real positions first, in order
+    chunks = order.chunk(groups)
+    bounds = torch.stack([torch.stack([c[0], c[-1]]) for c in counts[order].chunk(groups)]).tolist()
     pieces = []
-    for rows in order.chunk(groups):
-        length = int(counts[rows].max())
+    for rows, (shortest, length) in zip(chunks, bounds):
         idx = front[rows, :length]  # [b, L]
         v = torch.gather(valid[rows], 1, idx)
         y = _run_blocks(blocks, gather_tokens(x[rows], idx), None if coords is None else gather_tokens(coords[rows], idx),
-                        activation_checkpointing, None if bool(v.all()) else v)
+                        activation_checkpointing, None if shortest == length else v)
         pieces.append(y.new_zeros(len(rows), N, D).scatter(1, idx.unsqueeze(-1).expand(-1, -1, D), y * v.unsqueeze(-1)))
     return torch.cat(pieces)[torch.argsort(order)]
 
