@@ -18,7 +18,7 @@ the planners do at test time changes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -76,12 +76,20 @@ def refine_batch(z: torch.Tensor, actions: torch.Tensor, batch: int, horizon: in
     return {"z": z[n[:, None], idx], "actions": actions[n[:, None], idx[:, :-1]], "z_goal": z[n, u]}
 
 
-def distance_gap(predictor, distance, z: torch.Tensor, actions: torch.Tensor, z_goal: torch.Tensor) -> torch.Tensor:
-    """Mean |D(imagined z_{t+h}, goal) - D(true z_{t+h}, goal)| over h = 1..H: the predictor's rollout from
-    `z[:, 0]` under `actions` `[B, H, A]`, against `z[:, 1:]`. Gradients reach the predictor only."""
-    e_goal = distance.embed(z_goal)[:, None]  # [B, 1, E]
+def true_distances(distance, z: torch.Tensor, z_goal: torch.Tensor) -> tuple:
+    """What `distance_gap` compares against, the same for every predictor: (the goal's embedding `[B, 1, E]`,
+    D(true z_{t+h}, goal) `[B, H]` for the windows `z` `[B, H+1, D]`), the latter without gradient."""
+    e_goal = distance.embed(z_goal)[:, None]
     with torch.no_grad():
-        d_true = distance.pair(distance.embed(z[:, 1:]), e_goal)  # [B, H]
+        return e_goal, distance.pair(distance.embed(z[:, 1:]), e_goal)
+
+
+def distance_gap(predictor, distance, z: torch.Tensor, actions: torch.Tensor, z_goal: torch.Tensor,
+                 targets: Optional[tuple] = None) -> torch.Tensor:
+    """Mean |D(imagined z_{t+h}, goal) - D(true z_{t+h}, goal)| over h = 1..H: the predictor's rollout from
+    `z[:, 0]` under `actions` `[B, H, A]`, against `z[:, 1:]`. Gradients reach the predictor only.
+    `targets`: `true_distances(distance, z, z_goal)`, when already computed."""
+    e_goal, d_true = targets if targets is not None else true_distances(distance, z, z_goal)
     imagined = predictor.rollout(z[:, :1], actions)  # [B, H, D]
     return (distance.pair(distance.embed(imagined), e_goal) - d_true).abs().mean()
 
@@ -90,11 +98,12 @@ def refine_loss(predictors, distance, b: Dict[str, torch.Tensor], window: int, r
                 rollout_weight: float, coeff: float):
     """-> (total loss, terms): for each predictor, its level-0 prediction losses on the first `window` states
     of the batch's windows plus `coeff` x `distance_gap`; terms are the first predictor's."""
+    k = min(rollout_steps, window - 1) if rollout_weight > 0 else 0
+    targets = true_distances(distance, b["z"], b["z_goal"])  # shared by every ensemble member
     total, terms = 0.0, {}
     for i, p in enumerate(predictors):
-        k = min(rollout_steps, window - 1) if rollout_weight > 0 else 0
         tf, ro = prediction_losses(p, b["z"][:, :window], b["actions"][:, :window - 1], k)
-        gap = distance_gap(p, distance, b["z"], b["actions"], b["z_goal"])
+        gap = distance_gap(p, distance, b["z"], b["actions"], b["z_goal"], targets)
         total = total + tf + (rollout_weight * ro if ro is not None else 0.0) + coeff * gap
         if i == 0:
             terms = {"teacher_forcing": tf.detach(), "distance_gap": gap.detach()}
