@@ -4,6 +4,7 @@ import pytest
 
 from data.generated.envs import (EnvConfig, PointMassEnv, distance_field, expert_actions, geodesic_distance, is_wall,
                        make_layout, render, step_positions)
+from data.generated.envs import _discs
 from data.generated.trajectories import TrajectoryConfig, TrajectoryWindows, generate, load_or_generate
 
 
@@ -59,6 +60,24 @@ def test_render_is_a_function_of_state():
     c = render(np.repeat(walls, 2, 0), pos + 0.01, cfg)
     assert not np.array_equal(a, c)
     assert 0 <= a.min() and a.max() <= 1
+
+
+@pytest.mark.parametrize("S,radius", [(64, 0.04), (32, 0.03), (16, 0.2), (64, 0.6)])
+def test_discs_on_windows_equal_the_whole_image_formula(S, radius):
+    """`_discs` computes each disc on a window around it; every pixel must equal the whole-image formula bit
+    for bit: discs near and beyond the border, centres on pixel edges, overlapping discs, a disc wider than
+    the image."""
+    rng = np.random.default_rng(S)
+    pos = rng.uniform(-0.05, 1.05, (300, 3, 2))
+    pos[:30] = np.round(pos[:30] * S) / S  # centres on pixel edges
+    pos[30:40, 1] = pos[30:40, 0] + 0.01  # overlapping discs
+    centres = (np.arange(S, dtype=np.float64) + 0.5) / S
+    d = np.sqrt((centres[None, None, None, :] - pos[..., 0, None, None]) ** 2
+                + (centres[None, None, :, None] - pos[..., 1, None, None]) ** 2)
+    whole = np.clip((radius - d) * S + 0.5, 0.0, 1.0).max(axis=1)
+    out = _discs(pos, centres, radius, S)
+    np.testing.assert_array_equal(out, whole)
+    assert (out > 0).any() and (out == 0).any()
 
 
 def test_geodesic_distance_goes_through_the_door():

@@ -291,11 +291,26 @@ def render(walls: np.ndarray, pos: np.ndarray, cfg: EnvConfig,
 
 
 def _discs(pos: np.ndarray, centres: np.ndarray, radius: float, S: int) -> np.ndarray:
-    """pos `[B, K, 2]` -> `[B, S, S]`: union of anti-aliased discs (one pixel of soft edge)."""
-    dx = centres[None, None, None, :] - pos[..., 0, None, None]  # [B, K, 1, S]
-    dy = centres[None, None, :, None] - pos[..., 1, None, None]  # [B, K, S, 1]
-    d = np.sqrt(dx ** 2 + dy ** 2)  # [B, K, S, S]
-    return np.clip((radius - d) * S + 0.5, 0.0, 1.0).max(axis=1)
+    """pos `[B, K, 2]` -> `[B, S, S]`: union of anti-aliased discs (one pixel of soft edge).
+
+    A disc is non-zero only within radius + 1/(2S) of its centre, so each is computed on a w x w window of
+    pixels around it (two pixels of margin each side) and the rest of the image stays 0: the values are those
+    of the whole-image formula, bit for bit, at a fraction of the cost (a 64-px frame: 14 x 14 of 64 x 64)."""
+    B, K = pos.shape[:2]
+    out = np.zeros((B, S, S))
+    reach = (radius + 0.5 / S) * S  # pixels from the centre to the disc's last non-zero pixel centre
+    w = min(S, int(np.ceil(2 * reach)) + 4)
+    rows = np.arange(B)[:, None, None]
+    for k in range(K):
+        lo = np.clip(np.floor(pos[:, k] * S - 0.5 - reach).astype(np.int64) - 2, 0, S - w)  # [B, 2] (x, y)
+        ix, iy = lo[:, 0, None] + np.arange(w), lo[:, 1, None] + np.arange(w)  # [B, w]
+        dx = centres[ix][:, None, :] - pos[:, k, 0, None, None]  # [B, 1, w]
+        dy = centres[iy][:, :, None] - pos[:, k, 1, None, None]  # [B, w, 1]
+        d = np.sqrt(dx ** 2 + dy ** 2)
+        disc = np.clip((radius - d) * S + 0.5, 0.0, 1.0)
+        win = (rows, iy[:, :, None], ix[:, None, :])
+        out[win] = np.maximum(out[win], disc)
+    return out
 
 
 class PointMassEnv:
