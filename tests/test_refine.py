@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from hjepa.world_model.goal_distance import DistanceConfig, GoalDistance
-from hjepa.world_model.refine import RefineConfig, check_refine, distance_gap, refine_batch
+from hjepa.blocks import ACPredictor
+from hjepa.world_model.model import prediction_losses
+from hjepa.world_model.refine import RefineConfig, check_refine, distance_gap, refine_batch, refine_loss
+from hjepa.world_model.spatial import ConvPredictor
 from tests.test_goal_distance import _wm_overrides
 
 
@@ -71,6 +74,33 @@ def test_the_gap_is_zero_for_exact_dynamics_and_its_gradient_reaches_the_predict
     learned = GoalDistance(2, None, DistanceConfig(width=8, embed_dim=8, hidden=16)).requires_grad_(False)
     distance_gap(Shift(1.5), learned, z.detach(), actions, goal).backward()  # runs through a frozen GoalDistance
     assert all(p.grad is None for p in learned.parameters())
+
+
+@pytest.mark.parametrize("kind", ["conv", "attention"])
+def test_the_loss_shares_one_rollout_and_equals_its_terms_computed_apart(kind):
+    """`refine_loss` runs one rollout over the horizon for the rollout loss and the gap; its total must be the
+    prediction losses (k-step rollout of their own) + coeff x the gap, for the Markov conv predictor and the
+    block-causal attention one, and so must the gradients."""
+    torch.manual_seed(0)
+    if kind == "conv":
+        p = ConvPredictor((4, 2, 2), 2, width=8, depth=1)
+        torch.nn.init.normal_(p.out.weight, std=0.1)  # not the identity dynamics of its initialisation
+    else:
+        p = ACPredictor(16, 2, dim=16, depth=2, num_heads=2, max_frames=16)
+    B, H, window, k = 5, 6, 4, 3
+    b = {"z": torch.randn(B, H + 1, 16), "actions": torch.randn(B, H, 2), "z_goal": torch.randn(B, 16)}
+    D = GoalDistance(16, None, DistanceConfig(width=8, embed_dim=8, hidden=16)).requires_grad_(False)
+    total, terms = refine_loss([p], D, b, window, k, 0.7, 0.3)
+    total.backward()
+    shared = [q.grad.clone() for q in p.parameters()]
+    p.zero_grad()
+    tf, ro = prediction_losses(p, b["z"][:, :window], b["actions"][:, :window - 1], k)
+    apart = tf + 0.7 * ro + 0.3 * distance_gap(p, D, b["z"], b["actions"], b["z_goal"])
+    apart.backward()
+    assert total.item() == pytest.approx(apart.item(), rel=1e-6)
+    assert terms["rollout"].item() == pytest.approx(ro.item(), rel=1e-6) and ro.item() > 0
+    for g, q in zip(shared, p.parameters()):
+        torch.testing.assert_close(g, q.grad, rtol=1e-5, atol=1e-7)
 
 
 def test_config_errors():

@@ -85,12 +85,13 @@ def true_distances(distance, z: torch.Tensor, z_goal: torch.Tensor) -> tuple:
 
 
 def distance_gap(predictor, distance, z: torch.Tensor, actions: torch.Tensor, z_goal: torch.Tensor,
-                 targets: Optional[tuple] = None) -> torch.Tensor:
+                 targets: Optional[tuple] = None, imagined: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean |D(imagined z_{t+h}, goal) - D(true z_{t+h}, goal)| over h = 1..H: the predictor's rollout from
     `z[:, 0]` under `actions` `[B, H, A]`, against `z[:, 1:]`. Gradients reach the predictor only.
-    `targets`: `true_distances(distance, z, z_goal)`, when already computed."""
+    `targets`: `true_distances(distance, z, z_goal)`, `imagined`: that rollout `[B, H, D]`, when already computed."""
     e_goal, d_true = targets if targets is not None else true_distances(distance, z, z_goal)
-    imagined = predictor.rollout(z[:, :1], actions)  # [B, H, D]
+    if imagined is None:
+        imagined = predictor.rollout(z[:, :1], actions)  # [B, H, D]
     return (distance.pair(distance.embed(imagined), e_goal) - d_true).abs().mean()
 
 
@@ -102,8 +103,12 @@ def refine_loss(predictors, distance, b: Dict[str, torch.Tensor], window: int, r
     targets = true_distances(distance, b["z"], b["z_goal"])  # shared by every ensemble member
     total, terms = 0.0, {}
     for i, p in enumerate(predictors):
-        tf, ro = prediction_losses(p, b["z"][:, :window], b["actions"][:, :window - 1], k)
-        gap = distance_gap(p, distance, b["z"], b["actions"], b["z_goal"], targets)
+        # one rollout over the whole horizon: rollouts are causal (step h reads steps < h only), so its first k
+        # steps are the prediction losses' k-step rollout, value for value
+        imagined = p.rollout(b["z"][:, :1], b["actions"])  # [B, H, D]
+        tf, _ = prediction_losses(p, b["z"][:, :window], b["actions"][:, :window - 1], 0)
+        ro = (imagined[:, :k] - b["z"][:, 1:k + 1]).abs().mean() if k else None
+        gap = distance_gap(p, distance, b["z"], b["actions"], b["z_goal"], targets, imagined)
         total = total + tf + (rollout_weight * ro if ro is not None else 0.0) + coeff * gap
         if i == 0:
             terms = {"teacher_forcing": tf.detach(), "distance_gap": gap.detach()}
