@@ -73,7 +73,7 @@ def field_replan(planner: FlatPlanner, fields: torch.Tensor):
         b = torch.arange(B).view(B, *([1] * (z.ndim - 2))).expand(z.shape[:-1])
         return fields[b, cell[..., 1], cell[..., 0]].clamp(max=4.0)
 
-    return lambda z_now, z_goal, dist=None: real(z_now, z_goal, distance)
+    return lambda z_now, z_goal, dist=None, active=None: real(z_now, z_goal, distance)
 
 
 @torch.no_grad()
@@ -113,7 +113,7 @@ def exact_replan(planner: FlatPlanner, wm, walls: np.ndarray, e_goal: List[torch
         return torch.stack([distance_at(wm, walls[b], pos[b], e_goal[b], env)
                             for b in range(len(walls))]).view(z.shape[:-1])
 
-    return lambda z_now, z_goal, dist=None: real(z_now, z_goal, distance)
+    return lambda z_now, z_goal, dist=None, active=None: real(z_now, z_goal, distance)
 
 
 def field_rank_correlation(learned: torch.Tensor, true: np.ndarray) -> float:
@@ -171,7 +171,7 @@ def main() -> None:
             planner.replan = field_replan(planner, fields)
         t0 = time.perf_counter()
         ep = run_episodes(planner, PositionEncoder(), env, walls, tasks["start"], tasks["goal"], cfg.max_steps,
-                          cfg.success_radius, seed)
+                          cfg.success_radius, seed, skip_finished=False)  # TrueDynamics and the fields index by row
         s = ep["success"]
         cells = [f"{100 * s[tasks['bin'] == b].mean():.0f}" for b in range(len(cfg.tasks.bins))]
         print(f"| {seed} | " + " | ".join(cells) + f" | {100 * s.mean():.1f} | {(time.perf_counter() - t0) / len(s):.3f} |")

@@ -190,6 +190,63 @@ def test_candidates_scored_in_chunks_give_the_same_costs(monkeypatch):
     assert max(rows) == 15 and sum(rows) == 5 * 37
 
 
+@pytest.mark.parametrize("reduce", ["sum", "final"])
+def test_only_running_problems_are_rolled_out_and_score_as_before(reduce):
+    """With `active`, the candidates of finished problems are not rolled out (the predictor sees only the
+    running problems' rows) and cost 0; the running problems' costs are those of the whole batch."""
+    from hjepa.world_model.planning import LatentGoalCost
+    from hjepa.world_model.spatial import ConvPredictor
+
+    torch.manual_seed(0)
+    pred = ConvPredictor((4, 6, 6), action_dim=2, width=8, depth=1)
+    torch.nn.init.normal_(pred.out.weight, std=0.1)
+    rows = []
+    real = pred.rollout
+    pred.rollout = lambda z0, a, context=None: rows.append(len(z0)) or real(z0, a, context)
+    z_now, z_goal = torch.randn(5, 144), torch.randn(5, 144)
+    actions = torch.rand(5, 37, 3, 2) * 2 - 1
+    active = torch.tensor([True, False, True, True, False])
+    whole = LatentGoalCost(pred, z_now, z_goal, reduce=reduce)(actions)
+    rows.clear()
+    part = LatentGoalCost(pred, z_now, z_goal, reduce=reduce, active=active)(actions)
+    assert sum(rows) == 3 * 37  # only the 3 running problems' candidates
+    torch.testing.assert_close(part[active], whole[active], rtol=1e-6, atol=1e-6)
+    assert (part[~active] == 0).all() and (whole[~active] > 0).all()
+    rows.clear()
+    assert torch.equal(LatentGoalCost(pred, z_now, z_goal, reduce=reduce, active=torch.ones(5, dtype=torch.bool))(actions),
+                       whole) and sum(rows) == 5 * 37
+
+
+@pytest.mark.parametrize("hierarchical", [False, True])
+def test_skipping_finished_episodes_changes_no_path(hierarchical):
+    """Episodes of different lengths, perfect model: planning only for the running ones (the default) gives
+    the same paths, successes and compute per episode as planning for all, with fewer rollouts."""
+    cfg = EnvConfig(name="two_rooms")
+    walls1 = make_layout(cfg, np.random.default_rng(0))
+    tasks = make_tasks(walls1[None], TaskConfig(per_bin=3, bins=[[0.1, 0.2], [0.4, 0.6]], seed=1))
+    walls = np.repeat(walls1[None], len(tasks["start"]), 0)
+    out, rolled = [], []
+    for skip in (False, True):
+        wm = TrueWorldModel(cfg, walls1[None], [4])
+        counted = []
+        real = wm.levels[0].rollout
+        wm.levels[0].rollout = lambda z0, a, context=None: counted.append(len(z0)) or real(z0, a, context)
+        if hierarchical:
+            bank = torch.tensor([[x, y] for x in (-1.0, 0.0, 1.0) for y in (-1.0, 0.0, 1.0)])
+            planner = HierarchicalPlanner(wm, [bank], HierarchicalConfig(
+                levels=[PlannerConfig(horizon=3, samples=16, iterations=2)],
+                level0=PlannerConfig(horizon=4, samples=32, iterations=2, replan_every=2), subgoal_every=4), seed=0)
+        else:
+            planner = FlatPlanner(wm.predictor, PlannerConfig(horizon=6, samples=32, iterations=2, replan_every=2), 0)
+        out.append(run_episodes(planner, TrueEncoder(), cfg, walls, tasks["start"], tasks["goal"], max_steps=30,
+                                radius=0.07, seed=0, skip_finished=skip))
+        rolled.append(sum(counted))
+    assert len(set(out[0]["steps"].tolist())) > 1  # episodes end at different steps
+    for k in ("success", "steps", "path", "compute"):
+        np.testing.assert_array_equal(out[0][k], out[1][k])
+    assert rolled[1] < rolled[0]
+
+
 def test_old_plan_config_level1_becomes_levels():
     from hjepa.world_model.evaluate import PlanConfig
     from vjepa.engine.config import ConfigError, load_config

@@ -136,9 +136,11 @@ def make_tasks(walls_all: np.ndarray, cfg: TaskConfig) -> Dict[str, np.ndarray]:
 
 @torch.no_grad()
 def run_episodes(policy, wm, env_cfg, walls: np.ndarray, start: np.ndarray, goal: np.ndarray, max_steps: int,
-                 radius: float, seed: int) -> Dict[str, np.ndarray]:
+                 radius: float, seed: int, skip_finished: bool = True) -> Dict[str, np.ndarray]:
     """Run B episodes together. -> success `[B]`, steps `[B]` (to success, else max_steps), path
-    `[B, T+1, 2]`, compute `[B]` (predictor steps planned while the episode ran)."""
+    `[B, T+1, 2]`, compute `[B]` (predictor steps planned while the episode ran). With `skip_finished` the
+    planners plan only for the episodes still running (a finished agent waits; its plan was never used);
+    off, every problem is planned every step (for cost functions that index problems by row)."""
     env = PointMassEnv(env_cfg, walls, seed)
     obs = env.reset(start)
     z_goal = wm.encode(torch.from_numpy(render(walls, goal, env_cfg, env.distractors)))
@@ -150,7 +152,7 @@ def run_episodes(policy, wm, env_cfg, walls: np.ndarray, start: np.ndarray, goal
     spent = np.zeros(len(start))  # predictor steps spent on each episode while it was still running
     for t in range(max_steps):
         c0 = policy.compute
-        a = policy.act(z, t)
+        a = policy.act(z, t, torch.from_numpy(~done) if skip_finished else None)
         spent += (policy.compute - c0) * ~done
         a[done] = 0.0  # finished agents wait
         obs = env.step(a)

@@ -149,36 +149,49 @@ class LatentGoalCost:
         predictor: an `ACPredictor`. z_now `[B, D]`: current representation. z_goal `[B, D]` (unused when
         `distance` is given). context: see `PlannerConfig.context` (history beyond the current frame is not
         used here). distance: predicted states `[B, N, H, D]` -> `[B, N, H]`. members: other predictors of an
-        ensemble; the cost is then the mean of the costs under each predictor's rollouts.
+        ensemble; the cost is then the mean of the costs under each predictor's rollouts. active: bool `[B]`,
+        the problems still running (None = all): only their candidates are rolled out and scored, the others
+        cost 0 (an episode that has reached its goal plans nothing; its actions are not executed).
     """
 
     def __init__(self, predictor, z_now: torch.Tensor, z_goal: Optional[torch.Tensor], context: int = 1,
-                 distance: Optional[Distance] = None, reduce: str = "sum", members: Sequence = ()):
+                 distance: Optional[Distance] = None, reduce: str = "sum", members: Sequence = (),
+                 active: Optional[torch.Tensor] = None):
         self.predictor, self.z_now, self.z_goal, self.context = predictor, z_now, z_goal, context
         self.members = list(members)
+        self.rows = None if active is None or bool(active.all()) else active.nonzero()[:, 0]
+        self.idle = None if self.rows is None else ~active[:, None]  # [B, 1]
         self.distance = distance or (lambda z: (z - self.z_goal[:, None, None]).norm(dim=-1))
         self.reduce = COSTS[reduce]
 
     @torch.no_grad()
-    def predict(self, actions: torch.Tensor, predictor=None) -> torch.Tensor:
+    def predict(self, actions: torch.Tensor, predictor=None, z_now: Optional[torch.Tensor] = None) -> torch.Tensor:
         """actions `[B, N, H, A]` -> predicted representations `[B, N, H, D]` (of the first predictor, or of
-        `predictor`)."""
+        `predictor`; from `z_now` `[B, D]`, by default the current states)."""
         B, N, H, A = actions.shape
-        z0 = self.z_now[:, None].expand(B, N, -1).reshape(B * N, 1, -1)
+        z_now = self.z_now if z_now is None else z_now
+        z0 = z_now[:, None].expand(B, N, -1).reshape(B * N, 1, -1)
         return (predictor or self.predictor).rollout(z0, actions.reshape(B * N, H, A), self.context).view(B, N, H, -1)
 
     def __call__(self, actions: torch.Tensor) -> torch.Tensor:
         B, N = actions.shape[:2]
-        step = max(1, CHUNK_ROWS // B)  # candidates per chunk: B x step rollouts at a time
+        b = B if self.rows is None else len(self.rows)
+        step = max(1, CHUNK_ROWS // b)  # candidates per chunk: b x step rollouts at a time
         return torch.cat([self._cost(actions[:, i:i + step]) for i in range(0, N, step)], 1)
 
     def _cost(self, actions: torch.Tensor) -> torch.Tensor:
         costs = []
         for p in [self.predictor, *self.members]:
-            z = self.predict(actions, p)
+            if self.rows is None:
+                z = self.predict(actions, p)
+            else:  # roll out the running problems only; the distance sees every problem (zeros elsewhere)
+                part = self.predict(actions[self.rows], p, self.z_now[self.rows])
+                z = part.new_zeros(actions.shape[:3] + part.shape[-1:])
+                z[self.rows] = part
             if self.reduce is COSTS["final"]:
                 z = z[:, :, -1:]  # only the last state counts: measure only it (a learned distance is not free)
-            costs.append(self.reduce(self.distance(z)))  # [B, n]
+            cost = self.reduce(self.distance(z))  # [B, n]
+            costs.append(cost if self.idle is None else cost.masked_fill(self.idle, 0.0))
         return costs[0] if len(costs) == 1 else torch.stack(costs).mean(0)
 
 
@@ -202,7 +215,7 @@ class RandomPolicy:
     def reset(self, z_now: torch.Tensor, z_goal: torch.Tensor) -> None:
         pass
 
-    def act(self, z_now: torch.Tensor, t: int) -> np.ndarray:
+    def act(self, z_now: torch.Tensor, t: int, active: Optional[torch.Tensor] = None) -> np.ndarray:
         rho = self.persistence
         self.noise = rho * self.noise + np.sqrt(1 - rho ** 2) * self.rng.normal(0, self.scale, self.noise.shape)
         return np.clip(self.noise, -1, 1)
@@ -240,11 +253,14 @@ class FlatPlanner:
         self.k = 0
         self.first_planned_z = None
 
-    def replan(self, z_now: torch.Tensor, z_goal: Optional[torch.Tensor], distance: Optional[Distance] = None) -> None:
+    def replan(self, z_now: torch.Tensor, z_goal: Optional[torch.Tensor], distance: Optional[Distance] = None,
+               active: Optional[torch.Tensor] = None) -> None:
+        """Plan from `z_now` towards `z_goal` (or by `distance`); `active`: see `LatentGoalCost`."""
         t0 = time.perf_counter()
         if distance is None and self.to_goal is not None:
             distance = self.to_goal
-        cost = LatentGoalCost(self.predictor, z_now, z_goal, self.cfg.context, distance, self.cfg.cost, self.members)
+        cost = LatentGoalCost(self.predictor, z_now, z_goal, self.cfg.context, distance, self.cfg.cost, self.members,
+                              active)
         shifted = torch.cat([self.plan[:, self.k:], torch.zeros(len(z_now), self.k, 2)], 1)  # warm start
         self.plan, _ = optimize(cost, shifted, self.cfg, self.gen)
         self.planned_z = cost.predict(self.plan[:, None])[:, 0]
@@ -254,9 +270,11 @@ class FlatPlanner:
         self.plan_time += time.perf_counter() - t0
         self.k = 0
 
-    def act(self, z_now: torch.Tensor, t: int) -> np.ndarray:
+    def act(self, z_now: torch.Tensor, t: int, active: Optional[torch.Tensor] = None) -> np.ndarray:
+        """The action of step `t` for every problem `[B, A]`; `active` (bool `[B]`, None = all): the problems
+        still running, the only ones planned for."""
         if t % self.cfg.replan_every == 0:
-            self.replan(z_now, self.z_goal)
+            self.replan(z_now, self.z_goal, active=active)
         a = self.plan[:, self.k]
         self.k += 1
         return a.numpy()
@@ -354,13 +372,13 @@ class HierarchicalPlanner:
             return out
         return dist
 
-    def propose_subgoal(self, z_now: torch.Tensor, k: int) -> Target:
-        """Level k plans towards its target; -> level k-1's target."""
+    def propose_subgoal(self, z_now: torch.Tensor, k: int, active: Optional[torch.Tensor] = None) -> Target:
+        """Level k plans towards its target (for the `active` problems; None = all); -> level k-1's target."""
         c = self.cfg.levels[k - 1]
         t0 = time.perf_counter()
         zk = self.wm.state(z_now, k)
         dist = self.distance(k, self.targets[k])
-        cost = LatentGoalCost(self.wm.predictor_of(k), zk, None, c.context, dist, c.cost)
+        cost = LatentGoalCost(self.wm.predictor_of(k), zk, None, c.context, dist, c.cost, active=active)
         plan = self.plans[k - 1]
         shifted = torch.cat([plan[:, 1:], plan[:, -1:]], 1)
         self.plans[k - 1], _ = optimize(cost, shifted, c, self.gens[k - 1], self.projects[k - 1])
@@ -372,15 +390,16 @@ class HierarchicalPlanner:
         self.plan_time += time.perf_counter() - t0
         return [(pred[:, 0], k, closer)] + [(g, s, rows & ~closer) for g, s, rows in self.targets[k]]
 
-    def act(self, z_now: torch.Tensor, t: int) -> np.ndarray:
+    def act(self, z_now: torch.Tensor, t: int, active: Optional[torch.Tensor] = None) -> np.ndarray:
+        """As `FlatPlanner.act`, every level planning for the `active` problems only."""
         for k in range(self.K, 0, -1):
             if t % self.period[k - 1] == 0:
-                self.targets[k - 1] = self.propose_subgoal(z_now, k)
+                self.targets[k - 1] = self.propose_subgoal(z_now, k, active)
                 if k == 1 and all(g.shape[-1] == z_now.shape[-1] for g, _, _ in self.targets[0]):
                     self.subgoals.append(sum(g * rows[:, None] for g, _, rows in self.targets[0]))
         if t % self.cfg.level0.replan_every == 0 or t % self.period[0] == 0:
             c0, t0 = self.low.compute, self.low.plan_time
-            self.low.replan(z_now, None, self.distance(0, self.targets[0]))
+            self.low.replan(z_now, None, self.distance(0, self.targets[0]), active)
             self.compute += self.low.compute - c0
             self.plan_time += self.low.plan_time - t0
         a = self.low.plan[:, self.low.k]
