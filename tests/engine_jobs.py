@@ -41,9 +41,10 @@ JOBS = {
                  lambda b: [f"batch_size={b}"], "meta.max_steps=2", 5, 3),
     "worldmodel": Job(TESTS / "tiny_worldmodel.yaml", "hjepa.world_model.train", "wm-latest.pt", ("model",),
                       (("metrics.csv", "l0/loss"), ("level1/metrics.csv", "l1/loss"),
-                       ("distance/metrics.csv", "distance/loss"), ("refine/metrics.csv", "refine/loss")),
+                       ("distance/metrics.csv", "distance/loss"), ("refine/metrics.csv", "refine/loss"),
+                       ("on_policy/metrics.csv", "on_policy/loss")),
                       lambda b: [f"stage.batch_size={b}", f"levels.0.stage.batch_size={b}", f"distance.batch_size={b}",
-                                 f"refine.batch_size={b}"], "meta.max_steps=3", 4, [2, 0, 0, 0]),
+                                 f"refine.batch_size={b}"], "meta.max_steps=3", 4, [2, 0, 0, 0, 0]),
 }
 
 

@@ -136,8 +136,8 @@ def test_world_model_run_trains_the_distance_and_resumes_exactly(tmp_path, monke
 
     real_save = wm_train.save
 
-    def save_then_die(accelerator, path, wm, opts, steps, data, cfg):
-        real_save(accelerator, path, wm, opts, steps, data, cfg)
+    def save_then_die(accelerator, path, wm, opts, steps, data, cfg, extra=None):
+        real_save(accelerator, path, wm, opts, steps, data, cfg, extra)
         if steps[-1] == 3:
             raise KeyboardInterrupt("killed")
 

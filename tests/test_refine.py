@@ -141,8 +141,8 @@ def test_the_stage_moves_only_level0_predictors_joins_a_trained_model_and_resume
 
     real_save = wm_train.save
 
-    def save_then_die(accelerator, path, wm, opts, steps, data, cfg):
-        real_save(accelerator, path, wm, opts, steps, data, cfg)
+    def save_then_die(accelerator, path, wm, opts, steps, data, cfg, extra=None):
+        real_save(accelerator, path, wm, opts, steps, data, cfg, extra)
         if len(steps) == 3 and steps[-1] == 3:
             raise KeyboardInterrupt("killed")
 

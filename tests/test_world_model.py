@@ -211,8 +211,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch,
     wm_train.train(cfg_for(tmp_path / "whole"))
     real_save = wm_train.save
 
-    def save_then_die(accelerator, path, wm, opts, steps, data, cfg):
-        real_save(accelerator, path, wm, opts, steps, data, cfg)
+    def save_then_die(accelerator, path, wm, opts, steps, data, cfg, extra=None):
+        real_save(accelerator, path, wm, opts, steps, data, cfg, extra)
         if steps[kill_level] == 3:  # killed right after the checkpoint at step 3 of that level
             raise KeyboardInterrupt("killed")
 

@@ -1,6 +1,7 @@
 """The stages after the levels: the learned goal distance (the planners' cost, goal_distance.py), then the
-refine stage (the level-0 predictor(s) fitted to that cost, refine.py). Both read the frozen level-0
-states of the distance's training episodes; `save_fn` writes the run's checkpoint."""
+refine stage (the level-0 predictor(s) fitted to that cost, refine.py), then optionally the on-policy refine
+stage (the same on the planner's own episodes too, on_policy.py). All read the frozen level-0 states of the
+distance's training episodes; `save_fn` writes the run's checkpoint."""
 from __future__ import annotations
 
 import logging
@@ -17,6 +18,7 @@ from hjepa.world_model.encoders import frozen_part
 from hjepa.world_model.feature_cache import encode_dataset
 from hjepa.world_model.goal_distance import DistanceConfig, expectile_loss, imagine, pair_batch, set_normalisation
 from hjepa.world_model.model import WorldModel
+from hjepa.world_model.on_policy import on_policy_batch
 from hjepa.world_model.refine import refine_batch, refine_loss
 from hjepa.world_model.stage import StageConfig, stage_loop
 from vjepa.engine.optim import optimizer_step, scalars
@@ -103,13 +105,22 @@ def refine_stage(cfg: WorldModelConfig) -> StageConfig:
                        weight_decay=r.weight_decay, clip_grad=cfg.stage.clip_grad)
 
 
+def on_policy_stage(cfg: WorldModelConfig) -> StageConfig:
+    """The on-policy refine stage's optimisation: as the refine stage's, with `refine.on_policy`'s steps and lr."""
+    o = cfg.refine.on_policy
+    return replace(refine_stage(cfg), steps=o.steps, lr=o.lr)
+
+
 def run_refine(wm, opt, st: StageConfig, steps, stop, cfg: WorldModelConfig, accelerator, run_dir,
-               save_fn: Callable[[], None], episodes: Callable[[], tuple]) -> None:
+               save_fn: Callable[[], None], episodes: Callable[[], tuple], planned: Optional[dict] = None) -> None:
     """Fine-tune the level-0 predictor(s) so that the goal distance of their imagined states matches that of
     the true states (refine.py), on the distance's training episodes (`episodes()`, as `run_distance`);
     everything else stays frozen. Logs to `<run>/refine/`. The predictors are used unwrapped: their
-    gradients are averaged over ranks here."""
-    k = wm.num_levels + 1
+    gradients are averaged over ranks here. With `planned` (the planner's episodes, `on_policy.encode_episodes`)
+    this is the on-policy stage: `refine.on_policy.share` of each batch are windows of those; logs to
+    `<run>/on_policy/`."""
+    on = planned is not None
+    k = wm.num_levels + 1 + on
     t0 = time.time()
     z, actions = episodes()
     logger.info("refine: %d episodes x %d states of the frozen level 0 (%.0fs)", *z.shape[:2], time.time() - t0)
@@ -126,8 +137,17 @@ def run_refine(wm, opt, st: StageConfig, steps, stop, cfg: WorldModelConfig, acc
                 if p.grad is not None:
                     p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
 
+    def global_batch() -> dict:
+        n = st.batch_size * world
+        if not on:
+            return refine_batch(z, actions, n, r.horizon, cfg.meta.seed, steps[k])
+        m = round(n * r.on_policy.share)
+        parts = [refine_batch(z, actions, n - m, r.horizon, derive_seed(cfg.meta.seed, 107), steps[k])] if n > m else []
+        parts.append(on_policy_batch(planned, m, r.horizon, cfg.meta.seed, steps[k]))
+        return {kk: torch.cat([p[kk] for p in parts]) for kk in parts[0]}
+
     def step():
-        b = refine_batch(z, actions, st.batch_size * world, r.horizon, cfg.meta.seed, steps[k])  # one global batch
+        b = global_batch()  # this rank's slice of one global batch
         b = {kk: v[rank * st.batch_size:(rank + 1) * st.batch_size].to(accelerator.device) for kk, v in b.items()}
         objective_fn = partial(refine_loss, predictors, distance, b, cfg.stage.window, cfg.loss.rollout_steps,
                                cfg.loss.rollout, r.coeff)
@@ -137,10 +157,11 @@ def run_refine(wm, opt, st: StageConfig, steps, stop, cfg: WorldModelConfig, acc
     def metrics(out, lr, end):
         m = {kk: v for kk, v in scalars(out).items() if kk != "grad_norm"}
         m["lr"] = lr
-        return {f"refine/{kk}": v for kk, v in m.items()}, dict(loss=f"{m['loss']:.4f}", gap=f"{m['distance_gap']:.2f}")
+        name = "on_policy" if on else "refine"
+        return {f"{name}/{kk}": v for kk, v in m.items()}, dict(loss=f"{m['loss']:.4f}", gap=f"{m['distance_gap']:.2f}")
 
     try:
-        stage_loop(k, st, steps, stop, opt, cfg, accelerator, run_dir / "refine", "refine", step, metrics,
-                   save_fn)
+        stage_loop(k, st, steps, stop, opt, cfg, accelerator, run_dir / ("on_policy" if on else "refine"),
+                   "on-policy refine" if on else "refine", step, metrics, save_fn)
     finally:
         distance.requires_grad_(True)

@@ -17,7 +17,7 @@ the planners do at test time changes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 import numpy as np
@@ -25,6 +25,7 @@ import torch
 
 from data.seeding import derive_seed
 from hjepa.world_model.model import prediction_losses
+from hjepa.world_model.on_policy import OnPolicyConfig
 
 
 @dataclass
@@ -38,6 +39,7 @@ class RefineConfig:
         horizon: rollout steps the distance is matched over (the planners imagine 8).
         batch_size: windows per step (per process). lr: AdamW peak learning rate (cosine to lr / 100, no
             warmup: the predictor is trained already). weight_decay.
+        on_policy: then more steps on the refined planner's own episodes (on_policy.py; off by default).
     """
 
     steps: int = 0
@@ -46,6 +48,7 @@ class RefineConfig:
     batch_size: int = 64
     lr: float = 3e-4
     weight_decay: float = 1e-4
+    on_policy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
 
 
 def check_refine(cfg: RefineConfig, distance_steps: int, window: int) -> None:

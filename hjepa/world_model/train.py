@@ -26,11 +26,13 @@ from omegaconf import OmegaConf
 from data.generated.trajectories import TrajectoryConfig, TrajectoryWindows, load_or_generate
 from data.seeding import derive_seed
 from hjepa.levels import LevelConfig
-from hjepa.world_model.cost_stages import distance_episodes, distance_stage, refine_stage, run_distance, run_refine
+from hjepa.world_model.cost_stages import (distance_episodes, distance_stage, on_policy_stage, refine_stage, run_distance,
+                                           run_refine)
 from hjepa.world_model.encoders import EncoderConfig, frozen_part
 from hjepa.world_model.feature_cache import FeatureWindows, encode_dataset
 from hjepa.world_model.goal_distance import DistanceConfig, check_distance
 from hjepa.world_model.model import ActionLevelObjective, LossWeights, PredictorConfig, WorldModel
+from hjepa.world_model.on_policy import check_on_policy, collect, encode_episodes
 from hjepa.world_model.refine import RefineConfig, check_refine
 from hjepa.world_model.stage import StageConfig, stage_loop
 from vjepa.engine import checkpoint as ckpt
@@ -127,6 +129,7 @@ class WorldModelConfig:
 def build_model(cfg: WorldModelConfig) -> WorldModel:
     check_distance(cfg.distance)
     check_refine(cfg.refine, cfg.distance.steps, cfg.stage.window)
+    check_on_policy(cfg.refine.on_policy, cfg.refine.steps, cfg.data)
     return WorldModel(cfg.encoder, cfg.predictor, cfg.levels, img_size=cfg.data.env.img_size, distance=cfg.distance)
 
 
@@ -182,10 +185,11 @@ def macro_bank(wm: WorldModel, k: int, data: dict, cfg: WorldModelConfig) -> tor
     return wm.macro(chunks, k)
 
 
-def save(accelerator, path: Path, wm, opts, steps, data: dict, cfg: WorldModelConfig) -> None:
+def save(accelerator, path: Path, wm, opts, steps, data: dict, cfg: WorldModelConfig, extra: Optional[dict] = None) -> None:
     inner = accelerator.unwrap_model(wm)
     state = {"model": accelerator.get_state_dict(wm), "opts": [o.state_dict() for o in opts], "steps": list(steps),
-             "banks": [macro_bank(inner, k, data, cfg) for k in range(1, inner.num_levels)], "config": to_dict(cfg)}
+             "banks": [macro_bank(inner, k, data, cfg) for k in range(1, inner.num_levels)], "config": to_dict(cfg),
+             **(extra or {})}
     save_checkpoint(accelerator, path, state, step=sum(steps), finite=[inner], replicated=[inner])
 
 
@@ -226,6 +230,10 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
     if cfg.refine.steps:  # then the level-0 predictor(s) are fine-tuned against it (refine.py)
         stages.append(refine_stage(cfg))
         modules.append(torch.nn.ModuleList(wm.predictors))
+    on_policy = cfg.refine.on_policy
+    if on_policy.episodes:  # ... and on the refined planner's own episodes (on_policy.py): its own optimizer
+        stages.append(on_policy_stage(cfg))
+        modules.append(torch.nn.ModuleList(wm.predictors))
     opts = [torch.optim.AdamW(param_groups(m), lr=st.lr, weight_decay=st.weight_decay)
             for m, st in zip(modules, stages)]
     if dry_run:
@@ -243,12 +251,16 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
         if cfg.refine.steps:
             print(f"refine: level-0 predictor(s) against the goal distance, {cfg.refine.steps} steps, coeff "
                   f"{cfg.refine.coeff}, horizon {cfg.refine.horizon}")
+        if on_policy.episodes:
+            print(f"on-policy refine: {on_policy.episodes} flat-planner episodes on training maps from "
+                  f"{on_policy.first_map}, then {on_policy.steps} steps, {on_policy.share:.0%} of each batch from them")
         return None
 
     run_dir = resolve_run_dir(cfg.logging.folder, "worldmodel", accelerator)
     latest, resume_from = checkpoint_paths(run_dir, cfg.logging.write_tag, cfg.meta.load_checkpoint,
                                            cfg.meta.read_checkpoint)
     steps = [0] * len(stages)
+    held = {"on_policy": None}  # the planner's episodes of the on-policy stage, once collected (checkpointed)
     if resume_from is not None:
         state = upgrade_state(ckpt.load(resume_from))
         if wm.distance is not None and len(state["opts"]) == wm.num_levels:  # a trained model gains a distance
@@ -260,10 +272,16 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
             state["opts"].append(opts[-1].state_dict())
             state["steps"] = list(state["steps"]) + [0]
             logger.info("%s was not refined: the refine stage starts from its level-0 predictor", resume_from)
+        if on_policy.episodes and len(state["opts"]) == wm.num_levels + 2:  # ... or the on-policy stage
+            state["opts"].append(opts[-1].state_dict())
+            state["steps"] = list(state["steps"]) + [0]
+            logger.info("%s has no on-policy refine stage: it starts from its refined predictor", resume_from)
+        held["on_policy"] = state.get("on_policy")
         ckpt.load_state_strict(wm, state["model"], "world model")
         if len(state["opts"]) != len(opts):
-            raise ckpt.CheckpointMismatch(f"{resume_from} holds {len(state['opts'])} stages (levels, goal "
-                                          f"distance, refine), this config has {len(opts)}: resume with the config that wrote it")
+            raise ckpt.CheckpointMismatch(f"{resume_from} holds {len(state['opts'])} stages (levels, goal distance, "
+                                          f"refine, on-policy refine), this config has {len(opts)}: resume with the "
+                                          "config that wrote it")
         for o, so in zip(opts, state["opts"]):
             o.load_state_dict(so)
         steps = list(state["steps"])
@@ -286,7 +304,7 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
         logger.info("frozen-encoder features %s (%.0fs)", tuple(feats.shape), time.time() - t1)
 
     def save_fn():  # the whole run's checkpoint, as every stage saves it
-        save(accelerator, latest, wm, opts, steps, data, cfg)
+        save(accelerator, latest, wm, opts, steps, data, cfg, {k: v for k, v in held.items() if v is not None})
 
     # the goal distance's episodes as frozen level-0 states: encoded once, on first use, for both later stages
     episodes = functools.cache(partial(distance_episodes, wm, data, cfg, accelerator, feats))
@@ -302,7 +320,16 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
         run_distance(wm, wrapped[kd], opts[kd], stages[kd], steps, stop, cfg, accelerator, run_dir, save_fn, episodes)
     if cfg.refine.steps and steps[kd + 1] < stages[kd + 1].steps and not (stop and sum(steps) >= stop):
         run_refine(wm, opts[kd + 1], stages[kd + 1], steps, stop, cfg, accelerator, run_dir, save_fn, episodes)
-    save(accelerator, latest, wm, opts, steps, data, cfg)
+    if on_policy.episodes and steps[kd + 2] < stages[kd + 2].steps and not (stop and sum(steps) >= stop):
+        if held["on_policy"] is None:  # collected once, with the refined model, and kept in the checkpoint
+            t1 = time.time()
+            held["on_policy"] = collect(wm, cfg.data, on_policy, cfg.meta.seed)
+            logger.info("on-policy refine: %d flat-planner episodes on training maps, success %.1f%% (%.0fs)",
+                        on_policy.episodes, 100 * held["on_policy"]["success"].float().mean(), time.time() - t1)
+            save_fn()
+        planned = encode_episodes(wm, cfg.data, held["on_policy"], accelerator.device)
+        run_refine(wm, opts[kd + 2], stages[kd + 2], steps, stop, cfg, accelerator, run_dir, save_fn, episodes, planned)
+    save_fn()
     logger.info("done in %.0fs: steps %s, checkpoint %s", time.time() - t0, steps, latest)
     return run_dir
 
