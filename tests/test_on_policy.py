@@ -10,7 +10,7 @@ from hjepa.world_model.episodes import TaskConfig, make_tasks, run_episodes
 from hjepa.world_model.on_policy import OnPolicyConfig, check_on_policy, on_policy_batch
 from hjepa.world_model.planning import PlannerConfig
 from tests.test_planning import TrueEncoder, TruePredictor
-from tests.test_refine import _overrides
+from tests.test_refine import _overrides, kill_after_save
 
 
 def test_the_executed_actions_reproduce_the_path_and_are_zero_after_success():
@@ -107,18 +107,9 @@ def test_the_stage_moves_only_level0_predictors_joins_a_refined_model_and_resume
     for k, v in whole["model"].items():
         assert torch.equal(v, gained["model"][k]), k
 
-    real_save = wm_train.save
-
-    def save_then_die(accelerator, path, wm, opts, steps, data, cfg, extra=None):
-        real_save(accelerator, path, wm, opts, steps, data, cfg, extra)
-        if len(steps) == 4 and steps[-1] == 3:
-            raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(wm_train, "save", save_then_die)
     collected.clear()
-    with pytest.raises(KeyboardInterrupt):
+    with kill_after_save(monkeypatch, wm_train, lambda steps: len(steps) == 4 and steps[-1] == 3):
         run("killed", 6)
-    monkeypatch.setattr(wm_train, "save", real_save)
     resumed = run("killed", 6, resume=True)
     assert len(collected) == 1  # the resumed run trains on the checkpoint's episodes; it does not collect again
     assert resumed["steps"] == [2, 4, 4, 6]

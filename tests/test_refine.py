@@ -1,11 +1,13 @@
 """The refine stage (hjepa/world_model/refine.py): windows drawn by step, the distance gap on a case with a
 known answer and where its gradient goes, and the stage in a world-model run: only the level-0
 predictors move, a trained model gains the stage on resume, and a killed run resumes exactly."""
+import contextlib
+
 import pytest
 import torch
 
-from hjepa.world_model.goal_distance import DistanceConfig, GoalDistance
 from hjepa.blocks import ACPredictor
+from hjepa.world_model.goal_distance import DistanceConfig, GoalDistance
 from hjepa.world_model.model import prediction_losses
 from hjepa.world_model.refine import RefineConfig, check_refine, distance_gap, refine_batch, refine_loss
 from hjepa.world_model.spatial import ConvPredictor
@@ -118,6 +120,23 @@ def _overrides(folder, refine, resume=False):
         "predictor.ensemble=2", f"refine.steps={refine}", "refine.horizon=4", "refine.batch_size=8"]
 
 
+@contextlib.contextmanager
+def kill_after_save(monkeypatch, wm_train, when):
+    """Within the block, the world-model job dies (KeyboardInterrupt) right after a checkpoint whose step counts
+    satisfy `when(steps)`; the block must end that way."""
+    real_save = wm_train.save
+
+    def save_then_die(*args):
+        real_save(*args)
+        if when(args[4]):  # save(accelerator, path, wm, opts, steps, ...)
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(wm_train, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        yield
+    monkeypatch.setattr(wm_train, "save", real_save)
+
+
 def test_the_stage_moves_only_level0_predictors_joins_a_trained_model_and_resumes_exactly(tmp_path, monkeypatch):
     from hjepa.world_model import train as wm_train
     from vjepa.engine.config import load_config
@@ -139,17 +158,8 @@ def test_the_stage_moves_only_level0_predictors_joins_a_trained_model_and_resume
     for k, v in whole["model"].items():
         assert torch.equal(v, gained["model"][k]), k
 
-    real_save = wm_train.save
-
-    def save_then_die(accelerator, path, wm, opts, steps, data, cfg, extra=None):
-        real_save(accelerator, path, wm, opts, steps, data, cfg, extra)
-        if len(steps) == 3 and steps[-1] == 3:
-            raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(wm_train, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with kill_after_save(monkeypatch, wm_train, lambda steps: len(steps) == 3 and steps[-1] == 3):
         run("killed", 6)
-    monkeypatch.setattr(wm_train, "save", real_save)
     resumed = run("killed", 6, resume=True)
     assert resumed["steps"] == [2, 4, 6]
     for k, v in whole["model"].items():

@@ -360,14 +360,16 @@ class HierarchicalPlanner:
         level k's planner has `distance: learned`, the learned goal distance: every state is then a level-0
         state, identity level encoders)."""
         net = self.wm.distance if self.learned[k] else None
+        with torch.no_grad():  # a learned distance embeds each goal once, not at every call
+            parts = [(net.embed(g) if net is not None else g, s, rows) for g, s, rows in target]
 
         @torch.no_grad()
         def dist(z: torch.Tensor) -> torch.Tensor:
             out = z.new_zeros(z.shape[:-1])
             e = net.embed(z) if net is not None else None
-            for g, s, rows in target:
+            for g, s, rows in parts:
                 g = g.view(g.shape[0], *([1] * (z.ndim - 2)), g.shape[-1])
-                d = net.pair(e, net.embed(g)) if net is not None else (self.wm.state(z, s, k) - g).norm(dim=-1)
+                d = net.pair(e, g) if net is not None else (self.wm.state(z, s, k) - g).norm(dim=-1)
                 out = out + d * rows.view(-1, *([1] * (z.ndim - 2)))
             return out
         return dist
