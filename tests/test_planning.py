@@ -215,6 +215,9 @@ def test_only_running_problems_are_rolled_out_and_score_as_before(reduce):
     rows.clear()
     assert torch.equal(LatentGoalCost(pred, z_now, z_goal, reduce=reduce, active=torch.ones(5, dtype=torch.bool))(actions),
                        whole) and sum(rows) == 5 * 37
+    rows.clear()
+    none = LatentGoalCost(pred, z_now, z_goal, reduce=reduce, active=torch.zeros(5, dtype=torch.bool))(actions)
+    assert torch.equal(none, torch.zeros(5, 37)) and rows == []  # all finished: nothing rolled out
 
 
 @pytest.mark.parametrize("hierarchical", [False, True])

@@ -176,6 +176,8 @@ class LatentGoalCost:
     def __call__(self, actions: torch.Tensor) -> torch.Tensor:
         B, N = actions.shape[:2]
         b = B if self.rows is None else len(self.rows)
+        if b == 0:  # every problem has finished
+            return actions.new_zeros(B, N)
         step = max(1, CHUNK_ROWS // b)  # candidates per chunk: b x step rollouts at a time
         return torch.cat([self._cost(actions[:, i:i + step]) for i in range(0, N, step)], 1)
 
