@@ -295,7 +295,7 @@ def _discs(pos: np.ndarray, centres: np.ndarray, radius: float, S: int) -> np.nd
 
     A disc is non-zero only within radius + 1/(2S) of its centre, so each is computed on a w x w window of
     pixels around it (two pixels of margin each side) and the rest of the image stays 0: the values are those
-    of the whole-image formula, bit for bit, at a fraction of the cost (a 64-px frame: 14 x 14 of 64 x 64)."""
+    of the whole-image formula, bit for bit, at a fraction of the cost (the 64-px frames: 11 x 11 pixels of 64 x 64)."""
     B, K = pos.shape[:2]
     out = np.zeros((B, S, S))
     reach = (radius + 0.5 / S) * S  # pixels from the centre to the disc's last non-zero pixel centre
