@@ -41,8 +41,8 @@ class OnPolicyConfig:
             cosine, no warmup). share: fraction of each batch from these episodes (the rest: the distance's).
         first_map: the tasks use training maps `first_map`, `first_map + 1`, ... (one per episode at most).
         bins: shortest-path length bins of the tasks (the plan configs' four). max_steps / success_radius:
-            as the plan job. planner: the collecting planner (the plan config's flat CEM; `distance:
-            learned`).
+            as the plan job. planner: the collecting planner (`distance: learned`); its defaults repeat the
+            shipped plan configs' flat CEM, since the world-model job does not read a plan config.
     """
 
     episodes: int = 0
