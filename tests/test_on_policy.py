@@ -70,6 +70,9 @@ def test_config_errors():
         check_on_policy(OnPolicyConfig(episodes=8, first_map=100), refine_steps=10, data=data)
     with pytest.raises(ValueError, match="learned"):
         check_on_policy(OnPolicyConfig(episodes=8, planner=PlannerConfig(distance="l2")), refine_steps=10, data=data)
+    with pytest.raises(ValueError, match="num_distractors"):
+        check_on_policy(OnPolicyConfig(episodes=8), refine_steps=10,
+                        data=TrajectoryConfig(num_layouts=100, env=EnvConfig(name="two_rooms", num_distractors=2)))
 
 
 def _on(folder, on_steps, resume=False):

@@ -20,10 +20,11 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from data.generated.envs import render
-from data.generated.trajectories import TrajectoryConfig, make_layouts
+from data.generated.envs import EnvConfig
+from data.generated.trajectories import TrajectoryConfig
 from data.seeding import derive_seed
 from hjepa.world_model.episodes import TaskConfig, make_tasks, run_episodes
+from hjepa.world_model.feature_cache import encode_dataset
 from hjepa.world_model.planning import FlatPlanner, PlannerConfig, check_planner
 
 
@@ -67,46 +68,45 @@ def check_on_policy(cfg: OnPolicyConfig, refine_steps: int, data: TrajectoryConf
     if cfg.first_map < 0 or cfg.first_map + 1 > data.num_layouts:
         raise ValueError(f"refine.on_policy.first_map {cfg.first_map} leaves no training map of data.num_layouts "
                          f"{data.num_layouts}")
+    if data.env.num_distractors:
+        raise ValueError("refine.on_policy needs data.env.num_distractors: 0 (the planner's episodes record the "
+                         "agent's path, not the distractors', so their frames could not be rendered again)")
     check_planner(cfg.planner)
     if cfg.planner.distance != "learned":
         raise ValueError("refine.on_policy.planner.distance must be `learned`: the refine loss is about that cost")
 
 
 @torch.no_grad()
-def collect(wm, data: TrajectoryConfig, cfg: OnPolicyConfig, seed: int) -> Dict[str, torch.Tensor]:
-    """Flat-planner episodes of `wm` (a CPU copy is used) on training maps -> positions `[B, T+1, 2]`, the
-    executed `actions` `[B, T, 2]`, `goal` `[B, 2]`, the training map's index `layout` `[B]`, `steps` `[B]`
-    (to success, else max_steps) and `success` `[B]`, as tensors (they go into the checkpoint). A function of
-    (the model, `seed`)."""
+def collect(wm, walls: np.ndarray, env: EnvConfig, cfg: OnPolicyConfig, seed: int) -> Dict[str, torch.Tensor]:
+    """Flat-planner episodes of `wm` (a CPU copy is used) on the training maps `walls` `[L, G, G]` (the dataset's
+    `walls`) -> positions `[B, T+1, 2]`, the executed `actions` `[B, T, 2]`, `goal` `[B, 2]`, the training
+    map's index `layout` `[B]`, `steps` `[B]` (to success, else max_steps) and `success` `[B]`, as tensors
+    (they go into the checkpoint). A function of (the model, `seed`)."""
     wm = copy.deepcopy(wm).cpu().eval()
-    maps = make_layouts(data.env, data.num_layouts, data.layout_seed, data.layout_split)
     first = cfg.first_map
-    maps = maps[first:first + cfg.episodes]
+    maps = walls[first:first + cfg.episodes]
     tasks = make_tasks(maps, TaskConfig(per_bin=cfg.episodes // len(cfg.bins), bins=cfg.bins,
                                         seed=derive_seed(seed, 103)))
     planner = FlatPlanner(wm.predictor, cfg.planner, derive_seed(seed, 104), wm.distance, wm.predictors[1:])
-    ep = run_episodes(planner, wm, data.env, maps[tasks["layout"]], tasks["start"], tasks["goal"], cfg.max_steps,
+    ep = run_episodes(planner, wm, env, maps[tasks["layout"]], tasks["start"], tasks["goal"], cfg.max_steps,
                       cfg.success_radius, derive_seed(seed, 105))
     return {"positions": torch.from_numpy(ep["path"]), "actions": torch.from_numpy(ep["actions"]).float(),
             "goal": torch.from_numpy(tasks["goal"]), "layout": torch.from_numpy(tasks["layout"] + first),
             "steps": torch.from_numpy(ep["steps"]), "success": torch.from_numpy(ep["success"])}
 
 
-@torch.no_grad()
-def encode_episodes(wm, data: TrajectoryConfig, ep: Dict[str, torch.Tensor], device) -> Dict[str, torch.Tensor]:
-    """`collect`'s episodes as frozen level-0 states (CPU): `z` `[B, T+1, D]`, `actions` `[B, T, A]`, `z_goal`
-    `[B, D]` and `last` `[B]`, the last step a window may start at while its episode runs."""
-    maps = make_layouts(data.env, data.num_layouts, data.layout_seed, data.layout_split)[ep["layout"].numpy()]
-    pos = ep["positions"].numpy()
-    B, T1 = pos.shape[:2]
-    wm.levels[0].eval()
+def encode_episodes(wm, walls: np.ndarray, env: EnvConfig, ep: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """`collect`'s episodes as frozen level-0 states (CPU), the frames rendered and encoded as the dataset's
+    (`feature_cache.encode_dataset` with level 0's encoder): `z` `[B, T+1, D]`, `actions` `[B, T, A]`,
+    `z_goal` `[B, D]` and `last` `[B]`, the last step a window may start at while its episode runs."""
+    layout, B = ep["layout"].numpy(), len(ep["layout"])
 
-    def encode(p: np.ndarray, walls: np.ndarray) -> torch.Tensor:
-        return torch.cat([wm.encode(torch.from_numpy(render(walls[i:i + 256], p[i:i + 256], data.env)).to(device)).cpu()
-                          for i in range(0, len(p), 256)])
+    def states(pos: torch.Tensor) -> dict:  # positions `[B, T+1, 2]` as an `encode_dataset` input
+        return {"states": pos.numpy(), "walls": walls, "layout": layout,
+                "distractors": np.zeros((B, pos.shape[1], 0, 4), np.float32)}
 
-    z = encode(pos.reshape(B * T1, 2), np.repeat(maps, T1, 0)).view(B, T1, -1)
-    return {"z": z, "actions": ep["actions"], "z_goal": encode(ep["goal"].numpy(), maps), "last": ep["steps"]}
+    return {"z": encode_dataset(wm.encoder, states(ep["positions"]), env), "actions": ep["actions"],
+            "z_goal": encode_dataset(wm.encoder, states(ep["goal"][:, None]), env)[:, 0], "last": ep["steps"]}
 
 
 def on_policy_batch(ep: Dict[str, torch.Tensor], batch: int, horizon: int, seed: int, step: int) -> Dict[str, torch.Tensor]:

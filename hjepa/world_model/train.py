@@ -323,11 +323,11 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
     if on_policy.episodes and steps[kd + 2] < stages[kd + 2].steps and not (stop and sum(steps) >= stop):
         if held["on_policy"] is None:  # collected once, with the refined model, and kept in the checkpoint
             t1 = time.time()
-            held["on_policy"] = collect(wm, cfg.data, on_policy, cfg.meta.seed)
+            held["on_policy"] = collect(wm, data["walls"], cfg.data.env, on_policy, cfg.meta.seed)
             logger.info("on-policy refine: %d flat-planner episodes on training maps, success %.1f%% (%.0fs)",
                         on_policy.episodes, 100 * held["on_policy"]["success"].float().mean(), time.time() - t1)
             save_fn()
-        planned = encode_episodes(wm, cfg.data, held["on_policy"], accelerator.device)
+        planned = encode_episodes(wm, data["walls"], cfg.data.env, held["on_policy"])
         run_refine(wm, opts[kd + 2], stages[kd + 2], steps, stop, cfg, accelerator, run_dir, save_fn, episodes, planned)
     save_fn()
     logger.info("done in %.0fs: steps %s, checkpoint %s", time.time() - t0, steps, latest)
