@@ -102,15 +102,19 @@ class LossWeights:
     static: float = 1.0
 
 
-def prediction_losses(predictor: nn.Module, z: torch.Tensor, actions: torch.Tensor, k: int):
+def prediction_losses(predictor: nn.Module, z: torch.Tensor, actions: torch.Tensor, k: int,
+                      rollout: Optional[torch.Tensor] = None):
     """L1 losses of a level-0 predictor on states `[B, T+1, D]` under actions `[B, T, A]`: teacher forcing
-    (z_{t+1} from the true z_t) and, for k > 0, the k-step rollout from z_0 fed back (else None)."""
+    (z_{t+1} from the true z_t) and, for k > 0, the k-step rollout from z_0 fed back (else None). `rollout`:
+    that rollout's first k predictions `[B, >=k, D]`, when the caller has computed them already."""
     T = actions.shape[1]
     target = z[:, 1:]  # one slice for both terms: its gradient reaches z in one piece
     tf = (predictor(z[:, :T], actions) - target).abs().mean()
     if k == 0:
         return tf, None
-    return tf, (predictor.rollout(z[:, :1], actions[:, :k]) - target[:, :k]).abs().mean()
+    if rollout is None:
+        rollout = predictor.rollout(z[:, :1], actions[:, :k])
+    return tf, (rollout[:, :k] - target[:, :k]).abs().mean()
 
 
 class FrameLevel(nn.Module):

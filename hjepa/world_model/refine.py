@@ -109,8 +109,7 @@ def refine_loss(predictors, distance, b: Dict[str, torch.Tensor], window: int, r
         # one rollout over the whole horizon: rollouts are causal (step h reads steps < h only), so its first k
         # steps are the prediction losses' k-step rollout, value for value
         imagined = p.rollout(b["z"][:, :1], b["actions"])  # [B, H, D]
-        tf, _ = prediction_losses(p, b["z"][:, :window], b["actions"][:, :window - 1], 0)
-        ro = (imagined[:, :k] - b["z"][:, 1:k + 1]).abs().mean() if k else None
+        tf, ro = prediction_losses(p, b["z"][:, :window], b["actions"][:, :window - 1], k, imagined)
         gap = distance_gap(p, distance, b["z"], b["actions"], b["z_goal"], targets, imagined)
         total = total + tf + (rollout_weight * ro if ro is not None else 0.0) + coeff * gap
         if i == 0:
