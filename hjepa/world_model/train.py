@@ -268,14 +268,12 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
             state["opts"].append(opts[wm.num_levels].state_dict())
             state["steps"] = list(state["steps"]) + [0]
             logger.info("%s has no goal distance: the levels are kept, the distance trains from scratch", resume_from)
-        if cfg.refine.steps and len(state["opts"]) == wm.num_levels + 1:  # ... or the refine stage
-            state["opts"].append(opts[-1].state_dict())
-            state["steps"] = list(state["steps"]) + [0]
-            logger.info("%s was not refined: the refine stage starts from its level-0 predictor", resume_from)
-        if on_policy.episodes and len(state["opts"]) == wm.num_levels + 2:  # ... or the on-policy stage
-            state["opts"].append(opts[-1].state_dict())
-            state["steps"] = list(state["steps"]) + [0]
-            logger.info("%s has no on-policy refine stage: it starts from its refined predictor", resume_from)
+        for i, why in ((wm.num_levels + 1, "was not refined: the refine stage starts from its level-0 predictor"),
+                       (wm.num_levels + 2, "has no on-policy refine stage: it starts from its refined predictor")):
+            if len(state["opts"]) == i < len(opts):  # ... or a refine stage: its optimizer starts fresh
+                state["opts"].append(opts[i].state_dict())
+                state["steps"] = list(state["steps"]) + [0]
+                logger.info("%s %s", resume_from, why)
         held["on_policy"] = state.get("on_policy")
         ckpt.load_state_strict(wm, state["model"], "world model")
         if len(state["opts"]) != len(opts):
