@@ -1,4 +1,4 @@
-"""One stage of the world model's training (a level, the goal distance, the refine stage): its optimisation
+"""One stage of the world model's training (a level, the goal distance, a refine stage): its optimisation
 settings, its learning-rate schedule and the loop every stage shares."""
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from vjepa.engine.schedules import lr_at, set_lr_wd
 
 @dataclass
 class StageConfig:
-    """Optimisation of one stage (a level, the goal distance, the refine stage). window: frames per training window. steps / batch_size / lr / warmup
-    (steps) / weight_decay / clip_grad: AdamW with linear warmup then cosine to lr / 100."""
+    """Optimisation of one stage (a level, the goal distance, a refine stage). window: frames per training
+    window. steps / batch_size / lr / warmup (steps) / weight_decay / clip_grad: AdamW with linear warmup then
+    cosine to lr / 100."""
 
     window: int = 6
     steps: int = 1500
@@ -35,7 +36,7 @@ def set_lr(optimizer, st: StageConfig, step: int) -> float:
 
 def stage_loop(k, st: StageConfig, steps, stop, opt, cfg, accelerator, folder: Path, desc: str,
                step_fn, metrics_fn, save_fn) -> None:
-    """The loop every stage shares (a level, the goal distance, the refine stage): learning-rate schedule,
+    """The loop every stage shares (a level, the goal distance, a refine stage): learning-rate schedule,
     `step_fn()` (one optimizer step -> its output), the step count `steps[k]`, a progress bar,
     `metrics_fn(out, lr, end)` -> (metrics, progress-bar postfix) logged to `folder` every `log_every` steps
     and at the end, and `save_fn()` every `save_every_steps`; until the stage ends or the run's `max_steps`

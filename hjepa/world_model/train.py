@@ -313,7 +313,7 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
         if steps[k] >= st.steps:
             continue
         run_level(k, wm, wrapped[k], opts[k], st, steps, stop, data, cfg, accelerator, run_dir, save_fn, feats)
-    kd = wm.num_levels  # the goal distance's stage, then the refine stage
+    kd = wm.num_levels  # the goal distance's stage, then the refine and on-policy refine stages
     if wm.distance is not None and steps[kd] < stages[kd].steps and not (stop and sum(steps) >= stop):
         run_distance(wm, wrapped[kd], opts[kd], stages[kd], steps, stop, cfg, accelerator, run_dir, save_fn, episodes)
     if cfg.refine.steps and steps[kd + 1] < stages[kd + 1].steps and not (stop and sum(steps) >= stop):
