@@ -120,7 +120,8 @@ def run_refine(wm, opt, st: StageConfig, steps, stop, cfg: WorldModelConfig, acc
     this is the on-policy stage: `refine.on_policy.share` of each batch are windows of those; logs to
     `<run>/on_policy/`."""
     on = planned is not None
-    k, name = wm.num_levels + 1 + on, "on-policy refine" if on else "refine"
+    k = wm.num_levels + 1 + on
+    name, folder = ("on-policy refine", "on_policy") if on else ("refine", "refine")  # log name, run sub-folder
     t0 = time.time()
     z, actions = episodes()
     logger.info("%s: %d episodes x %d states of the frozen level 0 (%.0fs)", name, *z.shape[:2], time.time() - t0)
@@ -157,11 +158,9 @@ def run_refine(wm, opt, st: StageConfig, steps, stop, cfg: WorldModelConfig, acc
     def metrics(out, lr, end):
         m = {kk: v for kk, v in scalars(out).items() if kk != "grad_norm"}
         m["lr"] = lr
-        folder = "on_policy" if on else "refine"
         return {f"{folder}/{kk}": v for kk, v in m.items()}, dict(loss=f"{m['loss']:.4f}", gap=f"{m['distance_gap']:.2f}")
 
     try:
-        stage_loop(k, st, steps, stop, opt, cfg, accelerator, run_dir / ("on_policy" if on else "refine"), name,
-                   step, metrics, save_fn)
+        stage_loop(k, st, steps, stop, opt, cfg, accelerator, run_dir / folder, name, step, metrics, save_fn)
     finally:
         distance.requires_grad_(True)
