@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from hjepa.world_model.goal_distance import (DistanceConfig, GoalDistance, check_distance, expectile_loss, pair_batch,
-                                             set_normalisation)
+from hjepa.world_model.goal_distance import (DistanceConfig, GoalDistance, check_distance, distance_loss, expectile_loss,
+                                             pair_batch, set_normalisation)
 
 
 def test_expectile_loss_minimiser_is_the_expectile():
@@ -27,6 +27,8 @@ def test_pairs_come_from_one_episode_with_their_step_count_and_replay_by_step():
     assert torch.equal(b["z"][:, 0], b["z_goal"][:, 0])  # same episode
     assert torch.equal(b["steps"], (b["z"][:, 1] - b["z_goal"][:, 1]).abs())
     assert (b["steps"] == 0).any() and (b["z"][:, 1] > b["z_goal"][:, 1]).any()  # u == t and both orders
+    assert torch.equal(b["z_next"][:, 0], b["z"][:, 0])  # the next state: same episode, one step towards u
+    assert torch.equal(b["z_next"][:, 1], b["z"][:, 1] + torch.sign(b["z_goal"][:, 1] - b["z"][:, 1]))
     again = pair_batch(z, 64, seed=3, step=11)
     assert all(torch.equal(b[k], again[k]) for k in b)
     assert not torch.equal(pair_batch(z, 64, seed=3, step=12)["z"], b["z"])
@@ -81,6 +83,60 @@ def test_learns_shortest_paths_from_walks_that_wander():
         true[tau] = (d - (a - c).abs().flatten().float()).abs().mean().item(), (d - (a - c).abs().flatten().float()).mean().item()
     assert true[0.1][0] < 1.0          # mean abs error under one step
     assert true[0.5][1] > true[0.1][1] + 0.5  # least squares sits above: it fits the average walk
+
+
+def test_bootstrap_term_value_and_no_gradient_through_its_bound():
+    """bootstrap 0: the step-count expectile loss alone. bootstrap w: (1 - w) x that + w x the expectile loss
+    against min(|u - t|, 1 + D(z_next, z_goal)), 0 where u == t; the bound is a constant (no gradient)."""
+    N, T1, D = 4, 9, 6
+    z = torch.randn(N, T1, D, generator=torch.Generator().manual_seed(0))
+    b = pair_batch(z, 64, seed=0, step=2)
+    torch.manual_seed(0)
+    cfg = DistanceConfig(steps=1, width=8, embed_dim=8, hidden=16)
+    net = GoalDistance(D, None, cfg)
+    d = net(b["z"], b["z_goal"])
+    off, _ = distance_loss(net, b, cfg)
+    assert torch.allclose(off, expectile_loss(d, b["steps"], cfg.expectile))
+    on = DistanceConfig(steps=1, width=8, embed_dim=8, hidden=16, bootstrap=0.7, bootstrap_expectile=0.2)
+    with torch.no_grad():
+        bound = torch.minimum(b["steps"], 1 + net(b["z_next"], b["z_goal"])) * (b["steps"] > 0)
+    assert (bound < b["steps"]).any() and (bound[b["steps"] == 0] == 0).all()
+    want = 0.3 * expectile_loss(d, b["steps"], 0.1) + 0.7 * expectile_loss(d, bound, 0.2)
+    loss, logs = distance_loss(net, b, on)
+    assert torch.allclose(loss, want) and torch.allclose(logs["bootstrap_gain"], (b["steps"] - bound).mean())
+    grads = torch.autograd.grad(loss, list(net.parameters()), allow_unused=True)
+    ref = torch.autograd.grad(want, list(net.parameters()), allow_unused=True)  # `bound` is a constant here
+    assert all(torch.allclose(g, r) for g, r in zip(grads, ref) if g is not None)
+    with pytest.raises(ValueError, match="bootstrap"):
+        check_distance(DistanceConfig(bootstrap=1.5))
+
+
+def test_bootstrap_shortens_what_wandering_walks_show():
+    """Lazy symmetric random walks on a line (stand still half the time): no episode goes straight, so the
+    step counts' low expectile still overestimates the distance by steps. The Bellman term chains one step at
+    a time and recovers the distance itself."""
+    rng = np.random.default_rng(0)
+    P, T1 = 10, 40
+    pos = np.clip(rng.integers(P, size=(400, 1)) + np.cumsum(rng.choice([-1, 0, 1], (400, T1), p=[.25, .5, .25]), 1),
+                  0, P - 1)
+    z = torch.nn.functional.one_hot(torch.tensor(pos), P).float()
+    a, c = torch.meshgrid(torch.arange(P), torch.arange(P), indexing="ij")
+    true = (a - c).abs().flatten().float()
+    err = {}
+    for boot in (0.0, 1.0):
+        torch.manual_seed(0)
+        cfg = DistanceConfig(steps=1, width=32, embed_dim=16, hidden=32, bootstrap=boot)
+        net = GoalDistance(P, None, cfg)
+        set_normalisation(net, z)
+        opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+        for step in range(800):
+            loss, _ = distance_loss(net, pair_batch(z, 128, 0, step), cfg)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            err[boot] = (net(torch.eye(P)[a.flatten()], torch.eye(P)[c.flatten()]) - true).abs().mean().item()
+    assert err[0.0] > 3.0 and err[1.0] < 1.5, err
 
 
 def test_imagined_first_states_are_rollouts_of_the_episode_actions():

@@ -16,7 +16,7 @@ from data.generated.trajectories import TrajectoryConfig, load_or_generate
 from data.seeding import derive_seed
 from hjepa.world_model.encoders import frozen_part
 from hjepa.world_model.feature_cache import encode_dataset
-from hjepa.world_model.goal_distance import DistanceConfig, expectile_loss, imagine, pair_batch, set_normalisation
+from hjepa.world_model.goal_distance import DistanceConfig, distance_loss, imagine, pair_batch, set_normalisation
 from hjepa.world_model.model import WorldModel
 from hjepa.world_model.on_policy import on_policy_batch
 from hjepa.world_model.refine import refine_batch, refine_loss
@@ -84,9 +84,7 @@ def run_distance(wm, model, opt, st: StageConfig, steps, stop, cfg: WorldModelCo
                         cfg.meta.seed, steps[k])
         b = {kk: v[rank * st.batch_size:(rank + 1) * st.batch_size].to(accelerator.device) for kk, v in b.items()}
 
-        def objective_fn():
-            d = model(b["z"], b["z_goal"])
-            return expectile_loss(d, b["steps"], cfg.distance.expectile), {"mean_distance": d.detach().mean()}
+        objective_fn = partial(distance_loss, model, b, cfg.distance)
         return optimizer_step(accelerator, opt, objective_fn, (model,), sum(steps), st.clip_grad, {"": model})
 
     def metrics(out, lr, end):

@@ -52,6 +52,11 @@ class DistanceConfig:
         imagined: share of the pairs whose first state is the level-0 predictor's rollout (`imagine`) instead
             of the encoded frame: the planner evaluates D on imagined states, which read closer to the goal
             than the frames they stand for (the predictor's drift). imagined_steps: longest such rollout.
+        bootstrap: weight in [0, 1] of a second, Bellman term (0 = off, the step counts alone). A pair (t, u)
+            also has the bound 1 + D(z_t', z_u), t' = the episode's next state towards u: one step, then what
+            D itself says is left. Its target, min(|u - t|, 1 + D(z_t', z_u)) (D without gradient), lets one
+            episode's detour be shortened by what D learnt from the others (as goal-conditioned value
+            learning does, e.g. HIQL), where a random walk alone leaves D flat. bootstrap_expectile: its tau.
     """
 
     steps: int = 0
@@ -66,6 +71,8 @@ class DistanceConfig:
     episodes: int = 0
     imagined: float = 0.0
     imagined_steps: int = 8
+    bootstrap: float = 0.0
+    bootstrap_expectile: float = 0.1
 
 
 def check_distance(cfg: DistanceConfig) -> None:
@@ -76,8 +83,11 @@ def check_distance(cfg: DistanceConfig) -> None:
     if not 0.0 <= cfg.imagined <= 1.0 or cfg.imagined_steps < 1:
         raise ValueError(f"distance.imagined must lie in [0, 1] and distance.imagined_steps be >= 1, got "
                          f"{cfg.imagined}, {cfg.imagined_steps}")
-    if not 0.0 < cfg.expectile < 1.0:
-        raise ValueError(f"distance.expectile must lie in (0, 1), got {cfg.expectile}")
+    if not (0.0 < cfg.expectile < 1.0 and 0.0 < cfg.bootstrap_expectile < 1.0):
+        raise ValueError(f"distance.expectile and distance.bootstrap_expectile must lie in (0, 1), got "
+                         f"{cfg.expectile}, {cfg.bootstrap_expectile}")
+    if not 0.0 <= cfg.bootstrap <= 1.0:
+        raise ValueError(f"distance.bootstrap must lie in [0, 1], got {cfg.bootstrap}")
 
 
 class GoalDistance(nn.Module):
@@ -139,13 +149,14 @@ def set_normalisation(net: GoalDistance, z: torch.Tensor) -> None:
 
 def pair_batch(z: torch.Tensor, batch: int, seed: int, step: int) -> Dict[str, torch.Tensor]:
     """Step `step`'s training pairs from features `[N, T+1, D]`: two states of one episode each (u and t
-    uniform and independent, so u == t and both orders occur) and their step count |u - t|. Drawn from
-    (seed, step) alone: a resumed run sees the same pairs."""
+    uniform and independent, so u == t and both orders occur), their step count |u - t| and `z_next`, the
+    state one step from t towards u (t itself when u == t). Drawn from (seed, step) alone: a resumed run sees
+    the same pairs."""
     rng = np.random.default_rng(derive_seed(seed, 100, step))
     N, T1 = z.shape[:2]
     n, t, u = rng.integers(N, size=batch), rng.integers(T1, size=batch), rng.integers(T1, size=batch)
     return {"z": z[n, t], "z_goal": z[n, u], "steps": torch.from_numpy(np.abs(u - t).astype(np.float32)),
-            "episode": torch.from_numpy(n), "t": torch.from_numpy(t)}
+            "z_next": z[n, t + np.sign(u - t)], "episode": torch.from_numpy(n), "t": torch.from_numpy(t)}
 
 
 @torch.no_grad()
@@ -165,6 +176,20 @@ def imagine(b: Dict[str, torch.Tensor], z: torch.Tensor, actions: torch.Tensor, 
     dev = next(predictor.parameters()).device
     out["z"][pick] = predictor.rollout(z[n, t - k][:, None].to(dev), acts.to(dev))[:, -1].to(out["z"].device)
     return out
+
+
+def distance_loss(net: GoalDistance, b: Dict[str, torch.Tensor], cfg: DistanceConfig) -> Tuple[torch.Tensor, dict]:
+    """The distance's objective on a `pair_batch`: the expectile regression on the step counts, blended
+    with the Bellman term when `cfg.bootstrap` > 0 (`DistanceConfig`)."""
+    d = net(b["z"], b["z_goal"])
+    loss = expectile_loss(d, b["steps"], cfg.expectile)
+    logs = {"mean_distance": d.detach().mean()}
+    if cfg.bootstrap:
+        with torch.no_grad():
+            bound = torch.minimum(b["steps"], 1.0 + net(b["z_next"], b["z_goal"])) * (b["steps"] > 0)
+        loss = (1.0 - cfg.bootstrap) * loss + cfg.bootstrap * expectile_loss(d, bound, cfg.bootstrap_expectile)
+        logs["bootstrap_gain"] = (b["steps"] - bound).mean()  # steps the bound takes off the episodes' counts
+    return loss, logs
 
 
 def expectile_loss(pred: torch.Tensor, target: torch.Tensor, tau: float) -> torch.Tensor:
