@@ -23,14 +23,14 @@ def test_expectile_loss_minimiser_is_the_expectile():
 def test_pairs_come_from_one_episode_with_their_step_count_and_replay_by_step():
     N, T1 = 5, 7
     z = torch.stack(torch.meshgrid(torch.arange(N).float(), torch.arange(T1).float(), indexing="ij"), -1)  # z = (n, t)
-    b = pair_batch(z, 64, seed=3, step=11)
+    b = pair_batch(z, 64, seed=3, step=11, with_next=True)
     assert torch.equal(b["z"][:, 0], b["z_goal"][:, 0])  # same episode
     assert torch.equal(b["steps"], (b["z"][:, 1] - b["z_goal"][:, 1]).abs())
     assert (b["steps"] == 0).any() and (b["z"][:, 1] > b["z_goal"][:, 1]).any()  # u == t and both orders
     assert torch.equal(b["z_next"][:, 0], b["z"][:, 0])  # the next state: same episode, one step towards u
     assert torch.equal(b["z_next"][:, 1], b["z"][:, 1] + torch.sign(b["z_goal"][:, 1] - b["z"][:, 1]))
     again = pair_batch(z, 64, seed=3, step=11)
-    assert all(torch.equal(b[k], again[k]) for k in b)
+    assert "z_next" not in again and all(torch.equal(b[k], again[k]) for k in again)  # the same pairs without it
     assert not torch.equal(pair_batch(z, 64, seed=3, step=12)["z"], b["z"])
 
 
@@ -90,7 +90,7 @@ def test_bootstrap_term_value_and_no_gradient_through_its_bound():
     against min(|u - t|, 1 + D(z_next, z_goal)), 0 where u == t; the bound is a constant (no gradient)."""
     N, T1, D = 4, 9, 6
     z = torch.randn(N, T1, D, generator=torch.Generator().manual_seed(0))
-    b = pair_batch(z, 64, seed=0, step=2)
+    b = pair_batch(z, 64, seed=0, step=2, with_next=True)
     torch.manual_seed(0)
     cfg = DistanceConfig(steps=1, width=8, embed_dim=8, hidden=16)
     net = GoalDistance(D, None, cfg)
@@ -130,7 +130,7 @@ def test_bootstrap_shortens_what_wandering_walks_show():
         set_normalisation(net, z)
         opt = torch.optim.Adam(net.parameters(), lr=3e-3)
         for step in range(800):
-            loss, _ = distance_loss(net, pair_batch(z, 128, 0, step), cfg)
+            loss, _ = distance_loss(net, pair_batch(z, 128, 0, step, with_next=True), cfg)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -226,7 +226,7 @@ def test_the_distance_trains_on_its_own_longer_episodes_of_the_same_maps(tmp_pat
     np.testing.assert_array_equal(own["walls"], wm_data["walls"])  # the same (train-split) maps
     seen = []
     real = cost_stages.pair_batch
-    monkeypatch.setattr(cost_stages, "pair_batch", lambda z, *a: seen.append(tuple(z.shape[:2])) or real(z, *a))
+    monkeypatch.setattr(cost_stages, "pair_batch", lambda z, *a, **kw: seen.append(tuple(z.shape[:2])) or real(z, *a, **kw))
     wm_train.train(cfg)
     assert seen and set(seen) == {(5, 13)}
     with pytest.raises(ValueError, match="distance.length"):

@@ -78,7 +78,8 @@ def run_distance(wm, model, opt, st: StageConfig, steps, stop, cfg: WorldModelCo
     world, rank = accelerator.num_processes, accelerator.process_index
 
     def step():
-        b = pair_batch(z, st.batch_size * world, cfg.meta.seed, steps[k])  # one global batch; this rank's slice
+        # one global batch (this rank's slice below); the next states only for the Bellman term
+        b = pair_batch(z, st.batch_size * world, cfg.meta.seed, steps[k], with_next=cfg.distance.bootstrap > 0)
         if cfg.distance.imagined:
             b = imagine(b, z, actions, wm.predictor, cfg.distance.imagined, cfg.distance.imagined_steps,
                         cfg.meta.seed, steps[k])

@@ -147,16 +147,19 @@ def set_normalisation(net: GoalDistance, z: torch.Tensor) -> None:
     net.std.copy_(flat.std(0).clamp_min(1e-6))
 
 
-def pair_batch(z: torch.Tensor, batch: int, seed: int, step: int) -> Dict[str, torch.Tensor]:
+def pair_batch(z: torch.Tensor, batch: int, seed: int, step: int, with_next: bool = False) -> Dict[str, torch.Tensor]:
     """Step `step`'s training pairs from features `[N, T+1, D]`: two states of one episode each (u and t
-    uniform and independent, so u == t and both orders occur), their step count |u - t| and `z_next`, the
-    state one step from t towards u (t itself when u == t). Drawn from (seed, step) alone: a resumed run sees
-    the same pairs."""
+    uniform and independent, so u == t and both orders occur) and their step count |u - t|; `with_next`
+    (the Bellman term's input) adds `z_next`, the state one step from t towards u (t itself when u == t).
+    Drawn from (seed, step) alone: a resumed run sees the same pairs."""
     rng = np.random.default_rng(derive_seed(seed, 100, step))
     N, T1 = z.shape[:2]
     n, t, u = rng.integers(N, size=batch), rng.integers(T1, size=batch), rng.integers(T1, size=batch)
-    return {"z": z[n, t], "z_goal": z[n, u], "steps": torch.from_numpy(np.abs(u - t).astype(np.float32)),
-            "z_next": z[n, t + np.sign(u - t)], "episode": torch.from_numpy(n), "t": torch.from_numpy(t)}
+    b = {"z": z[n, t], "z_goal": z[n, u], "steps": torch.from_numpy(np.abs(u - t).astype(np.float32)),
+         "episode": torch.from_numpy(n), "t": torch.from_numpy(t)}
+    if with_next:
+        b["z_next"] = z[n, t + np.sign(u - t)]
+    return b
 
 
 @torch.no_grad()
@@ -179,8 +182,8 @@ def imagine(b: Dict[str, torch.Tensor], z: torch.Tensor, actions: torch.Tensor, 
 
 
 def distance_loss(net: GoalDistance, b: Dict[str, torch.Tensor], cfg: DistanceConfig) -> Tuple[torch.Tensor, dict]:
-    """The distance's objective on a `pair_batch`: the expectile regression on the step counts, blended
-    with the Bellman term when `cfg.bootstrap` > 0 (`DistanceConfig`)."""
+    """The distance's objective on a `pair_batch` (drawn `with_next` when `cfg.bootstrap` > 0): the expectile
+    regression on the step counts, blended with the Bellman term when `cfg.bootstrap` > 0 (`DistanceConfig`)."""
     d = net(b["z"], b["z_goal"])
     loss = expectile_loss(d, b["steps"], cfg.expectile)
     logs = {"mean_distance": d.detach().mean()}
