@@ -50,6 +50,17 @@ def test_shapes_and_the_planner_view(map_shape):
         check_distance(DistanceConfig(expectile=1.0))
 
 
+def test_normalisation_statistics_match_over_chunk_boundaries():
+    z = torch.randn(7, 9, 5) * torch.tensor([1.0, 3.0, 0.5, 10.0, 2.0]) + torch.tensor([0.0, -4.0, 100.0, 1.0, 7.0])
+    z[..., 4] = 7.0  # a constant feature: std clamped, not NaN
+    net = GoalDistance(5, None, DistanceConfig(steps=1, width=4, embed_dim=4, hidden=4))
+    set_normalisation(net, z, chunk=10)  # 63 rows: 6 full chunks and a partial one
+    flat = z.reshape(-1, 5).double()
+    torch.testing.assert_close(net.mean, flat.mean(0).float())
+    torch.testing.assert_close(net.std[:4], flat.std(0)[:4].float())
+    assert net.std[4] == 1e-6
+
+
 def test_learns_shortest_paths_from_walks_that_wander():
     """States on a line (one-hot positions 0..9). Episodes: straight runs (|u - t| is the distance) and walks
     that stand still half the time (|u - t| is up to twice it). The expectile fit at tau 0.1 recovers the

@@ -140,11 +140,18 @@ class GoalDistance(nn.Module):
         return dist
 
 
-def set_normalisation(net: GoalDistance, z: torch.Tensor) -> None:
-    """Per-dimension mean and std of the features `[N, T+1, D]` into the module's buffers."""
+def set_normalisation(net: GoalDistance, z: torch.Tensor, chunk: int = 32768) -> None:
+    """Per-dimension mean and std of the features `[N, T+1, D]` into the module's buffers. Sums in float64
+    over row chunks: a column reduction of the whole [N(T+1), D] matrix took ~3x longer (390k x 1,024)."""
     flat = z.reshape(-1, z.shape[-1])
-    net.mean.copy_(flat.mean(0))
-    net.std.copy_(flat.std(0).clamp_min(1e-6))
+    n, s1, s2 = len(flat), 0.0, 0.0
+    for c in flat.split(chunk):
+        c = c.double()
+        s1, s2 = s1 + c.sum(0), s2 + (c * c).sum(0)
+    mean = s1 / n
+    var = (s2 - n * mean * mean).clamp_min(0.0) / max(n - 1, 1)
+    net.mean.copy_(mean.float())
+    net.std.copy_(var.sqrt().float().clamp_min(1e-6))
 
 
 def pair_batch(z: torch.Tensor, batch: int, seed: int, step: int, with_next: bool = False) -> Dict[str, torch.Tensor]:
