@@ -2,6 +2,8 @@
 sampler, shapes of both embeddings, that it learns the step counts of a toy world (and from them a shortest
 path shorter than the walks that showed it), its stage in a world-model run (checkpoint, exact resume), and
 the planners' `distance: learned` option (errors, and that the cost is the learned one)."""
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -190,11 +192,14 @@ def _wm_overrides(folder, steps=6, resume=False):
             f"meta.load_checkpoint={str(resume).lower()}"]
 
 
-def test_world_model_run_trains_the_distance_and_resumes_exactly(tmp_path, monkeypatch):
+def test_world_model_run_trains_the_distance_and_resumes_exactly(tmp_path, monkeypatch, caplog):
     from hjepa.world_model import train as wm_train
     from vjepa.engine.config import load_config
 
+    caplog.set_level(logging.INFO, logger="hjepa.world_model.stage")
     wm_train.train(load_config(wm_train.WorldModelConfig, overrides=_wm_overrides(tmp_path / "whole")))
+    timed = [r.getMessage().split(" in ")[0] for r in caplog.records]  # each stage's own steps and time
+    assert timed == ["level 0: 2 steps", "goal distance: 6 steps"]
     whole = torch.load(tmp_path / "whole" / "wm-latest.pt", weights_only=True)
     assert whole["steps"] == [2, 6] and (tmp_path / "whole" / "distance" / "metrics.csv").is_file()
     assert not torch.equal(whole["model"]["distance.std"], torch.ones_like(whole["model"]["distance.std"]))
@@ -212,7 +217,9 @@ def test_world_model_run_trains_the_distance_and_resumes_exactly(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         wm_train.train(load_config(wm_train.WorldModelConfig, overrides=_wm_overrides(tmp_path / "killed")))
     monkeypatch.setattr(wm_train, "save", real_save)
+    caplog.clear()
     wm_train.train(load_config(wm_train.WorldModelConfig, overrides=_wm_overrides(tmp_path / "killed", resume=True)))
+    assert [r.getMessage().split(" in ")[0] for r in caplog.records] == ["goal distance: 3 steps"]  # this run's
     resumed = torch.load(tmp_path / "killed" / "wm-latest.pt", weights_only=True)
     assert resumed["steps"] == [2, 6]
     for k, v in whole["model"].items():

@@ -2,6 +2,8 @@
 settings, its learning-rate schedule and the loop every stage shares."""
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -10,6 +12,8 @@ from tqdm import tqdm
 
 from vjepa.engine.runtime import MetricLog
 from vjepa.engine.schedules import lr_at, set_lr_wd
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,6 +50,7 @@ def stage_loop(k, st: StageConfig, steps, stop, opt, cfg, accelerator, folder: P
     log = MetricLog(folder, enabled=main, tensorboard=lg.tensorboard)
     log.truncate_after(steps[k])
     pbar = tqdm(total=st.steps, initial=steps[k], desc=desc, disable=not (main and lg.progress_bar))
+    first, t0 = steps[k], time.perf_counter()
     while steps[k] < st.steps and not (stop and sum(steps) >= stop):
         lr = set_lr(opt, st, steps[k])
         out = step_fn()
@@ -60,3 +65,6 @@ def stage_loop(k, st: StageConfig, steps, stop, opt, cfg, accelerator, folder: P
             save_fn()
     pbar.close()
     log.close()
+    if steps[k] > first:  # the stage's own time, for the pipeline's timing (the README's table)
+        dt = time.perf_counter() - t0
+        logger.info("%s: %d steps in %.0f s (%.1f steps/s)", desc, steps[k] - first, dt, (steps[k] - first) / dt)
