@@ -196,11 +196,11 @@ def test_world_model_run_trains_the_distance_and_resumes_exactly(tmp_path, monke
     from hjepa.world_model import train as wm_train
     from vjepa.engine.config import load_config
 
-    caplog.set_level(logging.INFO, logger="hjepa.world_model.stage")
-    wm_train.train(load_config(wm_train.WorldModelConfig, overrides=_wm_overrides(tmp_path / "whole")))
     def timed():  # each stage's own steps (and seconds) as logged when it ends, in this process
         return [r.getMessage().split(" in ")[0] for r in caplog.records if r.name == "hjepa.world_model.stage"]
 
+    caplog.set_level(logging.INFO, logger="hjepa.world_model.stage")
+    wm_train.train(load_config(wm_train.WorldModelConfig, overrides=_wm_overrides(tmp_path / "whole")))
     assert timed() == ["level 0: 2 steps", "goal distance: 6 steps"]
     whole = torch.load(tmp_path / "whole" / "wm-latest.pt", weights_only=True)
     assert whole["steps"] == [2, 6] and (tmp_path / "whole" / "distance" / "metrics.csv").is_file()
