@@ -195,6 +195,46 @@ def test_candidates_scored_in_chunks_give_the_same_costs(monkeypatch):
     assert max(rows) == 15 and sum(rows) == 5 * 37
 
 
+
+def test_bfloat16_rollouts_match_float32_and_leave_the_predictor_alone():
+    """`precision: bfloat16`: the planner rolls out a bfloat16 copy of the predictor; predictions come back as
+    float32, within bfloat16 rounding of the float32 ones, and the world model's own weights stay float32."""
+    from hjepa.world_model.planning import check_planner, in_precision
+    from hjepa.world_model.spatial import ConvPredictor
+
+    torch.manual_seed(0)
+    pred = ConvPredictor((4, 6, 6), action_dim=2, width=8, depth=1)
+    torch.nn.init.normal_(pred.out.weight, std=0.1)
+    z0, a = torch.randn(7, 1, 144), torch.rand(7, 5, 2) * 2 - 1
+    assert in_precision(pred, "float32") is pred
+    low = in_precision(pred, "bfloat16")
+    with torch.no_grad():
+        ref, out = pred.rollout(z0, a), low.rollout(z0, a)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    err = float((out - ref).norm() / (ref - z0).norm())  # relative to how far the states moved
+    assert 0 < err < 0.05
+    assert all(p.dtype == torch.float32 for p in pred.parameters())
+    planner = FlatPlanner(pred, PlannerConfig(horizon=5, samples=8, precision="bfloat16"), seed=0)
+    assert planner.predictor.net.inp.weight.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="precision"):
+        check_planner(PlannerConfig(precision="float16"))
+
+
+def test_auto_precision_follows_the_hardware_and_emulated_bfloat16_warns(monkeypatch, caplog):
+    from hjepa.world_model import planning
+    from hjepa.world_model.spatial import ConvPredictor
+
+    pred = ConvPredictor((4, 6, 6), action_dim=2, width=8, depth=1)
+    planning._warn_once.cache_clear()
+    monkeypatch.setattr(planning, "native_bfloat16", lambda: True)
+    assert isinstance(planning.in_precision(pred, "auto"), planning.CastRollout)
+    monkeypatch.setattr(planning, "native_bfloat16", lambda: False)
+    with caplog.at_level("WARNING", logger=planning.__name__):
+        assert planning.in_precision(pred, "auto") is pred
+        assert not caplog.records
+        assert isinstance(planning.in_precision(pred, "bfloat16"), planning.CastRollout)
+    assert "slower" in caplog.text
+
 @pytest.mark.parametrize("reduce", ["sum", "final"])
 def test_only_running_problems_are_rolled_out_and_score_as_before(reduce):
     """With `active`, the candidates of finished problems are not rolled out (the predictor sees only the

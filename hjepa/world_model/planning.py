@@ -14,6 +14,8 @@ moves the data has shown (its predictor is unreliable off that support).
 """
 from __future__ import annotations
 
+import copy
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -47,6 +49,12 @@ class PlannerConfig:
         world model's ensemble (`predictor.ensemble` > 1 in the world-model config) instead of the first one's:
         a state that one predictor gets wrong then looks less attractive. Each member's rollouts count as
         compute. Level 0 only.
+        precision: number format of this planner's predictor rollouts: `float32`, `bfloat16` (a copy of the
+        predictor's weights in bfloat16; states and actions are cast in, predictions come back as float32, so
+        the goal distance and the candidates' costs stay float32) or `auto` (bfloat16 where the CPU computes it
+        natively, AVX512-BF16 / AMX; float32 elsewhere). With native bfloat16 the rollouts run ~1.5-2x faster;
+        without it, ~5-14x slower (emulated; an explicit `bfloat16` then warns). `benchmarks/planner_precision.py`
+        measures both on the machine at hand.
     """
 
     method: str = "cem"
@@ -64,6 +72,7 @@ class PlannerConfig:
     cost: str = "sum"
     distance: str = "l2"
     ensemble: bool = False
+    precision: str = "float32"
 
     def compute(self, predictors: int = 1) -> int:
         """Predictor steps per plan and problem: samples x iterations x horizon, times the world model's
@@ -84,6 +93,49 @@ def check_planner(cfg: PlannerConfig) -> None:
         raise ValueError(f"planner distance {cfg.distance!r}; valid: {list(DISTANCES)}")
     if not cfg.low < cfg.high:
         raise ValueError(f"action bounds low {cfg.low} >= high {cfg.high}")
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"planner precision {cfg.precision!r} unknown; valid: {list(PRECISIONS)}")
+
+
+PRECISIONS = ("float32", "bfloat16", "auto")
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 arithmetic (AVX512-BF16 or AMX); the planners run on the CPU."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_precision(precision: str) -> str:
+    """`auto` -> `bfloat16` with native bfloat16, else `float32`; the others as they are."""
+    if precision == "auto":
+        return "bfloat16" if native_bfloat16() else "float32"
+    return precision
+
+
+class CastRollout:
+    """`predictor.rollout` in another precision: a copy of the predictor's weights in `dtype`; inputs are cast
+    to it, predictions come back as float32. The copy is taken once: train the predictor, then plan."""
+
+    def __init__(self, predictor, dtype: torch.dtype):
+        self.net, self.dtype = copy.deepcopy(predictor).to(dtype).eval(), dtype
+
+    def rollout(self, z_ctx: torch.Tensor, actions: torch.Tensor, context: Optional[int] = None) -> torch.Tensor:
+        return self.net.rollout(z_ctx.to(self.dtype), actions.to(self.dtype), context).float()
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    logger.warning(message)
+
+
+def in_precision(predictor, precision: str):
+    """The predictor whose rollouts a planner with `precision` uses (itself for float32)."""
+    if resolve_precision(precision) == "float32":
+        return predictor
+    if not native_bfloat16():
+        _warn_once("planner precision bfloat16 on a CPU without native bfloat16 arithmetic: rollouts run several "
+                   "times slower than in float32 (set the planners' precision to auto or float32)")
+    return CastRollout(predictor, torch.bfloat16)
 
 
 def optimize(cost_fn: CostFn, mean: torch.Tensor, cfg: PlannerConfig, generator: torch.Generator,
@@ -238,8 +290,8 @@ class FlatPlanner:
             raise ValueError(NO_DISTANCE)
         if cfg.ensemble and not members:
             raise ValueError(NO_ENSEMBLE)
-        self.predictor, self.cfg, self.goal_distance = predictor, cfg, goal_distance
-        self.members = list(members) if cfg.ensemble else []
+        self.predictor, self.cfg, self.goal_distance = in_precision(predictor, cfg.precision), cfg, goal_distance
+        self.members = [in_precision(m, cfg.precision) for m in members] if cfg.ensemble else []
         self.to_goal: Optional[Distance] = None
         self.gen = torch.Generator().manual_seed(seed)
         self.compute, self.plan_time = 0, 0.0
@@ -341,6 +393,7 @@ class HierarchicalPlanner:
         self.low = FlatPlanner(wm.predictor, cfg.level0, seed, getattr(wm, "distance", None),
                                getattr(wm, "predictors", [wm.predictor])[1:])
         self.projects = [snap_to_bank(b) for b in banks]
+        self.predictors = [in_precision(wm.predictor_of(k), c.precision) for k, c in enumerate(cfg.levels, 1)]
         self.gens = [torch.Generator().manual_seed(seed + k) for k in range(1, K + 1)]
         self.period = [max(1, cfg.subgoal_every * wm.span(k) // wm.span(1)) for k in range(1, K + 1)]
         self.compute, self.plan_time = 0, 0.0
@@ -382,7 +435,7 @@ class HierarchicalPlanner:
         t0 = time.perf_counter()
         zk = self.wm.state(z_now, k)
         dist = self.distance(k, self.targets[k])
-        cost = LatentGoalCost(self.wm.predictor_of(k), zk, None, c.context, dist, c.cost, active=active)
+        cost = LatentGoalCost(self.predictors[k - 1], zk, None, c.context, dist, c.cost, active=active)
         plan = self.plans[k - 1]
         shifted = torch.cat([plan[:, 1:], plan[:, -1:]], 1)
         self.plans[k - 1], _ = optimize(cost, shifted, c, self.gens[k - 1], self.projects[k - 1])
