@@ -176,11 +176,13 @@ def test_plan_job_writes_heldout_and_seen_tables(tmp_path):
     plan = load_config(PlanConfig, overrides=[
         f"checkpoint={tmp_path / 'wm' / 'wm-latest.pt'}", "tasks.per_bin=2", "tasks.bins=[[0.1,0.5],[0.5,1.2]]",
         "tasks.num_layouts=3", "methods=[random,cem]", "seeds=[0,1]", "tasks.seen_seeds=[1]", "max_steps=3", "cem.samples=8",
-        "cem.iterations=1", "cem.horizon=2", "cem.replan_every=2", "examples=1", f"folder={tmp_path / 'plan'}"])
+        "cem.iterations=1", "cem.horizon=2", "cem.replan_every=2", "cem.precision=bfloat16", "examples=1",
+        f"folder={tmp_path / 'plan'}"])
     out = run(plan)
     md = (out / "results.md").read_text()
     assert md.index("held-out layouts") < md.index("seen layouts")
     assert md.count("| cem |") == 2 and "all bins" in md
+    assert md.count("predictor rollouts in cem bfloat16") == 2
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert {(r["layouts"], r["method"]) for r in rows} == {(x, m) for x in ("heldout", "train") for m in ("random", "cem")}
     assert all(int(r["episodes"]) == (4 if r["layouts"] == "heldout" else 2) for r in rows)  # 2 tasks x 2 or 1 seeds

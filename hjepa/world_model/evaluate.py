@@ -32,7 +32,7 @@ from data.generated.envs import sample_maps
 from data.generated.trajectories import TrajectoryConfig, TrajectoryWindows, load_or_generate, make_layouts
 from hjepa.world_model.episodes import TaskConfig, make_tasks, run_episodes
 from hjepa.world_model.planning import (FlatPlanner, HierarchicalConfig, HierarchicalPlanner, PlannerConfig, RandomPolicy,
-                            check_planner)
+                            check_planner, resolve_precision)
 from hjepa.world_model.train import load_trained
 from vjepa.engine.config import ConfigError, to_yaml
 from vjepa.engine.runtime import make_accelerator, resolve_run_dir
@@ -124,7 +124,7 @@ def run(cfg: PlanConfig, dry_run: bool = False) -> Optional[Path]:
         raise ConfigError("plan: set checkpoint=<worldmodel run>/wm-latest.pt")
     check_tasks(cfg.tasks)
     wm_cfg, wm, banks = load_trained(cfg.checkpoint)
-    planners = {"cem": [cfg.cem], "mppi": [cfg.mppi], "hierarchical": [cfg.hierarchical.level0, *cfg.hierarchical.levels]}
+    planners = planners_of(cfg)
     if wm.distance is None and any(p.distance == "learned" for m in cfg.methods for p in planners.get(m, [])):
         raise ConfigError(f"plan: a planner has distance: learned, but {cfg.checkpoint} has no learned goal distance; "
                           "train one (distance.steps > 0 in the world-model config; resuming a trained model adds it) "
@@ -182,6 +182,18 @@ def run(cfg: PlanConfig, dry_run: bool = False) -> Optional[Path]:
     return run_dir
 
 
+def planners_of(cfg: PlanConfig) -> dict:
+    """The planner settings each planning method uses."""
+    return {"cem": [cfg.cem], "mppi": [cfg.mppi], "hierarchical": [cfg.hierarchical.level0, *cfg.hierarchical.levels]}
+
+
+def rollout_precisions(cfg: PlanConfig) -> str:
+    """What each method's predictor rollouts ran in on this machine (`precision: auto` resolved)."""
+    planners = planners_of(cfg)
+    return ", ".join(f"{m} " + "/".join(sorted({resolve_precision(p.precision) for p in planners[m]}))
+                     for m in cfg.methods if m in planners)
+
+
 def seeds_of(cfg: PlanConfig, layouts: str) -> List[int]:
     """The planner seeds run on a map set."""
     return list(cfg.tasks.seen_seeds) if layouts == "train" and cfg.tasks.seen_seeds is not None else list(cfg.seeds)
@@ -215,7 +227,8 @@ def summarise(results, cfg: PlanConfig, layouts: str) -> str:
     n = cfg.tasks.per_bin * len(seeds)
     lines.append(f"\nsuccess % ± binomial s.e. over {cfg.tasks.per_bin} tasks x {len(seeds)} seeds = {n} "
                  f"episodes per cell; bins = shortest-path length; compute = predictor steps "
-                 f"(samples x iterations x horizon, summed over replans; per episode, max_steps={cfg.max_steps})")
+                 f"(samples x iterations x horizon, summed over replans; per episode, max_steps={cfg.max_steps}); "
+                 f"predictor rollouts in {rollout_precisions(cfg) or 'none'}")
     return "\n".join(lines)
 
 
