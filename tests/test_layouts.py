@@ -157,7 +157,7 @@ def test_bad_layout_settings_are_clear_errors():
             check_tasks(TaskConfig(layouts=bad))
 
 
-def test_plan_job_writes_heldout_and_seen_tables(tmp_path):
+def test_plan_job_writes_heldout_and_seen_tables(tmp_path, capsys):
     """A few steps of the world-model job on varied layouts, then the plan job: a table per map set,
     results.csv with a layouts column, the plots; `tasks.seen_seeds` runs the seen maps with fewer seeds."""
     from hjepa.world_model import train as wm_train
@@ -178,6 +178,9 @@ def test_plan_job_writes_heldout_and_seen_tables(tmp_path):
         "tasks.num_layouts=3", "methods=[random,cem]", "seeds=[0,1]", "tasks.seen_seeds=[1]", "max_steps=3", "cem.samples=8",
         "cem.iterations=1", "cem.horizon=2", "cem.replan_every=2", "cem.precision=bfloat16", "examples=1",
         f"folder={tmp_path / 'plan'}"])
+    assert run(plan, dry_run=True) is None and not (tmp_path / "plan").exists()
+    printed = capsys.readouterr().out
+    assert "heldout: 4 tasks in 2 bins" in printed and "predictor rollouts on this machine: cem bfloat16" in printed
     out = run(plan)
     md = (out / "results.md").read_text()
     assert md.index("held-out layouts") < md.index("seen layouts")

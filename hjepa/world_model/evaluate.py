@@ -146,6 +146,7 @@ def run(cfg: PlanConfig, dry_run: bool = False) -> Optional[Path]:
         print("compute per plan: "
               f"cem {cfg.cem.compute(k)}, mppi {cfg.mppi.compute(k)}, hierarchical levels 1..K "
               f"{[c.compute() for c in cfg.hierarchical.levels]} + level-0 {cfg.hierarchical.level0.compute(k)}")
+        print(f"predictor rollouts on this machine: {rollout_precisions(cfg) or 'none'}")
         return None
     run_dir = resolve_run_dir(cfg.folder, "plan", make_accelerator("float32"))
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
