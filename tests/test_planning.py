@@ -228,6 +228,7 @@ def test_auto_precision_follows_the_hardware_and_emulated_bfloat16_warns(monkeyp
     monkeypatch.setattr(planning, "native_bfloat16", lambda: True)
     assert isinstance(planning.in_precision(pred, "auto"), planning.CastRollout)
     monkeypatch.setattr(planning, "native_bfloat16", lambda: False)
+
     def ours():  # this module's records only: another logger's warning must not fail the test
         return [r.getMessage() for r in caplog.records if r.name == planning.__name__]
 
