@@ -1,4 +1,6 @@
 """Point-mass environments and trajectory datasets: physics, rendering, distances, determinism."""
+import heapq
+
 import numpy as np
 import pytest
 
@@ -87,6 +89,50 @@ def test_geodesic_distance_goes_through_the_door():
     assert d[0] >= np.linalg.norm(s - g) - 2 / cfg.grid
     same_room = geodesic_distance(walls, s, np.array([[0.2, 0.7]]))
     assert abs(same_room[0] - 0.2) < 3 / cfg.grid
+
+
+def dijkstra_field(walls: np.ndarray, goal_cell: tuple) -> np.ndarray:
+    """Reference shortest paths on one map `[G, G]` (8-connected, straight 1, diagonal sqrt 2) in cells."""
+    g = walls.shape[0]
+    dist = np.full((g, g), np.inf)
+    if walls[goal_cell]:
+        return dist
+    dist[goal_cell] = 0.0
+    heap = [(0.0, goal_cell)]
+    while heap:
+        d, (y, x) = heapq.heappop(heap)
+        if d > dist[y, x]:
+            continue
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                v = (y + dy, x + dx)
+                if (dy or dx) and 0 <= v[0] < g and 0 <= v[1] < g and not walls[v]:
+                    nd = d + float(np.hypot(dy, dx))
+                    if nd < dist[v]:
+                        dist[v] = nd
+                        heapq.heappush(heap, (nd, v))
+    return dist
+
+
+def test_distance_field_equals_dijkstra_to_the_last_bit_and_is_inf_for_a_goal_in_a_wall():
+    rng = np.random.default_rng(0)
+    maps = np.stack([make_layout(EnvConfig(name=n, door_cells_max=6), rng) for n in ("two_rooms", "four_rooms")
+                     for _ in range(3)])
+    maps[0, 10:20, 5] = True  # an extra wall segment: paths that turn several times
+    goals = np.array([[0.1, 0.9], [0.5, 0.5], [0.95, 0.05], [0.3, 0.7], [0.8, 0.2], [0.55, 0.45]])
+    g = maps.shape[-1]
+    y, x = np.argwhere(maps[1, 1:-1, 1:-1])[0] + 1  # an inner wall cell: map 1's goal lies in it
+    goals[1] = (x + 0.5) / g, (y + 0.5) / g
+    cells = [(int(y * g), int(x * g)) for x, y in goals]
+    assert [bool(m[c]) for m, c in zip(maps, cells)] == [False, True, False, False, False, False]
+    field = distance_field(maps, goals)
+    for m, c, f in zip(maps, cells, field):
+        ref = dijkstra_field(m, c) / g
+        if m[c]:
+            assert np.isinf(f).all()
+        else:
+            np.testing.assert_array_equal(f, ref)  # bit-identical: both keep the smallest sum along one path
+            assert np.isfinite(f).sum() > g * g // 2
 
 
 def test_expert_reaches_goal_across_rooms():
