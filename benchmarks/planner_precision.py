@@ -19,7 +19,7 @@ import time
 import torch
 
 from hjepa.world_model import planning
-from hjepa.world_model.planning import in_precision, native_bfloat16
+from hjepa.world_model.planning import amx_bfloat16, in_precision
 from hjepa.world_model.train import WorldModelConfig, build_model, load_trained
 from vjepa.engine.config import load_config
 
@@ -37,8 +37,8 @@ def main() -> None:
     wm = load_trained(args.checkpoint)[1] if args.checkpoint else build_model(load_config(WorldModelConfig, args.config))
     wm.eval()
     print(f"{args.checkpoint or args.config}: {planning.CHUNK_ROWS} rollouts x {args.horizon} steps per call, "
-          f"{args.threads} threads, {args.rounds} alternating rounds; native bfloat16 (`precision: auto` uses it): "
-          f"{native_bfloat16()}")
+          f"{args.threads} threads, {args.rounds} alternating rounds; AMX (`precision: auto` takes bfloat16): "
+          f"{amx_bfloat16()}")
     print("| predictor | float32 ms / call | bfloat16 ms / call | speed-up | deviation |")
     print("|---|---|---|---|---|")
     g = torch.Generator().manual_seed(0)

@@ -219,15 +219,21 @@ def test_bfloat16_rollouts_match_float32_and_leave_the_predictor_alone():
         check_planner(PlannerConfig(precision="float16"))
 
 
-def test_auto_precision_follows_the_hardware_and_emulated_bfloat16_warns(monkeypatch, caplog):
+def test_auto_precision_takes_bfloat16_only_with_amx_and_warns_without(monkeypatch, caplog):
     from hjepa.world_model import planning
     from hjepa.world_model.spatial import ConvPredictor
 
+    # AVX512-BF16 without AMX rolled out slower in bfloat16 than in float32: auto keeps float32 there
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert planning.resolve_precision("auto") == "float32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert planning.resolve_precision("auto") == "bfloat16"
     pred = ConvPredictor((4, 6, 6), action_dim=2, width=8, depth=1)
     planning._warn_once.cache_clear()
-    monkeypatch.setattr(planning, "native_bfloat16", lambda: True)
+    monkeypatch.setattr(planning, "amx_bfloat16", lambda: True)
     assert isinstance(planning.in_precision(pred, "auto"), planning.CastRollout)
-    monkeypatch.setattr(planning, "native_bfloat16", lambda: False)
+    monkeypatch.setattr(planning, "amx_bfloat16", lambda: False)
 
     def ours():  # this module's records only: another logger's warning must not fail the test
         return [r.getMessage() for r in caplog.records if r.name == planning.__name__]

@@ -51,10 +51,10 @@ class PlannerConfig:
         compute. Level 0 only.
         precision: number format of this planner's predictor rollouts: `float32`, `bfloat16` (a copy of the
         predictor's weights in bfloat16; states and actions are cast in, predictions come back as float32, so
-        the goal distance and the candidates' costs stay float32) or `auto` (bfloat16 where the CPU computes it
-        natively, AVX512-BF16 / AMX; float32 elsewhere). With native bfloat16 the rollouts run ~1.5-2x faster;
-        without it, ~5-14x slower (emulated; an explicit `bfloat16` then warns). `benchmarks/planner_precision.py`
-        measures both on the machine at hand.
+        the goal distance and the candidates' costs stay float32) or `auto` (bfloat16 on a CPU with bfloat16
+        matrix units, AMX; float32 elsewhere). With AMX the rollouts ran 1.3-1.8x faster; with AVX512-BF16
+        alone 0.7-1.0x, emulated (AVX2) 5-14x slower (an explicit `bfloat16` without AMX warns).
+        `benchmarks/planner_precision.py` measures both on the machine at hand.
     """
 
     method: str = "cem"
@@ -100,15 +100,17 @@ def check_planner(cfg: PlannerConfig) -> None:
 PRECISIONS = ("float32", "bfloat16", "auto")
 
 
-def native_bfloat16() -> bool:
-    """Whether this CPU has bfloat16 arithmetic (AVX512-BF16 or AMX); the planners run on the CPU."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+def amx_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 matrix units (AMX), where bfloat16 rollouts pay off; the planners run on
+    the CPU. AVX512-BF16 alone is not enough: there the level-0 rollouts ran 0.70x as fast as in float32
+    (benchmarks/planner_precision.py), against 1.7-1.8x with AMX."""
+    return bool(torch.cpu._is_amx_tile_supported())
 
 
 def resolve_precision(precision: str) -> str:
-    """`auto` -> `bfloat16` with native bfloat16, else `float32`; the others as they are."""
+    """`auto` -> `bfloat16` on a CPU with AMX, else `float32`; the others as they are."""
     if precision == "auto":
-        return "bfloat16" if native_bfloat16() else "float32"
+        return "bfloat16" if amx_bfloat16() else "float32"
     return precision
 
 
@@ -132,9 +134,9 @@ def in_precision(predictor, precision: str):
     """The predictor whose rollouts a planner with `precision` uses (itself for float32)."""
     if resolve_precision(precision) == "float32":
         return predictor
-    if not native_bfloat16():
-        _warn_once("planner precision bfloat16 on a CPU without native bfloat16 arithmetic: rollouts run several "
-                   "times slower than in float32 (set the planners' precision to auto or float32)")
+    if not amx_bfloat16():
+        _warn_once("planner precision bfloat16 on a CPU without bfloat16 matrix units (AMX): rollouts run slower "
+                   "than in float32 (set the planners' precision to auto or float32)")
     return CastRollout(predictor, torch.bfloat16)
 
 
