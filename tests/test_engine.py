@@ -92,7 +92,8 @@ def test_ranks_read_disjoint_slices_of_the_global_batch():
 
 
 @pytest.mark.parametrize("name", sorted(JOBS))
-def test_stop_kill_and_resume_is_exact(tmp_path, monkeypatch, name):
+def test_stop_kill_and_resume_is_exact(tmp_path, monkeypatch, capsys, name):
+    monkeypatch.delenv("JEPA_DEBUG", raising=False)
     job = JOBS[name]
     module = importlib.import_module(job.loop or job.module)
     args = ["--config", str(job.config)]
@@ -111,8 +112,10 @@ def test_stop_kill_and_resume_is_exact(tmp_path, monkeypatch, name):
     with pytest.raises(KeyboardInterrupt):
         main([*args, cut, "meta.load_checkpoint=true"])
     monkeypatch.setattr(module, "save_checkpoint", real_save)
-    with pytest.raises(FileExistsError):
-        main([*args, cut])  # a fresh run never overwrites a checkpoint
+    capsys.readouterr()
+    assert main([*args, cut]) == 2  # a fresh run never overwrites a checkpoint: one line, the way out named
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "refusing to overwrite it" in err and "meta.load_checkpoint=true" in err
     assert main([*args, cut, "meta.load_checkpoint=true"]) == 0
 
     whole, resumed = weights(tmp_path / "whole" / job.checkpoint, job), weights(tmp_path / "cut" / job.checkpoint, job)

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from vjepa.engine.config import load_config
+import train as entry
+from vjepa.engine.config import ConfigError, load_config
 from vjepa.quickstart import QuickstartConfig, probe_config, run
 
 TINY = [
@@ -33,7 +34,7 @@ def test_probes_run_in_the_pretraining_precision(tmp_path, dtype, bf16):
     assert probe_config(cfg, tmp_path, "single_frame").data.motion.control == "single_frame"
     assert probe_config(cfg, tmp_path, "online").pretrain.checkpoint_key == "encoder"
     assert probe_config(cfg, tmp_path, "pretrained").pretrain.checkpoint_key == "target_encoder"
-    with pytest.raises(ValueError, match="unknown quickstart arm"):
+    with pytest.raises(ConfigError, match="unknown quickstart arm"):
         probe_config(cfg, tmp_path, "supervised")
 
 
@@ -53,3 +54,31 @@ def test_tiny_quickstart_writes_the_comparison(tmp_path, capsys):
     assert saved["rows"] == summary["rows"]
     assert (tmp_path / "qs" / "comparison.png").stat().st_size > 0
     assert "random init (frozen)" in capsys.readouterr().out
+
+
+def test_a_second_run_in_the_same_folder_is_one_line_and_keeps_the_first(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("JEPA_DEBUG", raising=False)
+    folder = tmp_path / "qs"
+    base = ["--config", "configs/quickstart.yaml", *TINY, f"folder={folder}"]
+    # an unknown arm is a config error before any pretraining, not after it
+    assert entry.main(base + ["arms=[supervised]"]) == 2
+    assert "unknown quickstart arm(s) ['supervised']" in capsys.readouterr().err
+    assert not (folder / "jepa-latest.pt").exists()
+    assert entry.main(base + ["arms=[pretrained]"]) == 0
+    first = json.loads((folder / "comparison.json").read_text())["rows"][0]
+    ckpt = (folder / "jepa-latest.pt").read_bytes()
+    capsys.readouterr()
+    # the same command again: refused in one line, naming the quickstart's own keys
+    assert entry.main(base + ["arms=[pretrained]"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pretrain.meta.load_checkpoint=true" in err and "folder=" in err
+    # probing the same arm again: refused, naming the probe's resume key
+    resumed = base + ["pretrain.meta.load_checkpoint=true", "arms=[pretrained]"]
+    assert entry.main(resumed) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "probe.resume_checkpoint=true" in err
+    # with it, the finished probe is read back, and nothing was overwritten
+    assert entry.main(resumed + ["probe.resume_checkpoint=true"]) == 0
+    again = json.loads((folder / "comparison.json").read_text())["rows"][0]
+    assert again["top1"] == first["top1"] and again["knn_top1"] == first["knn_top1"]
+    assert (folder / "jepa-latest.pt").read_bytes() == ckpt

@@ -318,7 +318,10 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
 
         curves = ("loss", "feature_std", "lr") + (("knn_top1", "linear_top1") if knn is not None else ())
         plot_metric_curves(run_dir / "metrics.csv", run_dir / "loss.png", curves)
-        logger.info("done: %d steps, final loss %.4f, checkpoint %s", step, float(last.get("loss", float("nan"))), latest)
+        if "loss" in last:
+            logger.info("done: %d steps, final loss %.4f, checkpoint %s", step, float(last["loss"]), latest)
+        else:  # resumed from a finished run: nothing was trained
+            logger.info("done: the checkpoint %s is already at step %d of %d; nothing to train", latest, step, stop)
     return run_dir
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from vjepa.engine import checkpoint as ckpt
 from vjepa.engine.checkpoint import save_checkpoint
 from vjepa.engine.config import ConfigError, to_yaml
+from vjepa.engine.errors import RunExists
 from vjepa.engine.optim import optimizer_step, param_groups
 from vjepa.engine.runtime import MetricLog, make_accelerator, resolve_run_dir
 from vjepa.engine.schedules import cosine_at, lr_at, set_lr_wd
@@ -242,7 +243,8 @@ def train(cfg: ProbeConfig, dry_run: bool = False, ranks: Optional[Ranks] = None
         start_epoch, history = state["epoch"], json.loads(state["history"])
         logger.info("resumed probes from %s at epoch %d", latest, start_epoch)
     elif latest.exists():
-        raise FileExistsError(f"{latest} exists; resume with resume_checkpoint=true or choose another logging.folder")
+        raise RunExists(f"{latest} exists; refusing to overwrite it. Resume with resume_checkpoint=true "
+                        "or choose another logging.folder.")
 
     log = MetricLog(run_dir, enabled=accelerator.is_main_process, tensorboard=cfg.logging.tensorboard)
     autocast = accelerator.autocast

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from vjepa.engine.config import to_yaml
+from vjepa.engine.config import ConfigError, to_yaml
+from vjepa.engine.errors import RunExists
 from vjepa.pretrain import PretrainConfig
 from vjepa.pretrain import train as pretrain
 from vjepa.probe_dist import Ranks
@@ -55,9 +56,15 @@ class QuickstartConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
 
+def check_arms(arms: List[str]) -> None:
+    """Unknown arms are a config error before pretraining starts, not after it."""
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise ConfigError(f"unknown quickstart arm(s) {unknown}; valid arms: {sorted(ARMS)}")
+
+
 def probe_config(cfg: QuickstartConfig, run_dir: Path, arm: str) -> ProbeConfig:
-    if arm not in ARMS:
-        raise ValueError(f"unknown quickstart arm {arm!r}; valid: {sorted(ARMS)}")
+    check_arms([arm])
     _, random_init, control = ARMS[arm]
     p = copy.deepcopy(cfg.probe)
     d = cfg.pretrain.data
@@ -82,7 +89,11 @@ def probe_config(cfg: QuickstartConfig, run_dir: Path, arm: str) -> ProbeConfig:
 def probe_arm(cfg: QuickstartConfig, run_dir: Path, arm: str) -> dict:
     """The probes of one arm on the run folder's checkpoint -> its row of the comparison table."""
     t = time.time()
-    res = train_probe(probe_config(cfg, run_dir, arm), ranks=Ranks())  # main process only: no collective
+    try:
+        res = train_probe(probe_config(cfg, run_dir, arm), ranks=Ranks())  # main process only: no collective
+    except RunExists as e:
+        raise RunExists(f"{run_dir / f'probe-{arm}'} already holds this arm's probe; to read it again pass "
+                        "probe.resume_checkpoint=true, to probe it afresh delete that folder") from e
     return {"arm": arm, "name": ARMS[arm][0], "top1": res["top1"], "top5": res["top5"],
             "knn_top1": res.get("knn_top1"), "linear_top1": res.get("linear_top1"),
             "low_shot_top1": res.get("low_shot_top1"), "best_probe": res["best_probe"], "seconds": time.time() - t}
@@ -96,12 +107,17 @@ def pretrain_in_run_folder(cfg, name: str, pretrain_fn) -> tuple:
     (run_dir / "quickstart.yaml").write_text(to_yaml(cfg))
     pcfg = copy.deepcopy(cfg.pretrain)
     pcfg.logging.folder = str(run_dir)
-    pretrain_fn(pcfg)
+    try:
+        pretrain_fn(pcfg)
+    except RunExists as e:  # the pretraining's message names its own keys; a quickstart's are nested
+        raise RunExists(f"{run_dir} already holds a pretraining checkpoint; refusing to overwrite it. Probe it "
+                        "again with pretrain.meta.load_checkpoint=true or choose another folder=") from e
     return accelerator, run_dir
 
 
 def run(cfg: QuickstartConfig, dry_run: bool = False) -> Optional[dict]:
     t0 = time.time()
+    check_arms(cfg.arms)
     if dry_run:
         print(to_yaml(cfg))
         return None

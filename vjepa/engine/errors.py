@@ -1,5 +1,6 @@
 """The engine's user errors (see data/errors.py for the base class and how they are shown): a missing
-checkpoint, raised by `vjepa.engine.checkpoint.load` for every job.
+checkpoint, raised by `vjepa.engine.checkpoint.load` for every job, and a run folder that already holds a
+checkpoint a fresh run would overwrite.
 
 A missing checkpoint says which command writes it: the run folders of the shipped configs are known
 (configs/**.yaml `folder` / `logging.folder`), and otherwise the file name tells the job
@@ -14,7 +15,7 @@ import yaml
 
 from data.errors import UserError
 
-__all__ = ["MissingCheckpoint", "made_by"]
+__all__ = ["MissingCheckpoint", "RunExists", "made_by"]
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # write_tag prefix of a checkpoint file -> the job that writes it
@@ -55,3 +56,8 @@ class MissingCheckpoint(UserError, FileNotFoundError):
         hint = made_by(path)
         super().__init__(f"checkpoint not found: {path}" + (f"; it is written by {hint}" if hint else ""))
         self.path = str(path)
+
+
+class RunExists(UserError, FileExistsError):
+    """A fresh run (or probe) whose folder already holds its checkpoint: it refuses to start over it, so a
+    forgotten resume flag never destroys a run. The message names the flag and the folder option."""

@@ -13,6 +13,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from data.errors import UserError
+from vjepa.engine.errors import RunExists
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def checkpoint_paths(run_dir: Path, write_tag: str, load_checkpoint: bool,
     latest = run_dir / f"{write_tag}-latest.pt"
     resume_from = Path(read_checkpoint) if read_checkpoint else (latest if load_checkpoint else None)
     if resume_from is None and latest.exists():
-        raise FileExistsError(f"{latest} exists; refusing to overwrite it. Resume with meta.load_checkpoint=true "
+        raise RunExists(f"{latest} exists; refusing to overwrite it. Resume with meta.load_checkpoint=true "
                               "or choose another logging.folder.")
     return latest, resume_from
 
