@@ -51,6 +51,21 @@ def test_cli_reports_config_errors(capsys):
     assert main(["--config", str(TINY_PRETRAIN), "task=dance"]) == 2
 
 
+@pytest.mark.parametrize("override, message", [
+    ("data.crop_size=60", "data.crop_size=60 must be a positive multiple of data.patch_size=8"),
+    ("data.num_frames=3", "data.num_frames=3 must be a positive multiple of data.tubelet_size=2"),
+    ("optimization.epochs=0", "optimization.epochs and optimization.ipe must be >= 1, got 0 and"),
+])
+def test_impossible_geometry_or_schedule_is_a_config_error_before_anything_runs(tmp_path, monkeypatch, capsys,
+                                                                                override, message):
+    # a 60-px crop used to crash in the mask figure after the models were built; -1 epochs to "train" nothing
+    monkeypatch.delenv("JEPA_DEBUG", raising=False)
+    for extra in (["--dry-run"], [f"logging.folder={tmp_path / 'run'}"]):
+        assert main(["--config", str(TINY_PRETRAIN), *extra, override]) == 2
+        assert capsys.readouterr().err.startswith(f"config error: {message}")
+    assert not (tmp_path / "run").exists()
+
+
 def test_dry_run_prints_config_params_and_mask_statistics(capsys):
     assert main(["--config", str(TINY_PRETRAIN), "--dry-run", "data.crop_size=64"]) == 0
     out = capsys.readouterr().out

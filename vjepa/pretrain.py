@@ -160,6 +160,15 @@ def describe(cfg: PretrainConfig, encoder, predictor, collator: MaskCollator) ->
     return "\n".join(lines)
 
 
+def check_clip_geometry(d) -> None:
+    """The clip must tile into whole tubelets: a crop that is not a multiple of the patch (or a clip length not
+    a multiple of the tubelet) would silently lose its border to the patch embedding and break the masks."""
+    for key, size, unit, unit_key in (("crop_size", d.crop_size, d.patch_size, "patch_size"),
+                                      ("num_frames", d.num_frames, d.tubelet_size, "tubelet_size")):
+        if unit < 1 or size < unit or size % unit:
+            raise ConfigError(f"data.{key}={size} must be a positive multiple of data.{unit_key}={unit}")
+
+
 def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     opt = cfg.optimization
     mode = pick_mode(cfg)
@@ -169,6 +178,10 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     if video and not 0 <= cfg.loss.target_diff <= 1:
         raise ConfigError(f"loss.target_diff mixes features and their change: it must be in [0, 1], got "
                           f"{cfg.loss.target_diff}")
+    if video:
+        check_clip_geometry(cfg.data)
+    if opt.epochs < 1 or opt.ipe < 1:
+        raise ConfigError(f"optimization.epochs and optimization.ipe must be >= 1, got {opt.epochs} and {opt.ipe}")
     accelerator = make_accelerator(cfg.meta.dtype, opt.grad_accum_steps)
     main = accelerator.is_main_process
     torch.manual_seed(cfg.meta.seed)  # identical initial weights on every rank
