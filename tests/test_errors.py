@@ -113,3 +113,21 @@ def test_config_errors_found_by_a_job_are_one_line(tmp_path, monkeypatch, capsys
     assert rc == 2
     assert err == ("config error: pretrain.checkpoint is not set: give a checkpoint (pretrain.checkpoint=PATH) or "
                    "pretrain.random_init=true\n")
+
+
+def test_unreadable_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    monkeypatch.delenv("JEPA_DEBUG", raising=False)
+    good = tmp_path / "good.pt"
+    torch.save({"step": 1, "w": torch.zeros(1000)}, good)
+    files = {"truncated.pt": good.read_bytes()[:600], "empty.pt": b"", "text.pt": b"not a checkpoint\n"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    torch.save({"args": argparse.Namespace(lr=1.0)}, tmp_path / "pickled.pt")  # not tensors and plain values
+    for name in [*files, "pickled.pt"]:
+        rc, err = run(capsys, "--config", str(TINY_PRETRAIN), f"logging.folder={tmp_path / 'run'}",
+                      f"meta.read_checkpoint={tmp_path / name}")
+        assert rc == 2 and err.count("\n") == 1, (name, err)
+        assert err.startswith(f"error: {tmp_path / name} is not a readable checkpoint ("), err
+    assert "argparse.Namespace" in err and "weights_only=True" in err

@@ -5,6 +5,6 @@ engine's `checkpoint.load` raises it and the engine imports no job.
 from __future__ import annotations
 
 from data.errors import NoUsableVideos, UnsupportedOption, UserError, one_line
-from vjepa.engine.errors import MissingCheckpoint, made_by
+from vjepa.engine.errors import MissingCheckpoint, RunExists, made_by
 
-__all__ = ["UserError", "MissingCheckpoint", "NoUsableVideos", "UnsupportedOption", "one_line", "made_by"]
+__all__ = ["UserError", "MissingCheckpoint", "RunExists", "NoUsableVideos", "UnsupportedOption", "one_line", "made_by"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -40,11 +41,31 @@ def save_atomic(obj: dict, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+class UnreadableCheckpoint(UserError, RuntimeError):
+    """A checkpoint file torch cannot read (truncated, empty, not a `torch.save` file, or pickling objects
+    other than tensors and plain values): a user error, shown as one line."""
+
+
 def load(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise MissingCheckpoint(path)
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
+        raise UnreadableCheckpoint(f"{path} is not a readable checkpoint ({path.stat().st_size} bytes): "
+                                   f"{_load_failure(e)}") from e
+
+
+def _load_failure(e: BaseException) -> str:
+    """The reason in torch.load's exception, without its advice to load untrusted pickles."""
+    msg = str(e)
+    if "WeightsUnpickler error:" in msg:  # weights_only refused the file: keep the refusal's own sentence
+        reason = " ".join(msg.split("WeightsUnpickler error:", 1)[1].split()).split(" Please use")[0]
+        reason = reason.split(" Check the documentation")[0]
+        return f"not tensors and plain values only ({reason}); checkpoints are loaded with weights_only=True"
+    first = next((ln.strip() for ln in msg.splitlines() if ln.strip()), "")
+    return f"{type(e).__name__}{': ' + first[:200] if first else ''} (truncated, or not a torch.save file?)"
 
 
 def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str = "model") -> None:
