@@ -102,6 +102,13 @@ def close_process_group() -> None:
 if __name__ == "__main__":
     try:
         code = main()
+    except KeyboardInterrupt:  # Ctrl-C: checkpoints are saved atomically, so the last one is whole
+        if "--debug" in sys.argv or os.environ.get("JEPA_DEBUG", "") not in ("", "0"):
+            raise
+        print("interrupted: the run folder keeps its last saved checkpoint, whole; the same command with "
+              "meta.load_checkpoint=true resumes a training job from it (a probe: resume_checkpoint=true, a "
+              "quickstart: pretrain.meta.load_checkpoint=true)", file=sys.stderr)
+        code = 130
     finally:
         close_process_group()
     sys.exit(code)

@@ -131,3 +131,27 @@ def test_unreadable_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
         assert rc == 2 and err.count("\n") == 1, (name, err)
         assert err.startswith(f"error: {tmp_path / name} is not a readable checkpoint ("), err
     assert "argparse.Namespace" in err and "weights_only=True" in err
+
+
+def test_ctrl_c_ends_in_one_line_and_keeps_the_checkpoint(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from vjepa.engine import checkpoint as ckpt
+
+    env = {k: v for k, v in os.environ.items() if k != "JEPA_DEBUG"}
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--config", str(TINY_PRETRAIN),
+                             f"logging.folder={run_dir}", "optimization.epochs=100000"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run_dir / "jepa-latest.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted: ")
+    assert ckpt.load(run_dir / "jepa-latest.pt")["step"] >= 1
