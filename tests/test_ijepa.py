@@ -327,3 +327,14 @@ def test_ijepa_run_resumes_exactly(tmp_path):
     for key in ("encoder", "predictor", "target_encoder"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
     assert (tmp_path / "full" / "metrics.csv").is_file()
+
+
+def test_ipe_left_unset_is_one_pass_over_the_images(tmp_path):
+    # the quickstart leaves optimization.ipe unset: the schedule checks must wait for the dataset to size it
+    from vjepa.ijepa import train
+
+    cfg = _tiny_cfg(tmp_path / "run", "optimization.ipe=null", "meta.max_steps=2")
+    assert cfg.optimization.ipe is None
+    train(cfg)
+    assert cfg.optimization.ipe == len(digits_split(1797)[0]) // 8  # 1,258 training digits, batch 8
+    assert ckpt.load(tmp_path / "run" / "jepa-latest.pt")["step"] == 2

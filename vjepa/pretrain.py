@@ -180,7 +180,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
                           f"{cfg.loss.target_diff}")
     if video:
         check_clip_geometry(cfg.data)
-    if opt.epochs < 1 or opt.ipe < 1:
+    if opt.epochs < 1 or (opt.ipe is not None and opt.ipe < 1):  # I-JEPA: ipe None = one pass over the images
         raise ConfigError(f"optimization.epochs and optimization.ipe must be >= 1, got {opt.epochs} and {opt.ipe}")
     accelerator = make_accelerator(cfg.meta.dtype, opt.grad_accum_steps)
     main = accelerator.is_main_process
