@@ -137,17 +137,21 @@ def run(cfg: PlanConfig, dry_run: bool = False) -> Optional[Path]:
     for which in cfg.tasks.layouts:
         maps = task_maps(wm_cfg.data, which, cfg.tasks)
         sets[which] = (maps, make_tasks(maps, cfg.tasks))
+    # the world comes from the world model's config, not the plan config's name: say which it is
+    counts = {which: f"{which}: {len(tasks['start'])} tasks in {len(cfg.tasks.bins)} bins on {len(maps)} maps "
+                     f"({len({m.tobytes() for m in maps})} distinct) of {env_cfg.name}"
+              for which, (maps, tasks) in sets.items()}
     if dry_run:
         print(to_yaml(cfg))
-        for which, (maps, tasks) in sets.items():
-            print(f"{which}: {len(tasks['start'])} tasks in {len(cfg.tasks.bins)} bins on {len(maps)} maps "
-                  f"({len({m.tobytes() for m in maps})} distinct) of {env_cfg.name}")
+        print("\n".join(counts.values()))
         k = len(wm.predictors)
         print("compute per plan: "
               f"cem {cfg.cem.compute(k)}, mppi {cfg.mppi.compute(k)}, hierarchical levels 1..K "
               f"{[c.compute() for c in cfg.hierarchical.levels]} + level-0 {cfg.hierarchical.level0.compute(k)}")
         print(f"predictor rollouts on this machine: {rollout_precisions(cfg) or 'none'}")
         return None
+    logger.info("planning with %s (world %s, from its config); %s", cfg.checkpoint, env_cfg.name,
+                "; ".join(counts.values()))
     run_dir = resolve_run_dir(cfg.folder, "plan", make_accelerator("float32"))
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     results, episodes = [], {}
