@@ -9,8 +9,9 @@ Reference V-JEPA configs (`app: vjepa`) run as `task: pretrain`; reference I-JEP
 `mask.enc_mask_scale` / `meta.pred_depth`) as `task: ijepa`.
 
 Expected mistakes (a config error, a missing checkpoint or data list, a checkpoint that is not the
-model's, no decodable video, an option this machine cannot run) end in one line on stderr and exit code
-2; `--debug` (or JEPA_DEBUG=1) adds the traceback. Anything else is a bug and shows its traceback.
+model's or cannot be read, a fresh run over an existing checkpoint, no decodable video, an option this
+machine cannot run) end in one line on stderr and exit code 2; Ctrl-C ends in one line and exit code 130;
+`--debug` (or JEPA_DEBUG=1) adds the traceback. Anything else is a bug and shows its traceback.
 """
 from __future__ import annotations
 
