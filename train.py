@@ -100,16 +100,21 @@ def close_process_group() -> None:
         dist.destroy_process_group()
 
 
-if __name__ == "__main__":
+def cli(argv=None) -> int:
+    """`main`, with Ctrl-C ended in one line (exit code 130) and the process group closed."""
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        code = main()
-    except KeyboardInterrupt:  # Ctrl-C: checkpoints are saved atomically, so the last one is whole
-        if "--debug" in sys.argv or os.environ.get("JEPA_DEBUG", "") not in ("", "0"):
+        return main(argv)
+    except KeyboardInterrupt:  # checkpoints are saved atomically, with Ctrl-C held back: the last one is whole
+        if "--debug" in argv or os.environ.get("JEPA_DEBUG", "") not in ("", "0"):
             raise
         print("interrupted: the run folder keeps its last saved checkpoint, whole; the same command with "
               "meta.load_checkpoint=true resumes a training job from it (a probe: resume_checkpoint=true, a "
               "quickstart: pretrain.meta.load_checkpoint=true)", file=sys.stderr)
-        code = 130
+        return 130
     finally:
         close_process_group()
-    sys.exit(code)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

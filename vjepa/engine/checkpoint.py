@@ -11,6 +11,9 @@ import logging
 import os
 import pickle
 import random
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -30,15 +33,38 @@ class CheckpointMismatch(UserError, RuntimeError):
     """A checkpoint that is not the model's (wrong keys or shapes): a user error, shown as one line."""
 
 
+@contextmanager
+def deferred_sigint():
+    """Hold Ctrl-C (SIGINT) back until the block ends, then raise it: a save is never cut in half. Interrupted
+    inside `torch.save`, the zip writer's own cleanup raised a RuntimeError that hid the KeyboardInterrupt.
+    Signal handlers belong to the main thread; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt("interrupted during a checkpoint save, after it completed")
+
+
 def save_atomic(obj: dict, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with deferred_sigint():
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a failed save (disk full, ...) leaves no half file behind
+            raise
 
 
 class UnreadableCheckpoint(UserError, RuntimeError):
