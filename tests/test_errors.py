@@ -1,11 +1,16 @@
 """Expected user mistakes end in one line on stderr and exit code 2; --debug / JEPA_DEBUG shows the
 traceback; anything else keeps its traceback."""
+import argparse
+import os
+import signal
+
 import pytest
 import torch
 
 import train as entry
 from conftest import ROOT, TINY_PRETRAIN
 from data.errors import NoUsableVideos, one_line
+from vjepa.engine import checkpoint as ckpt
 from vjepa.errors import MissingCheckpoint, made_by
 from vjepa.models import VisionTransformer
 
@@ -116,8 +121,6 @@ def test_config_errors_found_by_a_job_are_one_line(tmp_path, monkeypatch, capsys
 
 
 def test_unreadable_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
-    import argparse
-
     monkeypatch.delenv("JEPA_DEBUG", raising=False)
     good = tmp_path / "good.pt"
     torch.save({"step": 1, "w": torch.zeros(1000)}, good)
@@ -135,7 +138,6 @@ def test_unreadable_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
 
 def test_ctrl_c_ends_in_one_line_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
     import vjepa.pretrain
-    from vjepa.engine import checkpoint as ckpt
 
     monkeypatch.delenv("JEPA_DEBUG", raising=False)
     real_save, saves = vjepa.pretrain.save_checkpoint, []
@@ -157,11 +159,6 @@ def test_ctrl_c_ends_in_one_line_and_keeps_the_checkpoint(tmp_path, monkeypatch,
 
 
 def test_ctrl_c_during_a_save_lets_the_save_finish_and_a_failed_save_leaves_no_half_file(tmp_path, monkeypatch):
-    import os
-    import signal
-
-    from vjepa.engine import checkpoint as ckpt
-
     path, before = tmp_path / "c.pt", signal.getsignal(signal.SIGINT)
     real_save = torch.save
 

@@ -243,8 +243,7 @@ def train(cfg: ProbeConfig, dry_run: bool = False, ranks: Optional[Ranks] = None
         start_epoch, history = state["epoch"], json.loads(state["history"])
         logger.info("resumed probes from %s at epoch %d", latest, start_epoch)
     elif latest.exists():
-        raise RunExists(f"{latest} exists; refusing to overwrite it. Resume with resume_checkpoint=true "
-                        "or choose another logging.folder.")
+        raise RunExists(latest, "resume_checkpoint=true")
 
     log = MetricLog(run_dir, enabled=accelerator.is_main_process, tensorboard=cfg.logging.tensorboard)
     autocast = accelerator.autocast

@@ -91,9 +91,9 @@ def probe_arm(cfg: QuickstartConfig, run_dir: Path, arm: str) -> dict:
     t = time.time()
     try:
         res = train_probe(probe_config(cfg, run_dir, arm), ranks=Ranks())  # main process only: no collective
-    except RunExists as e:
-        raise RunExists(f"{run_dir / f'probe-{arm}'} already holds this arm's probe; to read it again pass "
-                        "probe.resume_checkpoint=true, to probe it afresh delete that folder") from e
+    except RunExists as e:  # the probe's message names its own keys; a quickstart's are nested
+        raise RunExists(e.path, "probe.resume_checkpoint=true (reads the finished probe back)",
+                        f"delete {run_dir / f'probe-{arm}'} to probe this arm afresh") from e
     return {"arm": arm, "name": ARMS[arm][0], "top1": res["top1"], "top5": res["top5"],
             "knn_top1": res.get("knn_top1"), "linear_top1": res.get("linear_top1"),
             "low_shot_top1": res.get("low_shot_top1"), "best_probe": res["best_probe"], "seconds": time.time() - t}
@@ -110,8 +110,8 @@ def pretrain_in_run_folder(cfg, name: str, pretrain_fn) -> tuple:
     try:
         pretrain_fn(pcfg)
     except RunExists as e:  # the pretraining's message names its own keys; a quickstart's are nested
-        raise RunExists(f"{run_dir} already holds a pretraining checkpoint; refusing to overwrite it. Probe it "
-                        "again with pretrain.meta.load_checkpoint=true or choose another folder=") from e
+        raise RunExists(e.path, "pretrain.meta.load_checkpoint=true (probes it again)",
+                        "choose another folder=PATH") from e
     return accelerator, run_dir
 
 

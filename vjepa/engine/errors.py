@@ -59,5 +59,9 @@ class MissingCheckpoint(UserError, FileNotFoundError):
 
 
 class RunExists(UserError, FileExistsError):
-    """A fresh run (or probe) whose folder already holds its checkpoint: it refuses to start over it, so a
-    forgotten resume flag never destroys a run. The message names the flag and the folder option."""
+    """A fresh run (or probe) whose folder already holds its checkpoint `path`: it refuses to start over it, so
+    a forgotten resume flag never destroys a run. The message names the `resume` flag and the way `instead`."""
+
+    def __init__(self, path: str | Path, resume: str, instead: str = "choose another logging.folder"):
+        super().__init__(f"{path} exists; refusing to overwrite it. Resume with {resume} or {instead}.")
+        self.path = str(path)

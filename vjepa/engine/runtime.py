@@ -62,8 +62,7 @@ def checkpoint_paths(run_dir: Path, write_tag: str, load_checkpoint: bool,
     latest = run_dir / f"{write_tag}-latest.pt"
     resume_from = Path(read_checkpoint) if read_checkpoint else (latest if load_checkpoint else None)
     if resume_from is None and latest.exists():
-        raise RunExists(f"{latest} exists; refusing to overwrite it. Resume with meta.load_checkpoint=true "
-                              "or choose another logging.folder.")
+        raise RunExists(latest, "meta.load_checkpoint=true")
     return latest, resume_from
 
 
