@@ -286,3 +286,62 @@ def test_target_diff_predicts_the_change_over_time_and_is_off_at_zero(tmp_path):
     assert all(p.grad is None for p in target.parameters())
     with pytest.raises(ValueError, match="target_diff"):
         jepa_loss(encoder, predictor, target, batch, LossConfig(target_diff=1.5))
+
+
+def test_pixel_targets_follow_the_token_order_and_are_normalised_per_token():
+    from vjepa.objective import pixel_targets
+
+    C, T, H, W, t, p = 3, 4, 4, 4, 2, 2  # grid (2, 2, 2): 8 tokens, each 2 x 2 x 2 pixels x 3 channels
+    clip = torch.zeros(1, C, T, H, W)
+    n = 0
+    for ti in range(T // t):  # the encoder's token order: time, then rows, then columns
+        for yi in range(H // p):
+            for xi in range(W // p):
+                clip[0, :, ti * t:(ti + 1) * t, yi * p:(yi + 1) * p, xi * p:(xi + 1) * p] += 10.0 * n  # offset
+                dt, dy, dx = n // (p * p), (n // p) % p, n % p  # token n: a spike at its own n-th pixel
+                clip[0, 0, ti * t + dt, yi * p + dy, xi * p + dx] += 5.0
+                n += 1
+    raw = pixel_targets(clip, t, p)[0]
+    assert raw.shape == (8, t * p * p * C)
+    torch.testing.assert_close(raw.mean(-1), torch.zeros(8), atol=1e-5, rtol=0)  # offsets gone
+    torch.testing.assert_close(raw.pow(2).mean(-1), torch.ones(8), atol=1e-4, rtol=0)
+    # values run (time, row, column, channel) inside a token: token n's largest is channel 0 of pixel n
+    assert raw.argmax(-1).tolist() == [k * C for k in range(8)]
+    assert (raw.max(-1).values > raw.sort(-1).values[:, -2] + 1).all()  # one spike, nothing smeared
+
+
+def test_pixel_coeff_adds_a_pixel_term_with_gradient_and_feature_coeff_weights_the_jepa_term(tmp_path):
+    from vjepa.objective import pixel_targets
+
+    cfg, encoder, predictor, target = _models(tmp_path)
+    assert not hasattr(predictor, "pixel_head")  # off by default: no head, no parameters
+    batch = tiny_batch(cfg, encoder)
+    base, _, extra = jepa_loss(encoder, predictor, target, batch, LossConfig())
+    assert extra == {}
+    cfg.loss = LossConfig(pixel_coeff=0.5)
+    torch.manual_seed(0)
+    encoder, predictor, target = build_models(cfg)
+    head = predictor.pixel_head
+    assert head.out_features == cfg.data.tubelet_size * cfg.data.patch_size ** 2 * 3
+    on, _, extra = jepa_loss(encoder, predictor, target, batch, cfg.loss)
+    torch.testing.assert_close(on, base + 0.5 * extra["pixel"])  # same seed: the JEPA term is unchanged
+    m = batch["masks_tgt"][0]
+    pred = predictor(encoder(batch["clip"], batch["masks_ctx"]), batch["masks_ctx"], batch["masks_tgt"])[0]
+    want = (head(pred) - gather_tokens(pixel_targets(batch["clip"], encoder.tubelet_size, encoder.patch_size), m))
+    torch.testing.assert_close(extra["pixel"], want.pow(2).mean())
+    only, _, extra = jepa_loss(encoder, predictor, target, batch, LossConfig(feature_coeff=0.0, pixel_coeff=1.0))
+    torch.testing.assert_close(only, extra["pixel"])  # pixel targets alone
+    torch.testing.assert_close(extra["feature"], base)  # the JEPA term is still logged
+    only.backward()  # pixels alone train the encoder (through the predictor), never the EMA target
+    assert encoder.patch_embed.proj.weight.grad.abs().sum() > 0 and head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in target.parameters())
+
+
+@pytest.mark.parametrize("feature, pixel", [(0.0, 0.0), (-1.0, 1.0), (1.0, -0.5)])
+def test_feature_and_pixel_coeff_must_leave_something_to_predict(tmp_path, feature, pixel):
+    from vjepa.engine.config import ConfigError
+    from vjepa.pretrain import train
+
+    cfg = tiny_cfg(tmp_path, f"loss.feature_coeff={feature}", f"loss.pixel_coeff={pixel}")
+    with pytest.raises(ConfigError, match="feature_coeff and loss.pixel_coeff"):
+        train(cfg)

@@ -48,6 +48,12 @@ class LossConfig:
             what is predicted is how the clip moves, not what it shows. 0 = off (V-JEPA's targets).
         view_proj_dim: > 0 passes the pooled views through a projector MLP (D -> 4D -> view_proj_dim, with
             BatchNorm, as LeJEPA's) held by the predictor and used only by this term; 0 = none.
+        feature_coeff: weight of the JEPA term itself (predicting the target encoder's features). 1 = V-JEPA;
+            0 together with `pixel_coeff` > 0 leaves pixel targets alone (the V-JEPA paper's pixel-target
+            ablation; with the predictor as decoder this is close to VideoMAE).
+        pixel_coeff: weight of the pixel term: a linear head on the predictor's outputs at the target
+            positions predicts each masked tubelet's pixels, normalised per tubelet (`pixel_targets`, as
+            VideoMAE's normalised-pixel loss); mean squared error over real target tokens. 0 = off.
     """
 
     loss_exp: float = 1.0
@@ -65,6 +71,8 @@ class LossConfig:
     pooled_coeff: float = 0.0
     dynamic_weight: float = 0.0
     target_diff: float = 0.0
+    feature_coeff: float = 1.0
+    pixel_coeff: float = 0.0
 
 
 def jepa_targets(target: nn.Module, clip: torch.Tensor, layers: int = 1) -> torch.Tensor:
@@ -88,6 +96,21 @@ def temporal_diff(h: torch.Tensor, grid) -> torch.Tensor:
     d = x[:, 1:] - x[:, :-1]
     d = torch.cat([d, d[:, -1:]], 1).reshape(B, N, D)
     return d * (h.pow(2).mean().sqrt() / d.pow(2).mean().sqrt().clamp(min=1e-6))
+
+
+def pixel_targets(clip: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
+    """The pixels of each token of a `[B, C, T, H, W]` clip, `[B, N, tubelet * patch * patch * C]` in the
+    encoder's token order (t-major, then rows, then columns), each token normalised to mean 0 and std 1 over
+    its own values (VideoMAE's normalised-pixel target)."""
+    B, C, T, H, W = clip.shape
+    x = clip.float().reshape(B, C, T // tubelet, tubelet, H // patch, patch, W // patch, patch)
+    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(B, (T // tubelet) * (H // patch) * (W // patch), -1)
+    return (x - x.mean(-1, keepdim=True)) / (x.var(-1, unbiased=False, keepdim=True) + 1e-6).sqrt()
+
+
+def pixel_head(dim: int, tubelet: int, patch: int, channels: int = 3) -> nn.Module:
+    """For `pixel_coeff`: a linear map from a predicted token `[..., dim]` to its tubelet's pixels."""
+    return nn.Linear(dim, tubelet * patch * patch * channels)
 
 
 def _masked_mean(x: torch.Tensor, valid) -> torch.Tensor:
@@ -236,6 +259,17 @@ def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch
         _masked_mean((pr.float() - ht.float()).abs().pow(p), v) / p for pr, ht, v in zip(preds, h_tgt, weight_tgt)
     ) / len(preds)
     extra = {}
+    if cfg.feature_coeff != 1.0:
+        extra["feature"] = loss.detach()
+        loss = cfg.feature_coeff * loss
+    if cfg.pixel_coeff > 0:
+        enc = _unwrap(encoder)
+        pix = pixel_targets(clip, enc.tubelet_size, enc.patch_size)
+        head = _unwrap(predictor).pixel_head
+        term = sum(_masked_mean((head(pr).float() - gather_tokens(pix, m)).pow(2), v)
+                   for pr, m, v in zip(preds, masks_tgt, valid_tgt)) / len(preds)
+        loss = loss + cfg.pixel_coeff * term
+        extra["pixel"] = term.detach()
     if cfg.reg_coeff > 0:
         std = torch.stack([_token_std(pr.float(), v) for pr, v in zip(preds, valid_tgt)]).mean()
         loss = loss + cfg.reg_coeff * F.relu(1.0 - std)

@@ -41,7 +41,7 @@ from vjepa.engine.schedules import cosine_at, linear_at, lr_at, set_lr_wd
 from vjepa.engine.sections import EpochMetaConfig, LoggingConfig, OptimizationConfig, check_logging
 from vjepa.engine.speed import build_adamw, compile_modules, keep_fused_flag, make_finite_watch
 from vjepa.models import ModelConfig, build_encoder, build_predictor
-from vjepa.objective import LossConfig, PooledDecoder, jepa_loss, local_head, view_projector
+from vjepa.objective import LossConfig, PooledDecoder, jepa_loss, local_head, pixel_head, view_projector
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,8 @@ def build_models(cfg: PretrainConfig):
         predictor.local_head = local_head(encoder.embed_dim)
     if cfg.loss.pooled_coeff > 0:
         predictor.pooled_decoder = PooledDecoder(encoder.embed_dim, math.prod(encoder.grid))
+    if cfg.loss.pixel_coeff > 0:
+        predictor.pixel_head = pixel_head(encoder.embed_dim, d.tubelet_size, d.patch_size)
     target = copy.deepcopy(encoder).requires_grad_(False).eval()
     return encoder, predictor, target
 
@@ -178,6 +180,10 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     if video and not 0 <= cfg.loss.target_diff <= 1:
         raise ConfigError(f"loss.target_diff mixes features and their change: it must be in [0, 1], got "
                           f"{cfg.loss.target_diff}")
+    if video and (cfg.loss.feature_coeff < 0 or cfg.loss.pixel_coeff < 0
+                  or cfg.loss.feature_coeff + cfg.loss.pixel_coeff == 0):
+        raise ConfigError(f"loss.feature_coeff and loss.pixel_coeff weight what the predictor predicts: both >= 0, "
+                          f"not both 0; got {cfg.loss.feature_coeff} and {cfg.loss.pixel_coeff}")
     if video:
         check_clip_geometry(cfg.data)
     if opt.epochs < 1 or (opt.ipe is not None and opt.ipe < 1):  # I-JEPA: ipe None = one pass over the images
