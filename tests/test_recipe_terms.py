@@ -343,5 +343,13 @@ def test_feature_and_pixel_coeff_must_leave_something_to_predict(tmp_path, featu
     from vjepa.pretrain import train
 
     cfg = tiny_cfg(tmp_path, f"loss.feature_coeff={feature}", f"loss.pixel_coeff={pixel}")
-    with pytest.raises(ConfigError, match="feature_coeff and loss.pixel_coeff"):
+    with pytest.raises(ConfigError, match="feature_coeff"):
         train(cfg)
+
+
+def test_feature_coeff_zero_is_allowed_when_another_term_predicts():
+    from vjepa.pretrain import check_targets
+
+    check_targets(LossConfig(feature_coeff=0.0, pooled_coeff=1.0))  # the pooled term alone: no error
+    check_targets(LossConfig(feature_coeff=0.0, pixel_coeff=1.0))
+    check_targets(LossConfig())

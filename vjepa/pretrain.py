@@ -171,6 +171,18 @@ def check_clip_geometry(d) -> None:
             raise ConfigError(f"data.{key}={size} must be a positive multiple of data.{unit_key}={unit}")
 
 
+def check_targets(loss: LossConfig) -> None:
+    """Something must be predicted: the features (`feature_coeff`), the pixels, or, with the JEPA term off, one
+    of the terms that predict target features another way (pooled context, local neighbourhoods, views)."""
+    l = loss
+    if l.feature_coeff < 0 or l.pixel_coeff < 0:
+        raise ConfigError(f"loss.feature_coeff and loss.pixel_coeff are weights: both >= 0, got {l.feature_coeff} "
+                          f"and {l.pixel_coeff}")
+    if l.feature_coeff == 0 and l.pixel_coeff == 0 and not (l.pooled_coeff or l.local_coeff or l.view_coeff):
+        raise ConfigError("loss.feature_coeff=0 turns the JEPA term off and nothing else predicts anything: set "
+                          "loss.pixel_coeff (or pooled_coeff / local_coeff / view_coeff) > 0, or feature_coeff > 0")
+
+
 def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     opt = cfg.optimization
     mode = pick_mode(cfg)
@@ -180,10 +192,8 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     if video and not 0 <= cfg.loss.target_diff <= 1:
         raise ConfigError(f"loss.target_diff mixes features and their change: it must be in [0, 1], got "
                           f"{cfg.loss.target_diff}")
-    if video and (cfg.loss.feature_coeff < 0 or cfg.loss.pixel_coeff < 0
-                  or cfg.loss.feature_coeff + cfg.loss.pixel_coeff == 0):
-        raise ConfigError(f"loss.feature_coeff and loss.pixel_coeff weight what the predictor predicts: both >= 0, "
-                          f"not both 0; got {cfg.loss.feature_coeff} and {cfg.loss.pixel_coeff}")
+    if video:
+        check_targets(cfg.loss)
     if video:
         check_clip_geometry(cfg.data)
     if opt.epochs < 1 or (opt.ipe is not None and opt.ipe < 1):  # I-JEPA: ipe None = one pass over the images
