@@ -27,6 +27,45 @@ def test_attentive_probe_shapes_and_gradients(depth):
     assert all(p.grad is not None for p in probe.parameters())
 
 
+@pytest.mark.parametrize("depth, queries, use_proj", [(1, 1, True), (2, 1, True), (1, 3, False)])
+def test_folded_cross_attention_equals_the_plain_one_with_gradients(depth, queries, use_proj):
+    torch.manual_seed(0)
+    probe = AttentiveClassifier(embed_dim=48, num_heads=4, num_classes=5, depth=depth, use_proj=use_proj)
+    if queries > 1:
+        probe.pooler.query_tokens = torch.nn.Parameter(torch.randn(1, queries, 48) * 0.5)
+    block = probe.pooler.cross_attention_block
+    with torch.no_grad():  # non-trivial norm1 affine and biases: the fold must carry them
+        for t in (block.norm1.weight, block.norm1.bias, block.xattn.kv.bias, block.xattn.q.bias):
+            t.add_(torch.randn_like(t) * 0.5)
+    x = torch.randn(3, 30, 48) * 2 + 1
+    grads = []
+    for fold in (False, True):
+        block.fold = fold
+        probe.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        out = probe(xi)
+        (out * torch.arange(5.0)).sum().backward()  # a loss that weights every logit differently
+        grads.append((out.detach(), xi.grad, {k: v.grad.clone() for k, v in probe.named_parameters()}))
+    (o0, gx0, gp0), (o1, gx1, gp1) = grads
+    torch.testing.assert_close(o1, o0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx1, gx0, rtol=1e-4, atol=1e-5)
+    for k in gp0:
+        torch.testing.assert_close(gp1[k], gp0[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_cross_attention_folds_only_when_it_is_cheaper(monkeypatch):
+    calls = []
+    probe = AttentiveClassifier(embed_dim=8, num_heads=4, num_classes=3)  # 1 query x 4 heads < 8 channels
+    orig = type(probe.pooler.cross_attention_block.xattn).folded
+    monkeypatch.setattr(type(probe.pooler.cross_attention_block.xattn), "folded",
+                        lambda self, *a: calls.append(1) or orig(self, *a))
+    probe(torch.randn(2, 6, 8))
+    assert calls == [1]
+    probe.pooler.query_tokens = torch.nn.Parameter(torch.zeros(1, 2, 8))  # 2 x 4 = 8: the plain path
+    probe(torch.randn(2, 6, 8))
+    assert calls == [1]
+
+
 def test_linear_probe_shape():
     assert LinearClassifier(32, 3)(torch.randn(4, 10, 32)).shape == (4, 3)
 

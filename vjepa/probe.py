@@ -52,9 +52,35 @@ class CrossAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v)  # [B, h, Q, D/h]
         return self.proj(out.transpose(1, 2).reshape(B, Q, D))
 
+    def folded(self, q: torch.Tensor, n: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        """The same as `forward(q, gamma * n + beta)`, computed without projecting the N tokens.
+
+        A few queries read many tokens: the key and value projections of every token (N x D x 2D
+        multiply-adds) are most of the work, and they are linear. So each head's query is moved to the
+        tokens' side instead (u = W_k^T q, D numbers), the attention weights are u . x_j (the key bias and
+        beta add the same number to every score, which the softmax ignores), the tokens are averaged with
+        those weights, and only the average is projected by W_v (the weights sum to 1, so the value bias
+        passes through). Cost ~2 x heads x Q x N x D instead of ~2 x N x D^2: 1/head_dim as much for one
+        query. `n` are the tokens layer-normed without affine (the block's norm1 weight and bias are
+        `gamma`, `beta`); the result equals `forward`'s to float rounding, gradients included."""
+        B, Q, D = q.shape
+        h = self.num_heads
+        w_k, w_v = self.kv.weight[:D].view(h, D // h, D), self.kv.weight[D:].view(h, D // h, D)
+        qh = self.q(q).view(B, Q, h, D // h)
+        u = torch.einsum("bqhd,hdc->bhqc", qh, w_k) * (gamma * (D // h) ** -0.5)  # [B, h, Q, D]
+        attn = torch.bmm(u.reshape(B, h * Q, D), n.transpose(1, 2)).softmax(-1)  # [B, h*Q, N]
+        pooled = torch.bmm(attn, n).view(B, h, Q, D) * gamma + beta  # weighted mean of the normed tokens
+        out = torch.einsum("bhqc,hdc->bqhd", pooled, w_v).reshape(B, Q, D)
+        if self.kv.bias is not None:
+            out = out + self.kv.bias[D:]
+        return self.proj(out)
+
 
 class CrossAttentionBlock(nn.Module):
-    """q + xattn(q, norm1(x)), then q + mlp(norm2(q)) (the reference normalises the tokens, not the query)."""
+    """q + xattn(q, norm1(x)), then q + mlp(norm2(q)) (the reference normalises the tokens, not the query).
+
+    With fewer query-heads than channels (Q x heads < D: V-JEPA's probe has one query) the attention runs
+    `CrossAttention.folded`, which never projects the tokens; `fold=False` forces the plain computation."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, use_proj: bool = True):
         super().__init__()
@@ -62,9 +88,14 @@ class CrossAttentionBlock(nn.Module):
         self.xattn = CrossAttention(dim, num_heads, qkv_bias=qkv_bias, use_proj=use_proj)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.fold = True
 
     def forward(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        q = q + self.xattn(q, self.norm1(x))
+        if self.fold and q.shape[1] * self.xattn.num_heads < q.shape[2]:
+            n = F.layer_norm(x, x.shape[-1:], eps=self.norm1.eps)
+            q = q + self.xattn.folded(q, n, self.norm1.weight, self.norm1.bias)
+        else:
+            q = q + self.xattn(q, self.norm1(x))
         return q + self.mlp(self.norm2(q))
 
 
