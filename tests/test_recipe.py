@@ -244,7 +244,8 @@ def test_small_dataset_config_loads_and_keeps_the_published_recipe_untouched():
     vitl = load_config(PretrainConfig, "configs/pretrain/vitl16.yaml")
     assert (vitl.loss.target_layers, vitl.loss.vicreg_var, vitl.loss.vicreg_cov, vitl.loss.sigreg_coeff,
             vitl.loss.view_coeff, vitl.loss.local_coeff, vitl.loss.pooled_coeff, vitl.loss.dynamic_weight,
-            vitl.loss.target_diff, vitl.loss.feature_coeff, vitl.loss.pixel_coeff) == (1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0)
+            vitl.loss.target_diff, vitl.loss.feature_coeff, vitl.loss.pixel_coeff,
+            vitl.loss.reverse_coeff) == (1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0)
     assert not any(m.pad_to_longest for m in vitl.mask) and not vitl.logging.knn_monitor
     assert (vitl.data.synthetic.extra_objects, vitl.data.synthetic.pan, vitl.data.synthetic.object_scale) == (0, 0.0, 1.0)
 
