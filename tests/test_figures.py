@@ -40,6 +40,9 @@ def test_loss_and_comparison_figures_have_reading_help(tmp_path, saved):
     (tmp_path / "metrics.csv").write_text("step,loss,feature_std,lr\n1,1.0,0.5,1e-4\n2,0.8,0.4,2e-4\n")
     plots.plot_metric_curves(tmp_path / "metrics.csv", tmp_path / "loss.png", ("loss", "feature_std", "lr"))
     assert has_help(saved["loss.png"][0]) and "Healthy" in saved["loss.png"][0][0]
+    # a run folder without metrics.csv (a finished run resumed from a copied checkpoint): no figure, no error
+    plots.plot_metric_curves(tmp_path / "none" / "metrics.csv", tmp_path / "none.png", ("loss",))
+    assert "none.png" not in saved
     from vjepa.quickstart import plot_comparison
 
     summary = {"rows": [{"name": "pretrained", "top1": 70.0}, {"name": "random init", "top1": 50.0}],

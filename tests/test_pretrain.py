@@ -164,6 +164,18 @@ def test_exact_resume_in_a_new_process(tmp_path):
     assert [r.split(",")[:2] for r in la.splitlines()] == [r.split(",")[:2] for r in lb.splitlines()]
 
 
+def test_a_finished_run_copied_without_its_metrics_resumes_to_nothing(tmp_path):
+    # a user copies only the checkpoint and config of a finished run and asks for it again
+    from train import main
+
+    run = [f"logging.folder={tmp_path}", "optimization.epochs=1", "optimization.ipe=2"]
+    assert main(["--config", str(TINY_PRETRAIN), *run]) == 0
+    (tmp_path / "metrics.csv").unlink()
+    (tmp_path / "loss.png").unlink()
+    assert main(["--config", str(TINY_PRETRAIN), *run, "meta.load_checkpoint=true"]) == 0
+    assert ckpt.load(tmp_path / "jepa-latest.pt")["step"] == 2 and not (tmp_path / "loss.png").exists()
+
+
 def test_metric_log_widens_for_late_metrics(tmp_path):
     from vjepa.engine.runtime import MetricLog
 

@@ -3,6 +3,7 @@ that says how to read it (`save_with_help`)."""
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -36,6 +37,11 @@ def save_with_help(fig, out_png: Path, help_text: str, dpi: int = 100, bottom: f
 
 def plot_metric_curves(metrics_csv: Path, out_png: Path, keys: Sequence[str] = ("loss",),
                        help_text: str = PRETRAIN_LOSS_HELP) -> None:
+    """One panel per key of `metrics.csv` against the step; no figure (and a log line) when the run folder has
+    no metrics.csv, e.g. a finished run resumed from a copied checkpoint with nothing left to train."""
+    if not Path(metrics_csv).exists():
+        logging.getLogger(__name__).info("no %s: %s not drawn", metrics_csv, out_png)
+        return
     with open(metrics_csv) as f:
         rows = list(csv.DictReader(f))
     plt = _pyplot()
