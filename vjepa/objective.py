@@ -54,12 +54,13 @@ class LossConfig:
         pixel_coeff: weight of the pixel term: a linear head on the predictor's outputs at the target
             positions predicts each masked tubelet's pixels, normalised per tubelet (`pixel_targets`, as
             VideoMAE's normalised-pixel loss); mean squared error over real target tokens. 0 = off.
-        reverse_coeff: weight of the time-reversal term: the clip played backwards goes through the context
-            encoder with the same context mirrored in time, and the first `reverse_dims` channels of the two
-            mean-pooled contexts must be opposite: |a + b|^2 / (|a|^2 + |b|^2) (0 when odd under reversal, 1
-            when unrelated, 2 when equal; scale-free, so shrinking them does not help). What changes sign
-            when time runs backwards is the motion (direction, sense of rotation); appearance and speed do
-            not. One more context-encoder pass per step. 0 = off.
+        reverse_coeff: weight of the time-reversal term: the whole clip and the clip played backwards go
+            through the online encoder, and the first `reverse_dims` channels of their mean-pooled tokens must
+            be opposite: |a + b|^2 / (|a|^2 + |b|^2) (0 when odd under reversal, 1 when unrelated, 2 when
+            equal; scale-free, so shrinking them does not help). What changes sign when time runs backwards
+            is the motion (direction, sense of rotation); appearance and speed do not. Whole clips, because a
+            context mirrored in time lets the positional embeddings alone satisfy the term (measured:
+            `benchmarks/sweeps/RESULTS.md`). Two more full-clip encoder passes per step. 0 = off.
         reverse_dims: how many leading channels must be odd under time reversal (0 = half of them).
     """
 
@@ -115,13 +116,6 @@ def pixel_targets(clip: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
     x = clip.float().reshape(B, C, T // tubelet, tubelet, H // patch, patch, W // patch, patch)
     x = x.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(B, (T // tubelet) * (H // patch) * (W // patch), -1)
     return (x - x.mean(-1, keepdim=True)) / (x.var(-1, unbiased=False, keepdim=True) + 1e-6).sqrt()
-
-
-def reverse_time(masks: torch.Tensor, grid) -> torch.Tensor:
-    """Token indices `[B, K]` on a (T, H, W) grid (t-major) -> the same patches with time mirrored: the
-    tokens of the clip played backwards (`clip.flip(2)`, whole tubelets) that show the same content."""
-    T, H, W = grid
-    return (T - 1 - masks // (H * W)) * (H * W) + masks % (H * W)
 
 
 def reverse_term(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -293,11 +287,8 @@ def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch
         loss = loss + cfg.pixel_coeff * term
         extra["pixel"] = term.detach()
     if cfg.reverse_coeff > 0:
-        enc = _unwrap(encoder)
-        back = [reverse_time(m, enc.grid) for m in masks_ctx]
-        z_back = encoder(clip.flip(2), back, valid_ctx)
-        k = cfg.reverse_dims or enc.embed_dim // 2
-        fwd, bwd = pooled_views(z, valid_ctx)[..., :k], pooled_views(z_back, valid_ctx)[..., :k]  # [V, B, k]
+        k = cfg.reverse_dims or _unwrap(encoder).embed_dim // 2
+        fwd, bwd = encoder(torch.cat([clip, clip.flip(2)])).float().mean(1)[:, :k].chunk(2)  # [B, k] each
         term = reverse_term(fwd, bwd)
         loss = loss + cfg.reverse_coeff * term
         extra["reverse"] = term.detach()
