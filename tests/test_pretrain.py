@@ -176,6 +176,21 @@ def test_a_finished_run_copied_without_its_metrics_resumes_to_nothing(tmp_path):
     assert ckpt.load(tmp_path / "jepa-latest.pt")["step"] == 2 and not (tmp_path / "loss.png").exists()
 
 
+@pytest.mark.parametrize("override, said", [("meta.seed=7", "meta.seed=0"), ("data.batch_size=3", "data.batch_size=2")])
+def test_resuming_with_another_seed_or_batch_size_is_a_config_error(tmp_path, override, said):
+    from vjepa.engine.config import ConfigError
+    from vjepa.pretrain import train
+
+    run = ["optimization.epochs=1", "optimization.ipe=2"]
+    train(tiny_cfg(tmp_path, *run))
+    before = (tmp_path / "jepa-latest.pt").read_bytes()
+    with pytest.raises(ConfigError, match=f"pass {said}"):
+        train(tiny_cfg(tmp_path, *run, "optimization.ipe=3", "meta.load_checkpoint=true", override))
+    assert (tmp_path / "jepa-latest.pt").read_bytes() == before  # the run is untouched
+    train(tiny_cfg(tmp_path, *run, "optimization.ipe=3", "meta.load_checkpoint=true"))  # the same keys: resumes
+    assert ckpt.load(tmp_path / "jepa-latest.pt")["step"] == 3
+
+
 def test_metric_log_widens_for_late_metrics(tmp_path):
     from vjepa.engine.runtime import MetricLog
 

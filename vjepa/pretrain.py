@@ -162,6 +162,23 @@ def describe(cfg: PretrainConfig, encoder, predictor, collator: MaskCollator) ->
     return "\n".join(lines)
 
 
+# What a resumed run must share with the run it continues: they fix its data order and masks.
+RESUME_KEYS = (("meta", "seed"), ("data", "batch_size"))
+
+
+def check_resume(saved: dict, cfg: PretrainConfig, path) -> None:
+    """A resume whose seed or batch size differs from the checkpoint's run would silently change the rest of
+    the run's data order and masks (and, in a quickstart, which random init its baseline is): a config error
+    naming the override that continues the run as it was."""
+    now = to_dict(cfg)
+    for section, key in RESUME_KEYS:
+        was, want = (saved or {}).get(section, {}).get(key), now[section][key]
+        if was is not None and was != want:
+            raise ConfigError(f"{path} was trained with {section}.{key}={was}; resuming it with {section}.{key}="
+                              f"{want} would change the rest of its data order and masks: pass {section}.{key}="
+                              f"{was} (pretrain.{section}.{key}={was} in a quickstart), or start a new run folder")
+
+
 def check_clip_geometry(d) -> None:
     """The clip must tile into whole tubelets: a crop that is not a multiple of the patch (or a clip length not
     a multiple of the tubelet) would silently lose its border to the patch embedding and break the masks."""
@@ -217,6 +234,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     step, rng = 0, None
     if resume_from is not None:
         state = ckpt.load(resume_from)
+        check_resume(state.get("config"), cfg, resume_from)
         ckpt.load_state_strict(encoder, state["encoder"], "encoder")
         ckpt.load_state_strict(predictor, state["predictor"], "predictor")
         ckpt.load_state_strict(target, state["target_encoder"], "target_encoder")
