@@ -6,7 +6,8 @@
 #    models, fused AdamW, the deferred finiteness check and all three, as ratios measured in one run,
 #    with MFU against the card's dense peak (benchmarks/train_step.py --ab; the issue-13 table);
 # 2. then, side by side: the quickstart sweep (benchmarks/sweeps/quickstart_gpu.txt), the flash-attention
-#    and bf16-vs-fp32 checks, and the real pretraining loop at ViT-L (synthetic clips, bf16, 16 steps with
+#    and bf16-vs-fp32 checks, the attentive-probe step plain vs folded (benchmarks/probe_step.py, with
+#    peak memory; not yet run on a GPU), and the real pretraining loop at ViT-L (synthetic clips, bf16, 16 steps with
 #    the GPU defaults: compiled, fused AdamW, deferred check; then a resume to 24 with compile off, which
 #    also shows that compiled and eager checkpoints are interchangeable).
 #
@@ -69,6 +70,7 @@ timeout ${SWEEP_SECONDS:-300} python benchmarks/quickstart_sweep.py benchmarks/s
   --parallel 4 > "$OUT/sweep.log" 2>&1 &
 SWEEP=$!
 timeout 90 python benchmarks/cuda_check.py --size vit_large --batch 4 2>&1 | tee -a "$LOG"
+timeout 60 python -m benchmarks.probe_step --device cuda --rounds 3 --steps 5 2>&1 | tee -a "$LOG"
 for steps in 16 24; do
   resume=$([ $steps = 24 ] && echo true || echo false)
   compile=$([ $steps = 24 ] && echo false || echo true)
