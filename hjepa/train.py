@@ -31,7 +31,7 @@ from data.transforms import to_float_clip
 from hjepa.model import HJEPA, FeatureVideos, HJEPAConfig, build, describe, encode_videos, plan_stages
 from vjepa.engine import checkpoint as ckpt
 from vjepa.engine.checkpoint import save_checkpoint
-from vjepa.engine.config import to_dict, to_yaml
+from vjepa.engine.config import check_resume, to_dict, to_yaml
 from vjepa.engine.monitor import monitor
 from vjepa.engine.optim import ema_update, optimizer_step, param_groups
 from vjepa.engine.runtime import MetricLog, checkpoint_paths, make_accelerator, resolve_run_dir
@@ -106,6 +106,7 @@ def train(cfg: HJEPAConfig, dry_run: bool = False) -> Optional[Path]:
     step, rng, opt_state = 0, None, None
     if resume_from is not None:
         state = ckpt.load(resume_from)
+        check_resume(state.get("config"), cfg, resume_from, (("meta", "seed"),))
         ckpt.load_state_strict(model, state["model"], "hjepa model")
         step, rng = state["step"], state["rng"]
         opt_state = state["opt"] if state["opt_stage"] == step // (opt.epochs * opt.ipe) else None

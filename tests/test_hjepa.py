@@ -240,6 +240,18 @@ def test_resume_is_exact(tmp_path, monkeypatch):
     assert rows == (tmp_path / "full" / "metrics.csv").read_text().splitlines()
 
 
+def test_resuming_with_another_seed_is_a_config_error(tmp_path):
+    from vjepa.engine.config import ConfigError
+
+    cfg = _resume_cfg(tmp_path)
+    cfg.optimization = replace(cfg.optimization, epochs=1)
+    ht.train(cfg)
+    before = (tmp_path / "hjepa-latest.pt").read_bytes()
+    with pytest.raises(ConfigError, match=f"pass meta.seed={cfg.meta.seed}"):
+        ht.train(replace(cfg, meta=replace(cfg.meta, load_checkpoint=True, seed=cfg.meta.seed + 1)))
+    assert (tmp_path / "hjepa-latest.pt").read_bytes() == before
+
+
 def test_bayes_ceiling_matches_markov_chain():
     from data.generated.long_videos import LongVideos
 

@@ -384,3 +384,14 @@ def test_reverse_coeff_adds_the_term_with_gradient_through_both_passes(tmp_path)
     g = encoder.patch_embed.proj.weight.grad
     assert g is not None and g.abs().sum() > 0
     assert all(p.grad is None for p in target.parameters())
+
+
+@pytest.mark.parametrize("dims", [-1, 10_000])
+def test_reverse_dims_outside_the_encoder_width_is_a_config_error(tmp_path, dims):
+    from vjepa.engine.config import ConfigError
+    from vjepa.pretrain import train
+
+    cfg = tiny_cfg(tmp_path, "loss.reverse_coeff=1.0", f"loss.reverse_dims={dims}")
+    with pytest.raises(ConfigError, match="reverse_dims"):
+        train(cfg, dry_run=True)
+    train(tiny_cfg(tmp_path, "loss.reverse_coeff=0.0", f"loss.reverse_dims={dims}"), dry_run=True)  # term off: unused

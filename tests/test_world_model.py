@@ -230,6 +230,26 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch,
     assert all(torch.equal(a, b) for a, b in zip(whole["banks"], resumed["banks"]))
 
 
+def test_resuming_a_world_model_with_another_seed_is_a_config_error(tmp_path):
+    from hjepa.world_model import train as wm_train
+    from vjepa.engine.config import ConfigError, load_config
+
+    def cfg_for(*extra):
+        return load_config(wm_train.WorldModelConfig, overrides=[
+            "data.num_trajectories=32", "data.length=8", "data.cache_dir=null", "encoder.dim=8", "encoder.width=8",
+            "predictor.dim=16", "predictor.depth=1", "stage.steps=2", "stage.batch_size=8", "stage.window=3",
+            "stage.warmup=1", "levels=[]", "logging.progress_bar=false", "logging.tensorboard=false",
+            f"logging.folder={tmp_path}", *extra])
+
+    wm_train.train(cfg_for())
+    before = (tmp_path / "wm-latest.pt").read_bytes()
+    with pytest.raises(ConfigError, match="pass meta.seed=0"):
+        wm_train.train(cfg_for("meta.load_checkpoint=true", "meta.seed=3", "stage.steps=4"))
+    assert (tmp_path / "wm-latest.pt").read_bytes() == before
+    wm_train.train(cfg_for("meta.load_checkpoint=true", "stage.steps=4"))  # the same seed resumes
+    assert torch.load(tmp_path / "wm-latest.pt", weights_only=True)["steps"] == [4]
+
+
 def test_within_window_variance_ignores_the_scene_and_static_channels_hold_it():
     """A state whose first channels move within a window and whose last channels only differ between
     windows (a scene): batch statistics count the scene as variance; within-window centring does not;

@@ -32,7 +32,7 @@ from data.transforms import normalize_clip
 from vjepa.engine import checkpoint as ckpt
 from vjepa.engine import fsdp
 from vjepa.engine.checkpoint import save_checkpoint
-from vjepa.engine.config import ConfigError, to_dict, to_yaml
+from vjepa.engine.config import ConfigError, check_resume, to_dict, to_yaml
 from vjepa.engine.monitor import feature_std, rankme
 from vjepa.engine.optim import ema_update, optimizer_step, param_groups, scalars
 from vjepa.engine.runtime import MetricLog, checkpoint_paths, make_accelerator, resolve_run_dir
@@ -166,19 +166,6 @@ def describe(cfg: PretrainConfig, encoder, predictor, collator: MaskCollator) ->
 RESUME_KEYS = (("meta", "seed"), ("data", "batch_size"))
 
 
-def check_resume(saved: dict, cfg: PretrainConfig, path) -> None:
-    """A resume whose seed or batch size differs from the checkpoint's run would silently change the rest of
-    the run's data order and masks (and, in a quickstart, which random init its baseline is): a config error
-    naming the override that continues the run as it was."""
-    now = to_dict(cfg)
-    for section, key in RESUME_KEYS:
-        was, want = (saved or {}).get(section, {}).get(key), now[section][key]
-        if was is not None and was != want:
-            raise ConfigError(f"{path} was trained with {section}.{key}={was}; resuming it with {section}.{key}="
-                              f"{want} would change the rest of its data order and masks: pass {section}.{key}="
-                              f"{was} (pretrain.{section}.{key}={was} in a quickstart), or start a new run folder")
-
-
 def check_clip_geometry(d) -> None:
     """The clip must tile into whole tubelets: a crop that is not a multiple of the patch (or a clip length not
     a multiple of the tubelet) would silently lose its border to the patch embedding and break the masks."""
@@ -200,6 +187,14 @@ def check_targets(loss: LossConfig) -> None:
                           "loss.pixel_coeff (or pooled_coeff / local_coeff / view_coeff) > 0, or feature_coeff > 0")
 
 
+def check_reverse_dims(loss: LossConfig, embed_dim: int) -> None:
+    """The time-reversal term asks the first `reverse_dims` channels to be odd: more channels than the encoder
+    has would be silently clipped to all of them by the slice."""
+    if loss.reverse_coeff > 0 and not 0 <= loss.reverse_dims <= embed_dim:
+        raise ConfigError(f"loss.reverse_dims={loss.reverse_dims} must lie in [0, {embed_dim}] (the encoder's width; "
+                          f"0 = half of it)")
+
+
 def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     opt = cfg.optimization
     mode = pick_mode(cfg)
@@ -219,6 +214,8 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     main = accelerator.is_main_process
     torch.manual_seed(cfg.meta.seed)  # identical initial weights on every rank
     encoder, predictor, target = mode.build_models(cfg)
+    if video:
+        check_reverse_dims(cfg.loss, encoder.embed_dim)
     grid = encoder.grid
     collator = mode.build_collator(cfg, grid)
     optimizer = build_adamw(param_groups(encoder, predictor), accelerator.device, opt.fused_adamw, lr=opt.lr,
@@ -234,7 +231,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     step, rng = 0, None
     if resume_from is not None:
         state = ckpt.load(resume_from)
-        check_resume(state.get("config"), cfg, resume_from)
+        check_resume(state.get("config"), cfg, resume_from, RESUME_KEYS, prefix="pretrain.")
         ckpt.load_state_strict(encoder, state["encoder"], "encoder")
         ckpt.load_state_strict(predictor, state["predictor"], "predictor")
         ckpt.load_state_strict(target, state["target_encoder"], "target_encoder")

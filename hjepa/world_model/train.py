@@ -37,7 +37,7 @@ from hjepa.world_model.refine import RefineConfig, check_refine
 from hjepa.world_model.stage import StageConfig, stage_loop
 from vjepa.engine import checkpoint as ckpt
 from vjepa.engine.checkpoint import save_checkpoint
-from vjepa.engine.config import ConfigError, to_dict, to_yaml, upgrade
+from vjepa.engine.config import ConfigError, check_resume, to_dict, to_yaml, upgrade
 from vjepa.engine.monitor import monitor
 from vjepa.engine.optim import ema_update, optimizer_step, param_groups, scalars
 from vjepa.engine.runtime import checkpoint_paths, make_accelerator, resolve_run_dir
@@ -263,6 +263,7 @@ def train(cfg: WorldModelConfig, dry_run: bool = False) -> Optional[Path]:
     held = {"on_policy": None}  # the planner's episodes of the on-policy stage, once collected (checkpointed)
     if resume_from is not None:
         state = upgrade_state(ckpt.load(resume_from))
+        check_resume(state.get("config"), cfg, resume_from, (("meta", "seed"),))
         if wm.distance is not None and len(state["opts"]) == wm.num_levels:  # a trained model gains a distance
             state["model"].update({f"distance.{k}": v for k, v in wm.distance.state_dict().items()})
             state["opts"].append(opts[wm.num_levels].state_dict())

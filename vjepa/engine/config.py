@@ -153,3 +153,18 @@ def to_dict(cfg: Any) -> dict:
 
 def to_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def check_resume(saved: Optional[dict], cfg: Any, path, keys: Sequence[tuple], prefix: str = "") -> None:
+    """A resume whose seed (or batch size) differs from the checkpoint's run would silently change the rest of
+    the run's data order and masks: a config error naming the override that continues the run as it was.
+    `saved`: the checkpoint's `config` (None for old checkpoints: nothing to compare); `keys`: (section, key)
+    pairs; `prefix`: how the override is spelled where this config is nested (e.g. `pretrain.` in a quickstart)."""
+    now = to_dict(cfg)
+    for section, key in keys:
+        was, want = (saved or {}).get(section, {}).get(key), now[section][key]
+        if was is not None and was != want:
+            hint = f" ({prefix}{section}.{key}={was} where this config is nested)" if prefix else ""
+            raise ConfigError(f"{path} was trained with {section}.{key}={was}; resuming it with {section}.{key}="
+                              f"{want} would change the rest of its data order: pass {section}.{key}={was}{hint}, "
+                              f"or start a new run folder")
