@@ -395,3 +395,28 @@ def test_reverse_dims_outside_the_encoder_width_is_a_config_error(tmp_path, dims
     with pytest.raises(ConfigError, match="reverse_dims"):
         train(cfg, dry_run=True)
     train(tiny_cfg(tmp_path, "loss.reverse_coeff=0.0", f"loss.reverse_dims={dims}"), dry_run=True)  # term off: unused
+
+
+def test_reverse_pool_time_scores_each_patch_position_over_time(tmp_path):
+    from vjepa.engine.config import ConfigError
+    from vjepa.objective import reverse_term
+    from vjepa.pretrain import train
+
+    cfg, encoder, predictor, target = _models(tmp_path)
+    batch = tiny_batch(cfg, encoder)
+    base, _, _ = jepa_loss(encoder, predictor, target, batch, LossConfig())
+    on, _, extra = jepa_loss(encoder, predictor, target, batch,
+                             LossConfig(reverse_coeff=1.0, reverse_dims=8, reverse_pool="time"))
+    torch.testing.assert_close(on, base + extra["reverse"])
+    T, H, W = encoder.grid
+    clip = batch["clip"]
+
+    def per_position(x):  # [B, N, D] tokens (t-major) -> [B, H*W, 8]: each position's mean over time
+        return encoder(x)[..., :8].view(len(x), T, H * W, 8).mean(1)
+
+    want = reverse_term(per_position(clip).flatten(1), per_position(clip.flip(2)).flatten(1))
+    torch.testing.assert_close(extra["reverse"], want)
+    clip_pooled = reverse_term(encoder(clip).mean(1)[:, :8], encoder(clip.flip(2)).mean(1)[:, :8])
+    assert abs(extra["reverse"].item() - clip_pooled.item()) > 1e-4  # not the clip-pooled term
+    with pytest.raises(ConfigError, match="reverse_pool"):
+        train(tiny_cfg(tmp_path, "loss.reverse_coeff=1.0", "loss.reverse_pool=space"), dry_run=True)

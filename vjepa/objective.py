@@ -62,6 +62,9 @@ class LossConfig:
             context mirrored in time lets the positional embeddings alone satisfy the term (measured:
             `benchmarks/sweeps/RESULTS.md`). Two more full-clip encoder passes per step. 0 = off.
         reverse_dims: how many leading channels must be odd under time reversal (0 = half of them).
+        reverse_pool: what is pooled before the term: `clip` (all tokens: one vector per clip) or `time` (each
+            patch position's tokens over time: one vector per position, so the odd channels must say where in
+            the frame the motion is; every position sees the same set of times both ways).
     """
 
     loss_exp: float = 1.0
@@ -83,6 +86,7 @@ class LossConfig:
     pixel_coeff: float = 0.0
     reverse_coeff: float = 0.0
     reverse_dims: int = 0
+    reverse_pool: str = "clip"
 
 
 def jepa_targets(target: nn.Module, clip: torch.Tensor, layers: int = 1) -> torch.Tensor:
@@ -288,7 +292,11 @@ def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch
         extra["pixel"] = term.detach()
     if cfg.reverse_coeff > 0:
         k = cfg.reverse_dims or _unwrap(encoder).embed_dim // 2
-        fwd, bwd = encoder(torch.cat([clip, clip.flip(2)])).float().mean(1)[:, :k].chunk(2)  # [B, k] each
+        h = encoder(torch.cat([clip, clip.flip(2)])).float()[..., :k]
+        if cfg.reverse_pool == "time":  # [2B, T, HW, k] -> one vector per patch position
+            T, H, W = _unwrap(encoder).grid
+            h = h.view(len(h), T, H * W, k)
+        fwd, bwd = h.mean(1).reshape(len(h), -1).chunk(2)  # [B, k] or [B, HW * k] each
         term = reverse_term(fwd, bwd)
         loss = loss + cfg.reverse_coeff * term
         extra["reverse"] = term.detach()

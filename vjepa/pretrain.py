@@ -187,9 +187,11 @@ def check_targets(loss: LossConfig) -> None:
                           "loss.pixel_coeff (or pooled_coeff / local_coeff / view_coeff) > 0, or feature_coeff > 0")
 
 
-def check_reverse_dims(loss: LossConfig, embed_dim: int) -> None:
+def check_reverse(loss: LossConfig, embed_dim: int) -> None:
     """The time-reversal term asks the first `reverse_dims` channels to be odd: more channels than the encoder
     has would be silently clipped to all of them by the slice."""
+    if loss.reverse_pool not in ("clip", "time"):
+        raise ConfigError(f"loss.reverse_pool must be clip or time, got {loss.reverse_pool!r}")
     if loss.reverse_coeff > 0 and not 0 <= loss.reverse_dims <= embed_dim:
         raise ConfigError(f"loss.reverse_dims={loss.reverse_dims} must lie in [0, {embed_dim}] (the encoder's width; "
                           f"0 = half of it)")
@@ -215,7 +217,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     torch.manual_seed(cfg.meta.seed)  # identical initial weights on every rank
     encoder, predictor, target = mode.build_models(cfg)
     if video:
-        check_reverse_dims(cfg.loss, encoder.embed_dim)
+        check_reverse(cfg.loss, encoder.embed_dim)
     grid = encoder.grid
     collator = mode.build_collator(cfg, grid)
     optimizer = build_adamw(param_groups(encoder, predictor), accelerator.device, opt.fused_adamw, lr=opt.lr,
