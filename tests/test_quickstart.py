@@ -82,3 +82,10 @@ def test_a_second_run_in_the_same_folder_is_one_line_and_keeps_the_first(tmp_pat
     again = json.loads((folder / "comparison.json").read_text())["rows"][0]
     assert again["top1"] == first["top1"] and again["knn_top1"] == first["knn_top1"]
     assert (folder / "jepa-latest.pt").read_bytes() == ckpt
+    # another arm on the same run joins the table; the rows probed before stay in comparison.json
+    before = json.loads((folder / "comparison.json").read_text())
+    assert entry.main(base + ["pretrain.meta.load_checkpoint=true", "arms=[single_frame]"]) == 0
+    merged = json.loads((folder / "comparison.json").read_text())
+    assert [r["arm"] for r in merged["rows"]] == ["pretrained", "single_frame"]
+    assert merged["rows"][0] == before["rows"][0]
+    assert merged["pretrain_seconds"] > before["pretrain_seconds"]

@@ -133,6 +133,8 @@ def run(cfg: QuickstartConfig, dry_run: bool = False) -> Optional[dict]:
                "pretrain_seconds": t_pretrain, "total_seconds": time.time() - t0,
                "model": cfg.pretrain.model.model_name, "pretrain_steps": cfg.pretrain.optimization.epochs
                * cfg.pretrain.optimization.ipe, "monitor": monitor, "low_shot": cfg.probe.probe.low_shot}
+    summary = merge_earlier(summary, run_dir / "comparison.json")
+    rows = summary["rows"]
     (run_dir / "comparison.json").write_text(json.dumps(summary, indent=2))
     if not rows:  # pretraining only (arms: []), e.g. a sweep screening variants by the quality monitor
         return summary
@@ -140,6 +142,21 @@ def run(cfg: QuickstartConfig, dry_run: bool = False) -> Optional[dict]:
     print(format_table(summary))
     print(f"saved {run_dir / 'comparison.json'} and {run_dir / 'comparison.png'}")
     return summary
+
+
+def merge_earlier(summary: dict, path: Path) -> dict:
+    """A run folder probed again (`pretrain.meta.load_checkpoint=true arms=[...]`) keeps the rows of the arms
+    it probed before: the new arms' rows replace or join them (in `ARMS` order), and the seconds add up (the
+    time spent in this folder). Without an earlier comparison the summary is returned as it is."""
+    if not path.exists():
+        return summary
+    earlier = json.loads(path.read_text())
+    new = {r["arm"] for r in summary["rows"]}
+    rows = [r for r in earlier.get("rows", []) if r["arm"] not in new] + summary["rows"]
+    order = list(ARMS)
+    rows.sort(key=lambda r: order.index(r["arm"]) if r["arm"] in order else len(order))
+    return dict(summary, rows=rows, pretrain_seconds=earlier.get("pretrain_seconds", 0.0) + summary["pretrain_seconds"],
+                total_seconds=earlier.get("total_seconds", 0.0) + summary["total_seconds"])
 
 
 def _monitor_rows(metrics_csv: Path) -> list:
