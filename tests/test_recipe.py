@@ -240,6 +240,7 @@ def test_small_dataset_config_loads_and_keeps_the_published_recipe_untouched():
     small = load_config(PretrainConfig, "configs/pretrain/small.yaml")
     assert small.model.model_name == "vit_small" and small.logging.knn_monitor
     assert [m.spatial_scale for m in small.mask] == [[0.15, 0.15], [0.5, 0.5]]
+    assert (small.loss.reverse_coeff, small.loss.reverse_dims, small.loss.reverse_pool) == (1.0, 128, "clip")
     # every new ingredient is off in the published ViT-L recipe
     vitl = load_config(PretrainConfig, "configs/pretrain/vitl16.yaml")
     assert (vitl.loss.target_layers, vitl.loss.vicreg_var, vitl.loss.vicreg_cov, vitl.loss.sigreg_coeff,
