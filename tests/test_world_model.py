@@ -194,6 +194,12 @@ def test_old_two_level_config_becomes_the_level_stack():
         load_config(WorldModelConfig, raw={"level1": {"stride": 4}, "levels": []})
 
 
+# a world-model job small enough to train in a second: level 0 only (callers add levels and steps)
+TINY_WM = ["data.num_trajectories=48", "data.length=8", "data.cache_dir=null", "encoder.dim=8", "encoder.width=8",
+           "predictor.dim=16", "predictor.depth=1", "stage.batch_size=8", "stage.window=3", "stage.warmup=1",
+           "logging.progress_bar=false", "logging.tensorboard=false"]
+
+
 @pytest.mark.parametrize("kill_level", [0, 1])
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch, kill_level):
     from hjepa.world_model import train as wm_train
@@ -201,12 +207,10 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch,
 
     def cfg_for(folder, resume=False):
         return load_config(wm_train.WorldModelConfig, overrides=[
-            "data.num_trajectories=48", "data.length=8", "data.cache_dir=null", "encoder.dim=8", "encoder.width=8",
-            "predictor.dim=16", "predictor.depth=1", "stage.steps=6", "stage.batch_size=8", "stage.window=3",
-            "stage.warmup=1", "levels.0.stride=2", "levels.0.pred_embed_dim=16", "levels.0.pred_depth=1",
+            *TINY_WM, "stage.steps=6", "levels.0.stride=2", "levels.0.pred_embed_dim=16", "levels.0.pred_depth=1",
             "levels.0.stage.steps=6", "levels.0.stage.batch_size=8", "levels.0.stage.window=3",
-            "levels.0.stage.warmup=1", "levels.0.bank_size=16", "meta.save_every_steps=3", "logging.progress_bar=false",
-            "logging.tensorboard=false", f"logging.folder={folder}", f"meta.load_checkpoint={str(resume).lower()}"])
+            "levels.0.stage.warmup=1", "levels.0.bank_size=16", "meta.save_every_steps=3",
+            f"logging.folder={folder}", f"meta.load_checkpoint={str(resume).lower()}"])
 
     wm_train.train(cfg_for(tmp_path / "whole"))
     real_save = wm_train.save
@@ -236,10 +240,7 @@ def test_resuming_a_world_model_with_another_seed_is_a_config_error(tmp_path):
 
     def cfg_for(*extra):
         return load_config(wm_train.WorldModelConfig, overrides=[
-            "data.num_trajectories=32", "data.length=8", "data.cache_dir=null", "encoder.dim=8", "encoder.width=8",
-            "predictor.dim=16", "predictor.depth=1", "stage.steps=2", "stage.batch_size=8", "stage.window=3",
-            "stage.warmup=1", "levels=[]", "logging.progress_bar=false", "logging.tensorboard=false",
-            f"logging.folder={tmp_path}", *extra])
+            *TINY_WM, "stage.steps=2", "levels=[]", f"logging.folder={tmp_path}", *extra])
 
     wm_train.train(cfg_for())
     before = (tmp_path / "wm-latest.pt").read_bytes()
