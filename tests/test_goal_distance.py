@@ -114,6 +114,8 @@ def test_bootstrap_term_value_and_no_gradient_through_its_bound():
     with torch.no_grad():
         bound = torch.minimum(b["steps"], 1 + net(b["z_next"], b["z_goal"])) * (b["steps"] > 0)
     assert (bound < b["steps"]).any() and (bound[b["steps"] == 0] == 0).all()
+    d_again, d_next = net(b["z"], b["z_goal"], b["z_next"])  # the goals embedded once for both
+    assert torch.equal(d_again, d) and torch.equal(d_next, net(b["z_next"], b["z_goal"])) and not d_next.requires_grad
     want = 0.3 * expectile_loss(d, b["steps"], 0.1) + 0.7 * expectile_loss(d, bound, 0.2)
     loss, logs = distance_loss(net, b, on)
     assert torch.allclose(loss, want) and torch.allclose(logs["bootstrap_gain"], (b["steps"] - bound).mean())

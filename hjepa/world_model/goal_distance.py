@@ -126,8 +126,15 @@ class GoalDistance(nn.Module):
         e, e_goal = torch.broadcast_tensors(e, e_goal)
         return F.softplus(self.head(torch.cat([e, e_goal, e * e_goal], -1))).squeeze(-1)
 
-    def forward(self, z: torch.Tensor, z_goal: torch.Tensor) -> torch.Tensor:
-        return self.pair(self.embed(z), self.embed(z_goal))
+    def forward(self, z: torch.Tensor, z_goal: torch.Tensor, z_next: Optional[torch.Tensor] = None):
+        """D(z, z_goal) `[...]`; with `z_next` also D(z_next, z_goal) without gradient (the Bellman bound's
+        input), as a pair: the goals are embedded once for both (in `forward`, so a DDP wrapper sees it)."""
+        e_goal = self.embed(z_goal)
+        d = self.pair(self.embed(z), e_goal)
+        if z_next is None:
+            return d
+        with torch.no_grad():
+            return d, self.pair(self.embed(z_next), e_goal)
 
     @torch.no_grad()
     def to_goal(self, z_goal: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -191,12 +198,14 @@ def imagine(b: Dict[str, torch.Tensor], z: torch.Tensor, actions: torch.Tensor, 
 def distance_loss(net: GoalDistance, b: Dict[str, torch.Tensor], cfg: DistanceConfig) -> Tuple[torch.Tensor, dict]:
     """The distance's objective on a `pair_batch` (drawn `with_next` when `cfg.bootstrap` > 0): the expectile
     regression on the step counts, blended with the Bellman term when `cfg.bootstrap` > 0 (`DistanceConfig`)."""
-    d = net(b["z"], b["z_goal"])
+    if cfg.bootstrap:
+        d, d_next = net(b["z"], b["z_goal"], b["z_next"])
+    else:
+        d = net(b["z"], b["z_goal"])
     loss = expectile_loss(d, b["steps"], cfg.expectile)
     logs = {"mean_distance": d.detach().mean()}
     if cfg.bootstrap:
-        with torch.no_grad():
-            bound = torch.minimum(b["steps"], 1.0 + net(b["z_next"], b["z_goal"])) * (b["steps"] > 0)
+        bound = torch.minimum(b["steps"], 1.0 + d_next) * (b["steps"] > 0)
         loss = (1.0 - cfg.bootstrap) * loss + cfg.bootstrap * expectile_loss(d, bound, cfg.bootstrap_expectile)
         logs["bootstrap_gain"] = (b["steps"] - bound).mean()  # steps the bound takes off the episodes' counts
     return loss, logs
