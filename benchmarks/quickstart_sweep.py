@@ -1,12 +1,14 @@
 """Run quickstart variants side by side and print one table of their probe scores.
 
     python benchmarks/quickstart_sweep.py VARIANTS.txt --out runs/sweep --parallel 2
+    python benchmarks/quickstart_sweep.py --table runs/sweep/sweep.json     # its table again
 
 VARIANTS.txt holds one variant per line: a name, then `key=value` overrides of configs/quickstart.yaml
 (`#` starts a comment). Each variant is one `python train.py` in its own subprocess and run folder
 (`OUT/<name>`), `--parallel` at a time; a variant that fails is reported, not fatal. The table (one row
-per variant and arm: top-1, top-5, pretraining and total seconds) is printed and written to
-`OUT/sweep.json`. What the sweeps in `benchmarks/sweeps/` found is in `benchmarks/sweeps/RESULTS.md`.
+per variant and arm: attentive top-1 and top-5, linear, k-NN and 16-shot top-1, pretraining and total seconds)
+is printed; every run's `comparison.json` is gathered in `OUT/sweep.json`. What the sweeps in
+`benchmarks/sweeps/` found is in `benchmarks/sweeps/RESULTS.md`.
 """
 from __future__ import annotations
 
@@ -37,13 +39,43 @@ def read_variants(path: str) -> list[tuple[str, list[str]]]:
     return variants
 
 
+def _pct(x) -> str:
+    """A readout the run may not have made (an older run, `low_shot: 0`) prints as `-`."""
+    return "-" if x is None else f"{x:.1f}"
+
+
+def table(results: dict) -> str:
+    """One line per variant and arm of `sweep.json`'s {variant: comparison.json or {"error": ...}}, then the
+    variant's monitor trace (pretraining's k-NN / ridge readout, step 0 = random init) where it has one."""
+    lines = [f"{'variant':24s} {'arm':14s} {'top-1':>6s} {'top-5':>6s} {'linear':>6s} {'k-NN':>6s} {'16-shot':>7s} "
+             f"{'pretrain s':>10s} {'total s':>8s}"]
+    for name, res in results.items():
+        if "error" in res:
+            lines.append(f"{name:24s} {res['error']}")
+            continue
+        for r in res["rows"]:
+            lines.append(f"{name:24s} {r['arm']:14s} {r['top1']:6.1f} {r['top5']:6.1f} "
+                         f"{_pct(r.get('linear_top1')):>6s} {_pct(r.get('knn_top1')):>6s} "
+                         f"{_pct(r.get('low_shot_top1')):>7s} {res['pretrain_seconds']:10.0f} {res['total_seconds']:8.0f}")
+        if res.get("monitor"):
+            trace = "  ".join(f"{m['step']}: {m['knn_top1']:.1f}/{m['linear_top1']:.1f}" for m in res["monitor"])
+            lines.append(f"{name:24s} monitor k-NN/linear  {trace}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("variants")
-    p.add_argument("--out", required=True)
+    p.add_argument("variants", nargs="?")
+    p.add_argument("--out")
+    p.add_argument("--table", metavar="SWEEP_JSON", help="print the table of an earlier (or killed) sweep and exit")
     p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="OMP threads per variant")
     a = p.parse_args(argv)
+    if a.table:
+        print(table(json.loads(Path(a.table).read_text())))
+        return 0
+    if not (a.variants and a.out):
+        p.error("VARIANTS and --out are needed to run a sweep")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     pending, running, results = read_variants(a.variants), [], {}
@@ -70,17 +102,8 @@ def main(argv=None) -> int:
                 results[name] = {"error": f"exit {proc.returncode}, see {out / f'{name}.log'}"}
             (out / "sweep.json").write_text(json.dumps(results, indent=2))  # as it goes: a killed sweep keeps its rows
             print(f"[{time.time() - t0:6.0f}s] {name}: done in {time.time() - start:.0f}s", flush=True)
-    print(f"\n{'variant':24s} {'arm':14s} {'top-1':>6s} {'top-5':>6s} {'pretrain s':>10s} {'total s':>8s}")
-    for name, res in results.items():
-        if "error" in res:
-            print(f"{name:24s} {res['error']}")
-            continue
-        for r in res["rows"]:
-            print(f"{name:24s} {r['arm']:14s} {r['top1']:6.1f} {r['top5']:6.1f} {res['pretrain_seconds']:10.0f} "
-                  f"{res['total_seconds']:8.0f}")
-        if res.get("monitor"):  # pretraining's quality monitor: k-NN / ridge readout, step 0 = random init
-            trace = "  ".join(f"{m['step']}: {m['knn_top1']:.1f}/{m['linear_top1']:.1f}" for m in res["monitor"])
-            print(f"{name:24s} monitor k-NN/linear  {trace}")
+    print()
+    print(table(results))
     return 0
 
 
