@@ -366,6 +366,46 @@ def test_reverse_term_on_known_cases():
     assert reverse_term(10 * a, -10 * a + 0.1).item() == pytest.approx(reverse_term(a, -a + 0.01).item(), rel=1e-4)
 
 
+def test_reverse_term_sqrt_form_known_cases_and_gradient_at_the_start():
+    from vjepa.objective import reverse_term
+
+    torch.manual_seed(0)
+    a = torch.randn(64, 8)
+    r2 = 2.0**0.5
+    assert reverse_term(a, -a, "sqrt").item() == pytest.approx(0.0, abs=1e-6)
+    assert reverse_term(a, a, "sqrt").item() == pytest.approx(r2, abs=1e-5)
+    u, v = torch.zeros(1, 2), torch.zeros(1, 2)
+    u[0, 0], v[0, 1] = 1.0, 1.0  # orthogonal, equal norms: the ratio form reads 1
+    assert reverse_term(u, v, "sqrt").item() == pytest.approx(r2 - 1.0)
+    # what a random encoder starts from: the two pooled vectors nearly equal. The ratio form is flat there
+    # (gradient ~ |a - b|), the sqrt form is not (gradient ~ 1 / |a|, whatever |a - b|).
+    grads = {}
+    for form in ("ratio", "sqrt"):
+        x = a.clone().requires_grad_(True)
+        reverse_term(x, a + 1e-4 * torch.randn(64, 8), form).backward()
+        grads[form] = x.grad.norm().item()
+    assert grads["ratio"] < 1e-4 and grads["sqrt"] > 1e-2
+    x = a.clone().requires_grad_(True)  # exactly equal (a batch of still clips): finite, no NaN
+    reverse_term(x, a.clone(), "sqrt").backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_reverse_form_is_passed_to_the_term_and_checked(tmp_path):
+    from vjepa.engine.config import ConfigError
+    from vjepa.objective import reverse_term
+    from vjepa.pretrain import train
+
+    cfg, encoder, predictor, target = _models(tmp_path)
+    batch = tiny_batch(cfg, encoder)
+    _, _, extra = jepa_loss(encoder, predictor, target, batch,
+                            LossConfig(reverse_coeff=1.0, reverse_dims=8, reverse_form="sqrt"))
+    clip = batch["clip"]
+    want = reverse_term(encoder(clip).mean(1)[:, :8], encoder(clip.flip(2)).mean(1)[:, :8], "sqrt")
+    torch.testing.assert_close(extra["reverse"], want)
+    with pytest.raises(ConfigError, match="reverse_form"):
+        train(tiny_cfg(tmp_path, "loss.reverse_coeff=1.0", "loss.reverse_form=root"), dry_run=True)
+
+
 def test_reverse_coeff_adds_the_term_with_gradient_through_both_passes(tmp_path):
     cfg, encoder, predictor, target = _models(tmp_path)
     batch = tiny_batch(cfg, encoder)

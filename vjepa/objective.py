@@ -3,6 +3,7 @@ target positions from the context tokens; loss = mean |pred - target|^p / p aver
 plus the optional terms of `LossConfig` (all off by default, which is the published recipe)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +66,9 @@ class LossConfig:
         reverse_pool: what is pooled before the term: `clip` (all tokens: one vector per clip) or `time` (each
             patch position's tokens over time: one vector per position, so the odd channels must say where in
             the frame the motion is; every position sees the same set of times both ways).
+        reverse_form: `ratio` (the term above) or `sqrt`: sqrt(2) - sqrt(2 - ratio) = sqrt(2) - |a - b| /
+            sqrt(|a|^2 + |b|^2), same minimum (b = -a) and maximum (a = b), but its gradient does not vanish at
+            the maximum, where a random encoder starts (ratio = 2 - |a - b|^2 / (|a|^2 + |b|^2) is flat there).
     """
 
     loss_exp: float = 1.0
@@ -87,6 +91,7 @@ class LossConfig:
     reverse_coeff: float = 0.0
     reverse_dims: int = 0
     reverse_pool: str = "clip"
+    reverse_form: str = "ratio"
 
 
 def jepa_targets(target: nn.Module, clip: torch.Tensor, layers: int = 1) -> torch.Tensor:
@@ -122,10 +127,15 @@ def pixel_targets(clip: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
     return (x - x.mean(-1, keepdim=True)) / (x.var(-1, unbiased=False, keepdim=True) + 1e-6).sqrt()
 
 
-def reverse_term(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """|a + b|^2 / (|a|^2 + |b|^2) over `[B, k]` pooled channels: 0 when b = -a, 1 when unrelated, 2 when equal."""
+def reverse_term(a: torch.Tensor, b: torch.Tensor, form: str = "ratio") -> torch.Tensor:
+    """|a + b|^2 / (|a|^2 + |b|^2) over `[B, k]` pooled channels: 0 when b = -a, 1 when unrelated, 2 when equal.
+    `form="sqrt"`: sqrt(2) - |a - b| / sqrt(|a|^2 + |b|^2) (0, sqrt(2) - 1, sqrt(2) in the same three cases),
+    whose gradient has norm ~1 / |a| next to a = b instead of ~|a - b| / |a|^2."""
     a, b = a.float(), b.float()
-    return (a + b).pow(2).sum() / (a.pow(2).sum() + b.pow(2).sum()).clamp(min=1e-12)
+    norm = (a.pow(2).sum() + b.pow(2).sum()).clamp(min=1e-12)
+    if form == "sqrt":  # the eps keeps the gradient finite where a = b exactly (a batch of still clips)
+        return math.sqrt(2.0) - ((a - b).pow(2).sum() / norm + 1e-12).sqrt()
+    return (a + b).pow(2).sum() / norm
 
 
 def pixel_head(dim: int, tubelet: int, patch: int, channels: int = 3) -> nn.Module:
@@ -297,7 +307,7 @@ def jepa_loss(encoder: nn.Module, predictor: nn.Module, target: nn.Module, batch
             T, H, W = _unwrap(encoder).grid
             h = h.view(len(h), T, H * W, k)
         fwd, bwd = h.mean(1).reshape(len(h), -1).chunk(2)  # [B, k] or [B, HW * k] each
-        term = reverse_term(fwd, bwd)
+        term = reverse_term(fwd, bwd, cfg.reverse_form)
         loss = loss + cfg.reverse_coeff * term
         extra["reverse"] = term.detach()
     if cfg.reg_coeff > 0:

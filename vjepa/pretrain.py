@@ -192,6 +192,8 @@ def check_reverse(loss: LossConfig, embed_dim: int) -> None:
     has would be silently clipped to all of them by the slice."""
     if loss.reverse_pool not in ("clip", "time"):
         raise ConfigError(f"loss.reverse_pool must be clip or time, got {loss.reverse_pool!r}")
+    if loss.reverse_form not in ("ratio", "sqrt"):
+        raise ConfigError(f"loss.reverse_form must be ratio or sqrt, got {loss.reverse_form!r}")
     if loss.reverse_coeff > 0 and not 0 <= loss.reverse_dims <= embed_dim:
         raise ConfigError(f"loss.reverse_dims={loss.reverse_dims} must lie in [0, {embed_dim}] (the encoder's width; "
                           f"0 = half of it)")
