@@ -2,12 +2,15 @@
 
     python benchmarks/quickstart_sweep.py VARIANTS.txt --out runs/sweep --parallel 2
     python benchmarks/quickstart_sweep.py --table runs/sweep/sweep.json     # its table again
+    python benchmarks/quickstart_sweep.py VARIANTS.txt --out runs/sweep --reprobe 60   # + every run probed at 60 epochs
 
 VARIANTS.txt holds one variant per line: a name, then `key=value` overrides of configs/quickstart.yaml
 (`#` starts a comment). Each variant is one `python train.py` in its own subprocess and run folder
 (`OUT/<name>`), `--parallel` at a time; a variant that fails is reported, not fatal. The table (one row
 per variant and arm: attentive top-1 and top-5, linear, k-NN and 16-shot top-1, pretraining and total seconds)
-is printed; every run's `comparison.json` is gathered in `OUT/sweep.json`. What the sweeps in
+is printed; every run's `comparison.json` is gathered in `OUT/sweep.json`. With `--reprobe E`, each run that
+succeeds is then probed again with E-epoch probes, from a copy of its checkpoint in `OUT/<name>@<E>ep` (no
+pretraining; the same overrides and arms): its rows appear as variant `<name>@<E>ep`. What the sweeps in
 `benchmarks/sweeps/` found is in `benchmarks/sweeps/RESULTS.md`.
 """
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -34,6 +38,8 @@ def read_variants(path: str) -> list[tuple[str, list[str]]]:
                 raise SystemExit(f"{path}: variant {words[0]!r}: not key=value: {bad}")
             variants.append((words[0], words[1:]))
     names = [n for n, _ in variants]
+    if any("@" in n for n in names):
+        raise SystemExit(f"{path}: '@' is kept for re-probed runs (NAME@Eep): {names}")
     if len(set(names)) != len(names):
         raise SystemExit(f"{path}: variant names repeat: {names}")
     return variants
@@ -63,6 +69,20 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+REPROBE_FILES = ("jepa-latest.pt", "config.yaml", "quickstart.yaml", "metrics.csv")
+
+
+def reprobe_job(out: Path, name: str, overrides: list[str], epochs: int) -> tuple[str, list[str]]:
+    """A copy of run `name`'s checkpoint (not its comparison.json: the new rows replace nothing) and the
+    overrides that probe it again with `epochs`-epoch probes without pretraining any further."""
+    new = f"{name}@{epochs}ep"
+    (out / new).mkdir(exist_ok=True)
+    for f in REPROBE_FILES:
+        if (out / name / f).exists():
+            shutil.copy2(out / name / f, out / new / f)
+    return new, [*overrides, "pretrain.meta.load_checkpoint=true", f"probe.optimization.num_epochs={epochs}"]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("variants", nargs="?")
@@ -70,6 +90,7 @@ def main(argv=None) -> int:
     p.add_argument("--table", metavar="SWEEP_JSON", help="print the table of an earlier (or killed) sweep and exit")
     p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="OMP threads per variant")
+    p.add_argument("--reprobe", type=int, metavar="EPOCHS", help="probe every run again with EPOCHS-epoch probes")
     a = p.parse_args(argv)
     if a.table:
         print(table(json.loads(Path(a.table).read_text())))
@@ -86,11 +107,11 @@ def main(argv=None) -> int:
             name, overrides = pending.pop(0)
             cmd = [sys.executable, str(ROOT / "train.py"), f"folder={out / name}", *overrides]
             log = open(out / f"{name}.log", "w")
-            running.append((name, subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env),
-                            log, time.time()))
+            running.append((name, overrides, subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                                              env=env), log, time.time()))
         time.sleep(1)
         for item in list(running):
-            name, proc, log, start = item
+            name, overrides, proc, log, start = item
             if proc.poll() is None:
                 continue
             running.remove(item)
@@ -98,6 +119,8 @@ def main(argv=None) -> int:
             summary = out / name / "comparison.json"
             if proc.returncode == 0 and summary.exists():
                 results[name] = json.loads(summary.read_text())
+                if a.reprobe and "@" not in name:  # next in line, before the variants not yet started
+                    pending.insert(0, reprobe_job(out, name, overrides, a.reprobe))
             else:
                 results[name] = {"error": f"exit {proc.returncode}, see {out / f'{name}.log'}"}
             (out / "sweep.json").write_text(json.dumps(results, indent=2))  # as it goes: a killed sweep keeps its rows

@@ -17,6 +17,9 @@ def test_variants_file(tmp_path):
     f.write_text("base seed\n")
     with pytest.raises(SystemExit, match="not key=value"):
         sweep.read_variants(str(f))
+    f.write_text("a@60ep x=1\n")
+    with pytest.raises(SystemExit, match="kept for re-probed"):
+        sweep.read_variants(str(f))
     f.write_text("a x=1\na x=2\n")
     with pytest.raises(SystemExit, match="repeat"):
         sweep.read_variants(str(f))
@@ -34,3 +37,37 @@ def test_table_has_every_readout(tmp_path, capsys):
     (tmp_path / "sweep.json").write_text(json.dumps(results))
     assert sweep.main(["--table", str(tmp_path / "sweep.json")]) == 0
     assert capsys.readouterr().out.strip() == "\n".join(lines)
+
+
+FAKE_TRAIN = """
+import json, sys
+from pathlib import Path
+args = dict(a.split("=", 1) for a in sys.argv[1:])
+folder = Path(args["folder"])
+folder.mkdir(parents=True, exist_ok=True)
+if args.get("fail") == "1":
+    sys.exit(3)
+if args.get("pretrain.meta.load_checkpoint") == "true":  # a re-probe: the checkpoint must be there, no comparison.json
+    assert (folder / "jepa-latest.pt").read_text() == "weights" and not (folder / "comparison.json").exists()
+else:
+    (folder / "jepa-latest.pt").write_text("weights")
+epochs = int(args.get("probe.optimization.num_epochs", 20))
+row = {"arm": "pretrained", "top1": float(epochs), "top5": 99.0}
+(folder / "comparison.json").write_text(json.dumps({"rows": [row], "pretrain_seconds": 1.0, "total_seconds": 2.0}))
+"""
+
+
+def test_sweep_runs_variants_and_reprobes_the_ones_that_succeed(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "train.py").write_text(FAKE_TRAIN)  # stands in for the quickstart: what the sweep does, not the runs
+    monkeypatch.setattr(sweep, "ROOT", root)
+    f = tmp_path / "v.txt"
+    f.write_text("good  pretrain.meta.seed=0\nbad  fail=1\n")
+    out = tmp_path / "out"
+    assert sweep.main([str(f), "--out", str(out), "--parallel", "2", "--reprobe", "60"]) == 0
+    results = json.loads((out / "sweep.json").read_text())
+    assert set(results) == {"good", "bad", "good@60ep"}  # a failed run is not re-probed
+    assert results["good"]["rows"][0]["top1"] == 20.0 and results["good@60ep"]["rows"][0]["top1"] == 60.0
+    assert "error" in results["bad"]
+    assert (out / "good" / "comparison.json").exists()  # the original run folder is left as it was
