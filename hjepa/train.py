@@ -36,7 +36,7 @@ from vjepa.engine.monitor import monitor
 from vjepa.engine.optim import ema_update, optimizer_step, param_groups
 from vjepa.engine.runtime import MetricLog, checkpoint_paths, make_accelerator, resolve_run_dir
 from vjepa.engine.sampling import build_loader
-from vjepa.engine.schedules import cosine_at, linear_at, lr_at, set_lr_wd
+from vjepa.engine.schedules import check_lr_schedule, cosine_at, linear_at, run_lr_at, set_lr_wd
 from vjepa.engine.sections import check_logging, due
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ def objective(model, batch: dict, train0: bool, train_levels: Sequence[int], mas
 
 def train(cfg: HJEPAConfig, dry_run: bool = False) -> Optional[Path]:
     opt = cfg.optimization
+    check_lr_schedule(opt)
     accelerator = make_accelerator(cfg.meta.dtype, opt.grad_accum_steps)
     main = accelerator.is_main_process
     torch.manual_seed(cfg.meta.seed)  # identical initial weights on every rank
@@ -121,7 +122,6 @@ def train(cfg: HJEPAConfig, dry_run: bool = False) -> Optional[Path]:
     total = per_stage * len(stages)
     stop = min(total, cfg.meta.max_steps or total)
     horizon = int(opt.ipe_scale * per_stage)
-    warmup = int(opt.warmup * opt.ipe)
     save_every = max(1, cfg.meta.save_every_freq * opt.ipe)
     log = MetricLog(run_dir, enabled=main, tensorboard=cfg.logging.tensorboard)
     log.truncate_after(step)
@@ -163,8 +163,7 @@ def train(cfg: HJEPAConfig, dry_run: bool = False) -> Optional[Path]:
         tick = time.time()
         while step < min((stage + 1) * per_stage, stop):
             local = step - stage * per_stage
-            lr = lr_at(local, warmup_steps=warmup, total_steps=horizon, start_lr=opt.start_lr, lr=opt.lr,
-                       final_lr=opt.final_lr)
+            lr = run_lr_at(local, opt, per_stage)
             wd = cosine_at(local, total_steps=horizon, start=opt.weight_decay, end=opt.final_weight_decay)
             set_lr_wd(optimizer, lr, wd)
             for micro in range(opt.grad_accum_steps):

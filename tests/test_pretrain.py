@@ -12,7 +12,9 @@ from vjepa.engine.config import load_config
 from vjepa.engine.optim import NonFiniteLoss, ema_update, param_groups
 from vjepa.objective import LossConfig, jepa_loss
 from vjepa.pretrain import PretrainConfig, build_models, train
-from vjepa.engine.schedules import cosine_at, linear_at, lr_at
+from vjepa.engine.config import ConfigError
+from vjepa.engine.schedules import cosine_at, linear_at, lr_at, run_lr_at, wsd_lr_at
+from vjepa.engine.sections import OptimizationConfig
 
 
 def tiny_cfg(tmp_path, *overrides):
@@ -60,6 +62,42 @@ def test_schedules_are_functions_of_the_step():
     assert cosine_at(100, total_steps=100, start=0.04, end=0.4) == pytest.approx(0.4)
     assert linear_at(50, total_steps=100, start=0.998, end=1.0) == pytest.approx(0.999)
     assert linear_at(500, total_steps=100, start=0.998, end=1.0) == pytest.approx(1.0)
+
+
+def test_wsd_schedule_warms_up_holds_then_decays_and_shares_its_trajectory_across_run_lengths():
+    kw = dict(warmup_steps=10, start_lr=1e-4, lr=1e-3, final_lr=1e-6)
+    short = [wsd_lr_at(s, total_steps=100, decay_steps=20, **kw) for s in range(101)]
+    assert short[0] == pytest.approx(1e-4) and short[5] == pytest.approx(5.5e-4)
+    assert short[10] == short[79] == 1e-3  # held until the decay starts
+    assert short[90] == pytest.approx((1e-3 + 1e-6) / 2) and short[100] == pytest.approx(1e-6)
+    assert all(a >= b for a, b in zip(short[10:], short[11:]))
+    longer = [wsd_lr_at(s, total_steps=300, decay_steps=60, **kw) for s in range(301)]
+    assert longer[:81] == short[:81] and longer[81] == 1e-3 > short[81]
+    # run_lr_at reads the section: the decay is the run's last decay_fraction, ipe_scale does not stretch it
+    opt = OptimizationConfig(ipe=10, epochs=10, warmup=1, start_lr=1e-4, lr=1e-3, final_lr=1e-6, ipe_scale=1.25,
+                             lr_schedule="wsd", decay_fraction=0.2)
+    assert [run_lr_at(s, opt, 100) for s in range(101)] == short
+
+
+def test_the_default_cosine_schedule_is_the_reference_one():
+    opt = OptimizationConfig(ipe=10, epochs=8, warmup=1.5, start_lr=2e-4, lr=6e-4, final_lr=1e-6, ipe_scale=1.25)
+    assert opt.lr_schedule == "cosine"
+    for s in range(0, 81, 7):  # horizon ipe_scale x 80 = 100 steps, warmup 15
+        assert run_lr_at(s, opt, 80) == lr_at(s, warmup_steps=15, total_steps=100, start_lr=2e-4, lr=6e-4, final_lr=1e-6)
+
+
+def test_a_wsd_run_logs_the_wsd_lr_and_bad_schedule_keys_are_config_errors(tmp_path):
+    train(tiny_cfg(tmp_path / "wsd", "optimization.lr_schedule=wsd", "optimization.decay_fraction=0.5"))
+    rows = (tmp_path / "wsd" / "metrics.csv").read_text().splitlines()
+    col = rows[0].split(",").index("lr")
+    logged = [float(r.split(",")[col]) for r in rows[1:]]
+    # ipe 3 x 2 epochs, warmup 1 epoch (3 steps), decay over the last 3 steps
+    expected = [wsd_lr_at(s, warmup_steps=3, total_steps=6, decay_steps=3, start_lr=1e-4, lr=1e-3, final_lr=1e-6)
+                for s in range(6)]
+    assert logged == pytest.approx(expected) and logged[3] == pytest.approx(1e-3)
+    for bad in ("optimization.lr_schedule=step", "optimization.decay_fraction=0", "optimization.decay_fraction=1.5"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            train(tiny_cfg(tmp_path / "bad", bad), dry_run=True)
 
 
 def test_weight_decay_skips_biases_and_norms():

@@ -37,7 +37,7 @@ from vjepa.engine.monitor import feature_std, rankme
 from vjepa.engine.optim import ema_update, optimizer_step, param_groups, scalars
 from vjepa.engine.runtime import MetricLog, checkpoint_paths, make_accelerator, resolve_run_dir
 from vjepa.engine.sampling import build_loader
-from vjepa.engine.schedules import cosine_at, linear_at, lr_at, set_lr_wd
+from vjepa.engine.schedules import check_lr_schedule, cosine_at, linear_at, run_lr_at, set_lr_wd
 from vjepa.engine.sections import EpochMetaConfig, LoggingConfig, OptimizationConfig, check_logging
 from vjepa.engine.speed import build_adamw, compile_modules, keep_fused_flag, make_finite_watch
 from vjepa.models import ModelConfig, build_encoder, build_predictor
@@ -214,6 +214,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
         check_clip_geometry(cfg.data)
     if opt.epochs < 1 or (opt.ipe is not None and opt.ipe < 1):  # I-JEPA: ipe None = one pass over the images
         raise ConfigError(f"optimization.epochs and optimization.ipe must be >= 1, got {opt.epochs} and {opt.ipe}")
+    check_lr_schedule(opt)
     accelerator = make_accelerator(cfg.meta.dtype, opt.grad_accum_steps)
     main = accelerator.is_main_process
     torch.manual_seed(cfg.meta.seed)  # identical initial weights on every rank
@@ -271,7 +272,6 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
     total = opt.epochs * opt.ipe
     stop = min(total, cfg.meta.max_steps or total)
     horizon = int(opt.ipe_scale * total)  # schedules span ipe_scale x the run, as the reference
-    warmup = int(opt.warmup * opt.ipe)
     save_every = max(1, cfg.meta.save_every_freq * opt.ipe)
     log = MetricLog(run_dir, enabled=main, tensorboard=cfg.logging.tensorboard)
     log.truncate_after(step)
@@ -299,7 +299,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
         log.log(0, knn.scores(target, accelerator.device))
 
     while step < stop:
-        lr = lr_at(step, warmup_steps=warmup, total_steps=horizon, start_lr=opt.start_lr, lr=opt.lr, final_lr=opt.final_lr)
+        lr = run_lr_at(step, opt, total)
         wd = cosine_at(step, total_steps=horizon, start=opt.weight_decay, end=opt.final_weight_decay)
         m = linear_at(step, total_steps=horizon, start=opt.ema[0], end=opt.ema[1])
         set_lr_wd(optimizer, lr, wd)

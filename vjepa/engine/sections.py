@@ -55,6 +55,9 @@ class OptimizationConfig:
     Args:
         ipe / epochs: the run lasts epochs x ipe optimizer steps. warmup: LR warmup, in epochs.
         ipe_scale: schedules (cosine LR/WD, EMA) span ipe_scale x the run, so they end short of final values.
+        lr_schedule: cosine (the reference: warmup, then cosine to final_lr over ipe_scale x the run) or wsd
+            (warmup, lr held, then linear decay to final_lr over the run's last decay_fraction; weight decay
+            and EMA keep their schedules). See vjepa/engine/schedules.py.
         clip_grad: max grad norm (None = no clipping).
         grad_accum_steps: micro-batches per optimizer step.
     """
@@ -66,6 +69,8 @@ class OptimizationConfig:
     start_lr: float = 2e-4
     lr: float = 6.25e-4
     final_lr: float = 1e-6
+    lr_schedule: str = "cosine"
+    decay_fraction: float = 0.2
     weight_decay: float = 0.04
     final_weight_decay: float = 0.4
     clip_grad: Optional[float] = 10.0
