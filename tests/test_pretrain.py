@@ -8,11 +8,10 @@ from conftest import ROOT, TINY_PRETRAIN
 from data.collate import MaskCollator
 from data.masks import short_range_mask
 from vjepa.engine import checkpoint as ckpt
-from vjepa.engine.config import load_config
+from vjepa.engine.config import ConfigError, load_config
 from vjepa.engine.optim import NonFiniteLoss, ema_update, param_groups
 from vjepa.objective import LossConfig, jepa_loss
 from vjepa.pretrain import PretrainConfig, build_models, train
-from vjepa.engine.config import ConfigError
 from vjepa.engine.schedules import cosine_at, linear_at, lr_at, run_lr_at, wsd_lr_at
 from vjepa.engine.sections import OptimizationConfig
 
@@ -83,7 +82,8 @@ def test_the_default_cosine_schedule_is_the_reference_one():
     opt = OptimizationConfig(ipe=10, epochs=8, warmup=1.5, start_lr=2e-4, lr=6e-4, final_lr=1e-6, ipe_scale=1.25)
     assert opt.lr_schedule == "cosine"
     for s in range(0, 81, 7):  # horizon ipe_scale x 80 = 100 steps, warmup 15
-        assert run_lr_at(s, opt, 80) == lr_at(s, warmup_steps=15, total_steps=100, start_lr=2e-4, lr=6e-4, final_lr=1e-6)
+        reference = lr_at(s, warmup_steps=15, total_steps=100, start_lr=2e-4, lr=6e-4, final_lr=1e-6)
+        assert run_lr_at(s, opt, 80) == reference
 
 
 def test_a_wsd_run_logs_the_wsd_lr_and_bad_schedule_keys_are_config_errors(tmp_path):

@@ -271,7 +271,7 @@ def train(cfg: PretrainConfig, dry_run: bool = False) -> Optional[Path]:
                           "(meta.fsdp) target cannot do; turn one of them off")
     total = opt.epochs * opt.ipe
     stop = min(total, cfg.meta.max_steps or total)
-    horizon = int(opt.ipe_scale * total)  # schedules span ipe_scale x the run, as the reference
+    horizon = int(opt.ipe_scale * total)  # WD and EMA span ipe_scale x the run, as the reference (LR: run_lr_at)
     save_every = max(1, cfg.meta.save_every_freq * opt.ipe)
     log = MetricLog(run_dir, enabled=main, tensorboard=cfg.logging.tensorboard)
     log.truncate_after(step)
