@@ -3,6 +3,7 @@
     python benchmarks/quickstart_sweep.py VARIANTS.txt --out runs/sweep --parallel 2
     python benchmarks/quickstart_sweep.py --table runs/sweep/sweep.json     # its table again
     python benchmarks/quickstart_sweep.py VARIANTS.txt --out runs/sweep --reprobe 60   # + every run probed at 60 epochs
+    python benchmarks/quickstart_sweep.py VARIANTS.txt --out runs/sweep --only a,b    # two of the file's variants
 
 VARIANTS.txt holds one variant per line: a name, then `key=value` overrides of configs/quickstart.yaml
 (`#` starts a comment). Each variant is one `python train.py` in its own subprocess and run folder
@@ -91,6 +92,7 @@ def main(argv=None) -> int:
     p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="OMP threads per variant")
     p.add_argument("--reprobe", type=int, metavar="EPOCHS", help="probe every run again with EPOCHS-epoch probes")
+    p.add_argument("--only", metavar="NAMES", help="comma-separated variant names: run these of the file, in its order")
     a = p.parse_args(argv)
     if a.table:
         print(table(json.loads(Path(a.table).read_text())))
@@ -100,6 +102,12 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     pending, running, results = read_variants(a.variants), [], {}
+    if a.only:
+        only = a.only.split(",")
+        unknown = sorted(set(only) - {n for n, _ in pending})
+        if unknown:
+            p.error(f"--only: no variant {unknown} in {a.variants}")
+        pending = [(n, o) for n, o in pending if n in only]
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), PYTHONUNBUFFERED="1")
     t0 = time.time()
     while pending or running:

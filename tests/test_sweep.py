@@ -71,3 +71,17 @@ def test_sweep_runs_variants_and_reprobes_the_ones_that_succeed(tmp_path, monkey
     assert results["good"]["rows"][0]["top1"] == 20.0 and results["good@60ep"]["rows"][0]["top1"] == 60.0
     assert "error" in results["bad"]
     assert (out / "good" / "comparison.json").exists()  # the original run folder is left as it was
+
+
+def test_only_runs_the_named_variants(tmp_path, monkeypatch):
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "train.py").write_text(FAKE_TRAIN)
+    monkeypatch.setattr(sweep, "ROOT", root)
+    f = tmp_path / "v.txt"
+    f.write_text("a  x=1\nb  x=2\nc  x=3\n")
+    out = tmp_path / "out"
+    assert sweep.main([str(f), "--out", str(out), "--only", "c,a"]) == 0
+    assert list(json.loads((out / "sweep.json").read_text())) == ["a", "c"]  # the file's order, b not run
+    with pytest.raises(SystemExit):
+        sweep.main([str(f), "--out", str(out), "--only", "a,zz"])  # a misspelt name is an error, not a no-op
